@@ -1,0 +1,1 @@
+"""Torch-only building blocks of ContraReg (no Nipype, no BIDS)."""
