@@ -1,0 +1,174 @@
+"""Settings of one training run: typed, serialisable (JSON/TOML), stored in model bundles."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from contrareg_bids.nn.model import RegNetConfig
+
+#: Similarity names accepted by ``TrainConfig.loss`` (base name, then optional variants).
+BASE_LOSSES = ("mcr", "cr", "mi", "localmi", "mind", "ngf")
+VARIANTS = ("mi", "extnegs", "randae", "suppretrain")
+CONTRASTIVE = ("mcr", "cr")
+
+
+def parse_loss(name: str) -> tuple[str, frozenset[str]]:
+    """``"mcr+mi+extnegs"`` -> ``("mcr", {"mi", "extnegs"})``, validated.
+
+    Variants (Table 1, set C of the paper) only apply to the contrastive losses.
+    """
+    parts = [p.strip().lower() for p in name.split("+") if p.strip()]
+    if not parts or parts[0] not in BASE_LOSSES:
+        raise ValueError(f"loss must start with one of {', '.join(BASE_LOSSES)}; got {name!r}")
+    base, variants = parts[0], frozenset(parts[1:])
+    unknown = variants - set(VARIANTS)
+    if unknown:
+        raise ValueError(
+            f"unknown loss variant(s) {sorted(unknown)} in {name!r}; valid: {', '.join(VARIANTS)}"
+        )
+    if variants and base not in CONTRASTIVE:
+        raise ValueError(f"variants {sorted(variants)} only apply to cr/mcr, not {base!r}")
+    return base, variants
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    """Autoencoder pretraining (one per modality): L1 + local NCC on random crops."""
+
+    steps: int = 2000
+    lr: float = 1e-4
+    batch_size: int = 1
+    crop: int = 128
+    ncc_window: int = 7
+    ncc_weight: float = 1.0
+    flips: bool = True
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Registration training: paper defaults (Dey et al., MICCAI 2022) where it gives them.
+
+    ``alpha=None`` means the method's value: 0.1 for CR/mCR, 1 for the baselines.
+    ``lambda_range`` is where lambda ~ U is drawn with the hypernetwork; without it
+    (``regnet.hypernet=False``) ``regnet.fixed_lambda`` is used at every step.
+    """
+
+    loss: str = "mcr"
+    steps: int = 100_000
+    lr: float = 5e-5
+    batch_size: int = 1
+    alpha: float | None = None
+    lambda_range: tuple[float, float] = (0.0, 1.0)
+    num_negatives: int = 1024
+    tau: float = 0.007
+    mi_bins: int = 48
+    localmi_patch: int = 9
+    mind_radius: int = 2
+    mind_patch: int = 3
+    head_width: int = 256
+    head_depth: int = 3
+    suppretrain_weight: float = 0.1
+    val_fraction: float = 0.1
+    val_every: int = 1000
+    val_pairs: int = 8
+    val_lambda: float = 0.1
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    num_workers: int | None = None
+    tensorboard: bool = False
+    regnet: RegNetConfig = field(default_factory=RegNetConfig)
+    autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+
+    def __post_init__(self) -> None:
+        parse_loss(self.loss)
+        lo, hi = self.lambda_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(
+                f"lambda_range must satisfy 0 <= lo <= hi <= 1, got {self.lambda_range}"
+            )
+        for name in ("steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    @property
+    def base_loss(self) -> str:
+        return parse_loss(self.loss)[0]
+
+    @property
+    def variants(self) -> frozenset[str]:
+        return parse_loss(self.loss)[1]
+
+    @property
+    def effective_alpha(self) -> float:
+        if self.alpha is not None:
+            return self.alpha
+        return 0.1 if self.base_loss in CONTRASTIVE else 1.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lambda_range"] = list(self.lambda_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {sorted(unknown)}")
+        if "regnet" in data and isinstance(data["regnet"], dict):
+            data["regnet"] = RegNetConfig.from_dict(data["regnet"])
+        if "autoencoder" in data and isinstance(data["autoencoder"], dict):
+            ae_known = {f.name for f in fields(AutoencoderTrainConfig)}
+            bad = set(data["autoencoder"]) - ae_known
+            if bad:
+                raise ValueError(f"unknown autoencoder setting(s): {sorted(bad)}")
+            data["autoencoder"] = AutoencoderTrainConfig(**data["autoencoder"])
+        if "lambda_range" in data:
+            data["lambda_range"] = tuple(float(x) for x in data["lambda_range"])
+        return cls(**data)
+
+    def updated(self, **changes) -> TrainConfig:
+        """A copy with ``changes``; nested ``regnet``/``autoencoder`` accept dicts of fields."""
+        for key in ("regnet", "autoencoder"):
+            if isinstance(changes.get(key), dict):
+                changes[key] = replace(getattr(self, key), **changes[key])
+        return replace(self, **changes)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a ``.toml`` or ``.json`` file (tables ``[regnet]`` and ``[autoencoder]``)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read training configuration {path}: {err}") from err
+        return cls.from_dict(data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def sloppy_config(**changes) -> TrainConfig:
+    """A CPU-sized preset for demos and tests: small network, few steps, few negatives."""
+    base = TrainConfig(
+        steps=300,
+        num_negatives=256,
+        val_every=100,
+        checkpoint_every=100,
+        amp=False,
+        regnet=RegNetConfig(ch=16, depth=3, ts=5),
+        autoencoder=AutoencoderTrainConfig(steps=200, crop=64),
+    )
+    return base.updated(**changes) if changes else base
