@@ -344,6 +344,7 @@ def train_registration(
             ckpt_path, net=net.state_dict(), heads=objective.heads.state_dict(),
             optimizer=opt.state_dict(), step=step, generators=gens, config=cfg.to_json(),
         )  # fmt: skip
+        LOGGER.info("checkpoint step %d written by rank %d: %s", step, ctx.rank, ckpt_path)
         if on_checkpoint is not None:
             on_checkpoint(step)
 

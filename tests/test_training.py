@@ -1,0 +1,202 @@
+"""Training: resume after a real kill, 2-process gloo DDP, loss decrease on a real pair."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from contrareg_bids.cli.train import build_config, get_parser
+from contrareg_bids.io.bundle import load_model
+from contrareg_bids.nn.integrate import integrate_velocity, warp
+from contrareg_bids.training.checkpoint import load_checkpoint
+from contrareg_bids.training.config import TrainConfig, parse_loss, sloppy_config
+from contrareg_bids.training.data import PairDataset, VolumeRecord
+from contrareg_bids.training.stream import StepSampler
+from contrareg_bids.training.trainer import parameters_digest, train_registration
+
+SHAPE = (24, 24, 24)
+
+
+def _blob_volume(rng, shape=SHAPE):
+    """A smooth random 'brain': positive inside an ellipsoid, 0 outside (skull-stripped)."""
+    x = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    inside = (x**2).sum(0) < 0.7
+    img = gaussian_filter(rng.random(shape), 1.5)
+    img = (img - img.min()) / (img.max() - img.min())
+    return (img * inside).astype(np.float32), inside.astype(np.float32)
+
+
+def _write_lists(tmp_path: Path, n_subjects: int = 4) -> tuple[Path, Path]:
+    """Real NIfTI files and the two list files that ``contrareg-train`` reads."""
+    rng = np.random.default_rng(1)
+    lists = {"T2w": [], "T1w": []}
+    for i in range(n_subjects):
+        for mod in lists:
+            img, mask = _blob_volume(rng)
+            if mod == "T1w":
+                img = np.where(mask > 0, 1.0 - img, 0).astype(np.float32)  # other contrast
+            f = tmp_path / f"sub-{i:02d}_{mod}.nii.gz"
+            nib.save(nib.Nifti1Image(img, np.eye(4)), f)
+            fm = tmp_path / f"sub-{i:02d}_{mod}_mask.nii.gz"
+            nib.save(nib.Nifti1Image(mask, np.eye(4)), fm)
+            lists[mod].append(f"{f.name}\t{fm.name}")
+    paths = []
+    for mod, rows in lists.items():
+        p = tmp_path / f"{mod}.tsv"
+        p.write_text("image\tmask\n" + "\n".join(rows) + "\n")
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+def _train_cmd(moving: Path, fixed: Path, out: Path, steps: int, extra=()) -> list[str]:
+    return [
+        "--moving-list", str(moving), "--fixed-list", str(fixed), "--out", str(out),
+        "--sloppy", "--loss", "mcr", "--steps", str(steps), "--ae-steps", "4",
+        "--ae-crop", "16", "--ch", "4", "--depth", "2", "--num-negatives", "32",
+        "--checkpoint-every", "3", "--val-every", "5", "--val-fraction", "0.25",
+        "--lr", "1e-3", "--workers", "1", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _bundle_digest(path: Path) -> str:
+    """The digest the trainer logs: network + heads keyed by role (moving/fixed)."""
+    b = load_model(path)
+    mods = b.metadata.modalities
+    heads = torch.nn.ModuleDict({role: b.heads[mod] for role, mod in mods.items()})
+    return parameters_digest(b.regnet, heads)
+
+
+def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
+    moving, fixed = _write_lists(tmp_path)
+    steps = 40
+    ref = tmp_path / "ref"
+    subprocess.run(
+        [sys.executable, "-m", "contrareg_bids.cli.train", *_train_cmd(moving, fixed, ref, steps)],
+        check=True, env=_env(), capture_output=True, timeout=300,
+    )  # fmt: skip
+    run = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "contrareg_bids.cli.train",
+        *_train_cmd(moving, fixed, run, steps),
+    ]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = int(load_checkpoint(ckpt)["step"])
+    assert 0 < killed_at < steps
+    assert not (run / "model.safetensors").exists()
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resuming from {ckpt} at step" in res.stderr
+    assert _bundle_digest(run / "model.safetensors") == _bundle_digest(ref / "model.safetensors")
+    log_steps = [int(r.split(",")[0]) for r in (run / "train.csv").read_text().splitlines()[1:]]
+    assert log_steps == sorted(set(log_steps)) and log_steps[-1] == steps
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    moving, fixed = _write_lists(tmp_path)
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "contrareg_bids.cli.train",
+        *_train_cmd(moving, fixed, out, 6, extra=("--device", "cpu", "--workers", "0")),
+    ]  # fmt: skip
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    digests = dict(re.findall(r"rank (\d)/2 at step 6, parameters sha256 (\w+)", res.stderr))
+    assert set(digests) == {"0", "1"}, res.stderr[-3000:]
+    assert digests["0"] == digests["1"]  # both ranks hold the same weights
+    writers = set(re.findall(r"checkpoint step \d+ written by rank (\d)", res.stderr))
+    assert writers == {"0"}
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert len(state["generators"]) == 2  # gathered from both ranks
+    assert _bundle_digest(out / "model.safetensors") == digests["0"]
+
+
+def test_training_steps_lower_the_loss_on_a_real_pair(icbm_pair, tmp_path):
+    t1 = icbm_pair["t1w"][16:48, 24:64, 20:52]
+    t2 = icbm_pair["t2w"][16:48, 24:64, 20:52]
+    # a 'second subject': the T2w under a smooth random diffeomorphism
+    rng = np.random.default_rng(0)
+    v = np.stack([gaussian_filter(rng.standard_normal(t2.shape), 6) for _ in range(3)])
+    v = torch.from_numpy((v / np.abs(v).max() * 3.0).astype(np.float32))[None]
+    t2_def = warp(torch.from_numpy(t2)[None, None], integrate_velocity(v, 7))[0, 0].numpy()
+    moving = [VolumeRecord(image=t2_def, subject="a")]
+    fixed = [VolumeRecord(image=t1, subject="b")]
+    cfg = sloppy_config(
+        loss="mi", steps=20, lr=2e-3, log_every=1, val_every=1000, checkpoint_every=1000,
+        regnet={"ch": 8, "depth": 2, "hypernet": False, "fixed_lambda": 0.05}, num_workers=0,
+    )  # fmt: skip
+    ds = PairDataset(moving, fixed, seed=0)
+    _, _, result = train_registration(ds, cfg, tmp_path / "run", progress=False)
+    rows = [r.split(",") for r in result.log.read_text().splitlines()[1:]]
+    sims = [float(r[2]) for r in rows]
+    print("similarity per step:", np.round(sims, 4))
+    assert np.mean(sims[-5:]) < np.mean(sims[:5]) - 0.01, sims
+
+
+def test_step_sampler_is_a_pure_function_of_the_step():
+    full = list(StepSampler(10, 2, seed=3, total_steps=12))
+    resumed = list(StepSampler(10, 2, seed=3, start_step=7, total_steps=12))
+    assert full[14:] == resumed
+    r0 = list(StepSampler(10, 2, seed=3, total_steps=5, rank=0, world_size=2))
+    r1 = list(StepSampler(10, 2, seed=3, total_steps=5, rank=1, world_size=2))
+    assert not set(r0[:4]) & set(r1[:4])  # one step's samples are disjoint across ranks
+
+
+def test_config_round_trip_and_validation(tmp_path):
+    cfg = sloppy_config(loss="cr+mi")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.effective_alpha == 0.1 and TrainConfig(loss="mind").effective_alpha == 1.0
+    toml = tmp_path / "c.toml"
+    toml.write_text('loss = "mi"\nsteps = 7\n[regnet]\nch = 8\n[autoencoder]\ncrop = 32\n')
+    cfg = TrainConfig.from_file(toml)
+    assert (cfg.loss, cfg.steps, cfg.regnet.ch, cfg.autoencoder.crop) == ("mi", 7, 8, 32)
+    with pytest.raises(ValueError, match="unknown training setting"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="only apply to cr/mcr"):
+        parse_loss("mi+extnegs")
+    with pytest.raises(ValueError, match="loss must start with"):
+        parse_loss("ssd")
+    with pytest.raises(ValueError, match="lambda_range"):
+        TrainConfig(lambda_range=(0.5, 0.2))
+
+
+def test_cli_overrides_and_errors(tmp_path, capsys):
+    args = get_parser().parse_args(
+        ["--moving-list", "m", "--fixed-list", "f", "--out", "o", "--sloppy", "--ch", "8",
+         "--fixed-lambda", "0.2", "--loss", "mcr+randae", "--lambda-range", "0", "0.5"]
+    )  # fmt: skip
+    cfg = build_config(args)
+    assert cfg.regnet.ch == 8 and not cfg.regnet.hypernet and cfg.regnet.fixed_lambda == 0.2
+    assert cfg.loss == "mcr+randae" and cfg.lambda_range == (0.0, 0.5)
+    from contrareg_bids.cli.train import main
+
+    missing = tmp_path / "nope.txt"
+    assert main(["--moving-list", str(missing), "--fixed-list", str(missing),
+                 "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "cannot read the list" in capsys.readouterr().err
