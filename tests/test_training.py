@@ -200,3 +200,35 @@ def test_cli_overrides_and_errors(tmp_path, capsys):
     assert main(["--moving-list", str(missing), "--fixed-list", str(missing),
                  "--out", str(tmp_path / "o")]) == 2  # fmt: skip
     assert "cannot read the list" in capsys.readouterr().err
+
+
+def test_objective_gradients_reach_network_and_heads_not_autoencoders():
+    from contrareg_bids.nn.autoencoder import Autoencoder
+    from contrareg_bids.nn.model import ContraRegNet
+    from contrareg_bids.training.objective import RegistrationObjective
+
+    torch.manual_seed(0)
+    cfg = sloppy_config(loss="mcr", num_negatives=16, regnet={"ch": 4, "depth": 2})
+    aes = {"moving": Autoencoder(), "fixed": Autoencoder()}
+    objective = RegistrationObjective(cfg, aes)
+    objective.train()
+    net = ContraRegNet(cfg.regnet)
+    rng = np.random.default_rng(0)
+    img, mask = _blob_volume(rng, (16, 16, 16))
+    batch = {
+        "moving": torch.from_numpy(img)[None, None],
+        "fixed": torch.from_numpy(1 - img)[None, None] * torch.from_numpy(mask),
+        "moving_mask": torch.from_numpy(mask)[None, None],
+        "fixed_mask": torch.from_numpy(mask)[None, None],
+    }
+    lam = torch.full((1, 1), 0.3)
+    out = net(batch["moving"], batch["fixed"], lam)
+    losses = objective(batch, out, lam)
+    losses["loss"].backward()
+    assert net.flow.weight.grad.abs().sum() > 0
+    assert net.hypernet.projections[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.heads.parameters())
+    assert all(p.grad is None for ae in aes.values() for p in ae.parameters())
+    assert all(not ae.training for ae in aes.values())
+    lam_part = (1 - 0.3) * losses["sim"] + 0.3 * losses["reg"]
+    torch.testing.assert_close(losses["loss"].detach(), lam_part)
