@@ -1,27 +1,51 @@
-"""``contrareg-bids`` entry point (the BIDS-App levels arrive with the participant level)."""
+"""``contrareg-bids`` entry point: parse, check, run the requested analysis level."""
 
 from __future__ import annotations
 
-import argparse
+import logging
 import sys
 
-from .. import __version__
+from . import exit_codes
+from .parser import LEVELS, parse_args
+
+LOGGER = logging.getLogger("contrareg_bids")
 
 
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="contrareg-bids",
-        description="ContraReg multi-modality (T1w <-> T2w) registration of neonatal brain MRI.",
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s [%(name)s] %(levelname)s: %(message)s"
     )
-    parser.add_argument("--version", action="version", version=f"contrareg-bids {__version__}")
-    return parser
+    for noisy in ("nipype.interface", "nipype.utils", "bids", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = get_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parse_args(argv)
+    if args.analysis_level not in LEVELS:
+        print(
+            f"contrareg-bids: error: unknown analysis level {args.analysis_level!r}; "
+            f"choose one of {', '.join(LEVELS)}",
+            file=sys.stderr,
+        )
+        return exit_codes.UNKNOWN_LEVEL
+    from ..config import ConfigError, RunConfig
+
+    try:
+        cfg = RunConfig.from_args(args)
+    except ConfigError as err:
+        print(f"contrareg-bids: error: {err}", file=sys.stderr)
+        return exit_codes.USAGE
+    _setup_logging()
+    if cfg.analysis_level == "participant":
+        from ..workflows.base import run_participant_level
+
+        return run_participant_level(cfg)
+    print(
+        f"contrareg-bids: the {cfg.analysis_level!r} level is not available in this version "
+        f"({cfg.version}); use contrareg-train to train a model",
+        file=sys.stderr,
+    )
+    return exit_codes.USAGE
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""Command line of the BIDS-App: ``contrareg-bids BIDS_DIR OUTPUT_DIR LEVEL [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from .. import __version__
+
+LEVELS = ("participant", "group", "train")
+
+
+def _label(value: str) -> str:
+    """``sub-01`` or ``01`` -> ``01`` (BIDS labels are alphanumeric)."""
+    label = value.removeprefix("sub-").removeprefix("ses-")
+    if not re.fullmatch(r"[A-Za-z0-9]+", label):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a BIDS label (letters and digits)")
+    return label
+
+
+def _derivative(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--derivatives takes NAME=PATH, got {value!r}")
+    return name, Path(path)
+
+
+def _filter_file(value: str) -> dict:
+    path = Path(value)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"cannot read BIDS filter file {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{path} must hold a JSON object keyed by modality")
+    return data
+
+
+def _lambda(value: str) -> float:
+    try:
+        lam = float(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"--lambda takes a number in [0, 1], got {value!r}"
+        ) from err
+    if not 0.0 <= lam <= 1.0:
+        raise argparse.ArgumentTypeError(f"--lambda must be in [0, 1], got {lam}")
+    return lam
+
+
+def _memory_gb(value: str) -> float:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([GgMm]?)[Bb]?\s*", value)
+    if not m:
+        raise argparse.ArgumentTypeError(f"--mem takes e.g. 8, 8GB or 8000MB, got {value!r}")
+    number, unit = float(m.group(1)), m.group(2).upper()
+    return number / 1024 if unit == "M" else number
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="contrareg-bids",
+        description="ContraReg multi-modality (T1w <-> T2w) registration of neonatal brain "
+        "MRI, as a BIDS-App.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
+    p.add_argument("output_dir", type=Path, help="where derivatives and reports are written")
+    p.add_argument("analysis_level", help=f"one of: {', '.join(LEVELS)}")
+    p.add_argument("--version", action="version", version=f"contrareg-bids {__version__}")
+
+    g = p.add_argument_group("selecting data")
+    g.add_argument(
+        "--participant-label",
+        "--participant_label",
+        nargs="+",
+        type=_label,
+        metavar="LABEL",
+        help="participants to process (with or without 'sub-')",
+    )
+    g.add_argument("--session-label", nargs="+", type=_label, metavar="LABEL")
+    g.add_argument(
+        "--bids-filter-file",
+        type=_filter_file,
+        metavar="FILE",
+        help="JSON of per-modality BIDS entity filters (T1w, T2w)",
+    )
+    g.add_argument(
+        "--derivatives",
+        nargs="+",
+        type=_derivative,
+        metavar="NAME=PATH",
+        default=[],
+        help="precomputed derivatives (brain masks, label maps)",
+    )
+    g.add_argument("--skip-bids-validation", action="store_true")
+
+    g = p.add_argument_group("registration")
+    g.add_argument("--registration", choices=("contrareg", "ants"), default="contrareg")
+    g.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="model bundle (.safetensors); default: newest in OUTPUT_DIR/models",
+    )
+    g.add_argument(
+        "--reference",
+        default="dhcpVol",
+        metavar="SPEC",
+        help="TEMPLATE[:cohort-N] (cohort from age when omitted), sub-XX, or a path",
+    )
+    g.add_argument("--moving-modality", choices=("T1w", "T2w"), default="T2w")
+    g.add_argument("--fixed-modality", choices=("T1w", "T2w"), default="T1w")
+    g.add_argument(
+        "--lambda",
+        dest="lam",
+        type=_lambda,
+        default=0.1,
+        metavar="L",
+        help="regularisation weight of the lambda-conditioned model",
+    )
+    g.add_argument("--random-seed", type=int, default=0)
+
+    g = p.add_argument_group("resources")
+    g.add_argument("-w", "--work-dir", type=Path, metavar="DIR")
+    g.add_argument("--nprocs", "--n-cpus", type=int, metavar="N")
+    g.add_argument("--omp-nthreads", type=int, metavar="N")
+    g.add_argument("--mem", "--mem-gb", type=_memory_gb, metavar="GB")
+    g.add_argument("--use-plugin", type=Path, metavar="FILE", help="Nipype plugin YAML")
+    g.add_argument("--n-gpus", type=int, default=None, metavar="N")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+
+    g = p.add_argument_group("behaviour")
+    g.add_argument("--stop-on-first-crash", action="store_true")
+    g.add_argument("--reports-only", action="store_true")
+    g.add_argument("--sloppy", action="store_true", help="fast, low-accuracy settings (tests)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the combinations argparse cannot see."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.moving_modality == args.fixed_modality:
+        parser.error("--moving-modality and --fixed-modality must differ")
+    return args

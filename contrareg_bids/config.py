@@ -1,0 +1,148 @@
+"""Typed settings of one BIDS-App run, serialisable to TOML/JSON and recorded in the outputs.
+
+One :class:`RunConfig` is built from the command line, checked once (paths, combinations),
+written to the work dir and to ``OUTPUT_DIR/logs/`` so a run can be inspected and
+reproduced, and passed to the workflow factories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+
+class ConfigError(ValueError):
+    """A run that cannot start as configured (maps to exit code 2)."""
+
+
+@dataclass
+class RunConfig:
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_label: list[str] | None = None
+    session_label: list[str] | None = None
+    bids_filters: dict | None = None
+    derivatives: dict[str, Path] = field(default_factory=dict)
+    skip_bids_validation: bool = False
+    registration: str = "contrareg"
+    model: Path | None = None
+    reference: str = "dhcpVol"
+    moving_modality: str = "T2w"
+    fixed_modality: str = "T1w"
+    lam: float = 0.1
+    random_seed: int = 0
+    nprocs: int | None = None
+    omp_nthreads: int | None = None
+    mem_gb: float | None = None
+    use_plugin: Path | None = None
+    n_gpus: int | None = None
+    device: str = "auto"
+    stop_on_first_crash: bool = False
+    reports_only: bool = False
+    sloppy: bool = False
+    version: str = __version__
+    run_uuid: str = field(default_factory=lambda: _run_uuid())
+
+    @classmethod
+    def from_args(cls, args) -> RunConfig:
+        bids_dir = Path(args.bids_dir).absolute()
+        output_dir = Path(args.output_dir).absolute()
+        work_dir = Path(args.work_dir).absolute() if args.work_dir else Path.cwd() / "work"
+        cfg = cls(
+            bids_dir=bids_dir,
+            output_dir=output_dir,
+            analysis_level=args.analysis_level,
+            work_dir=work_dir,
+            participant_label=args.participant_label,
+            session_label=args.session_label,
+            bids_filters=args.bids_filter_file,
+            derivatives={name: Path(p).absolute() for name, p in args.derivatives},
+            skip_bids_validation=args.skip_bids_validation,
+            registration=args.registration,
+            model=Path(args.model).absolute() if args.model else None,
+            reference=args.reference,
+            moving_modality=args.moving_modality,
+            fixed_modality=args.fixed_modality,
+            lam=args.lam,
+            random_seed=args.random_seed,
+            nprocs=args.nprocs,
+            omp_nthreads=args.omp_nthreads,
+            mem_gb=args.mem,
+            use_plugin=args.use_plugin,
+            n_gpus=args.n_gpus,
+            device=args.device,
+            stop_on_first_crash=args.stop_on_first_crash,
+            reports_only=args.reports_only,
+            sloppy=args.sloppy,
+        )
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Refuse runs that would damage the input or cannot work."""
+        if not self.bids_dir.is_dir():
+            raise ConfigError(f"the BIDS directory {self.bids_dir} does not exist")
+        bids = self.bids_dir.resolve()
+        out = self.output_dir.resolve()
+        if out == bids:
+            raise ConfigError(
+                f"the output directory is the BIDS directory ({bids}); choose another one, "
+                "e.g. <bids_dir>/derivatives/contrareg-bids"
+            )
+        work = self.work_dir.resolve()
+        if work == bids or bids in work.parents:
+            raise ConfigError(
+                f"the work directory {work} is inside the BIDS directory {bids}; "
+                "put it elsewhere (-w /scratch/work)"
+            )
+        if self.model is not None and not self.model.is_file():
+            raise ConfigError(f"--model {self.model} does not exist")
+        for name, path in self.derivatives.items():
+            if not path.is_dir():
+                raise ConfigError(f"--derivatives {name}={path}: not a directory")
+        if self.use_plugin is not None and not self.use_plugin.is_file():
+            raise ConfigError(f"--use-plugin {self.use_plugin} does not exist")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return json.loads(json.dumps(d, default=str))
+
+    def write(self, path: Path) -> Path:
+        """Write as JSON atomically; returns the path."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        os.replace(tmp, path)
+        return path
+
+    def seed_everything(self) -> None:
+        """One seed for Python, NumPy, torch and ANTs (ITK threads made deterministic)."""
+        seed_everything(self.random_seed)
+
+
+def _run_uuid() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")  # noqa: UP017
+    return f"{stamp}_{uuid.uuid4()}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (libraries underneath use the legacy global RNG)
+    os.environ["ANTS_RANDOM_SEED"] = str(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
