@@ -1,0 +1,33 @@
+"""Nipype interfaces of contrareg-bids: thin shells over the plain functions of
+:mod:`contrareg_bids.io` and :mod:`contrareg_bids.processing`, for use as workflow nodes.
+
+Pipeline authors embed them in their own workflows::
+
+    from contrareg_bids.interfaces import ContraRegister, ApplyWarp
+"""
+
+from .metrics import RegistrationMetrics
+from .preproc import (
+    AffineRegister,
+    BrainMask,
+    N4BiasCorrect,
+    NormalizeIntensity,
+    PrepareModelPair,
+    StandardizeImage,
+)
+from .registration import AntsRegister, ContraRegister, ExportTransforms
+from .transforms import ApplyWarp
+
+__all__ = [
+    "AffineRegister",
+    "AntsRegister",
+    "ApplyWarp",
+    "BrainMask",
+    "ContraRegister",
+    "ExportTransforms",
+    "N4BiasCorrect",
+    "NormalizeIntensity",
+    "PrepareModelPair",
+    "RegistrationMetrics",
+    "StandardizeImage",
+]

@@ -1,0 +1,47 @@
+"""Apply exported transforms to images and label maps."""
+
+from __future__ import annotations
+
+import os
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+
+class _ApplyWarpInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="image or label map to resample")
+    reference = File(exists=True, mandatory=True, desc="grid of the output")
+    transforms = InputMultiObject(
+        File(exists=True), mandatory=True,
+        desc="ITK transforms, antsApplyTransforms order: the LAST acts first on the point",
+    )  # fmt: skip
+    interpolation = traits.Enum("linear", "nearest", "label", usedefault=True)
+    out_name = traits.Str("warped.nii.gz", usedefault=True)
+
+
+class _ApplyWarpOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class ApplyWarp(SimpleInterface):
+    """Resample through ITK transforms (SimpleITK): linear for images, nearest or one-hot
+    linear (``label``) for label maps."""
+
+    input_spec = _ApplyWarpInputSpec
+    output_spec = _ApplyWarpOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..io.transforms import apply_transform
+
+        out = apply_transform(
+            self.inputs.in_file, self.inputs.reference, list(self.inputs.transforms),
+            os.path.join(os.getcwd(), self.inputs.out_name), self.inputs.interpolation,
+        )  # fmt: skip
+        self._results["out_file"] = str(out)
+        return runtime

@@ -1,0 +1,500 @@
+"""BIDS queries (pybids) and post-menstrual age at scan (data flow step 1).
+
+Plain functions; Nipype interfaces and the CLI wrap them. Errors are :class:`BIDSError`
+(a ``ValueError``) whose ``exit_code`` tells the CLI which BIDS-Apps exit code to use:
+:class:`InvalidDatasetError` (16, not a usable BIDS dataset) and :class:`NoMatchError`
+(18, a participant/session/file asked for does not exist). Other :class:`BIDSError`\\ s (a
+subject without an age, a malformed table) are per-subject failures (1).
+
+Age (weeks, post-menstrual) is looked up, first hit wins, in
+
+1. ``sub-X[/ses-Y]/sub-X[_ses-Y]_scans.tsv``: the row of the scan file;
+2. ``sub-X/sub-X_sessions.tsv``: the row of the session;
+3. ``participants.tsv``: the row of the subject;
+
+from the columns :data:`WEEK_COLUMNS` (``age_weeks``, ``scan_age``, ``pma``: weeks, unless the
+sidecar gives other ``Units``) or ``age``, whose unit must be given by the sidecar JSON
+(``{"age": {"Units": "weeks"}}``; days, months and years are converted). ``age`` without
+units is never guessed: that source yields no age and the provenance says why. The ``age``
+column is taken as the post-menstrual age in its units: convert a postnatal age first (add
+the gestational age at birth). Week values may also be written ``38+2`` (38 weeks 2 days).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bids import BIDSLayout
+
+__all__ = [
+    "AGE_COLUMNS",
+    "ANAT_SUFFIXES",
+    "WEEK_COLUMNS",
+    "BIDSError",
+    "InvalidDatasetError",
+    "NoMatchError",
+    "collect_anatomicals",
+    "collect_sessions",
+    "get_age_weeks",
+    "make_layout",
+    "require_age",
+    "select_participants",
+    "subject_session_id",
+]
+
+#: Columns holding an age in weeks (unless the sidecar says otherwise), by priority.
+WEEK_COLUMNS = ("age_weeks", "scan_age", "pma")
+#: All accepted age columns, by priority; ``age`` needs ``Units`` in the sidecar.
+AGE_COLUMNS = (*WEEK_COLUMNS, "age")
+#: Anatomical modalities collected by :func:`collect_anatomicals`.
+ANAT_SUFFIXES = ("T1w", "T2w")
+
+_WEEKS_PER = {"weeks": 1.0, "days": 1.0 / 7.0, "months": 52.1775 / 12.0, "years": 52.1775}
+_UNIT_ALIASES = {
+    "w": "weeks",
+    "wk": "weeks",
+    "wks": "weeks",
+    "week": "weeks",
+    "weeks": "weeks",
+    "d": "days",
+    "day": "days",
+    "days": "days",
+    "mo": "months",
+    "month": "months",
+    "months": "months",
+    "y": "years",
+    "yr": "years",
+    "yrs": "years",
+    "year": "years",
+    "years": "years",
+}
+_MISSING = {"", "n/a", "na", "nan", "none", "null"}
+_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+_WEEKS_DAYS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*\+\s*(\d+(?:\.\d+)?)\s*$")
+
+
+class BIDSError(ValueError):
+    """A BIDS input problem; the message names the file/label and what to do."""
+
+    exit_code = 1
+
+
+class InvalidDatasetError(BIDSError):
+    """The folder is not a usable BIDS dataset (BIDS-Apps exit code 16)."""
+
+    exit_code = 16
+
+
+class NoMatchError(BIDSError):
+    """A participant, session or file asked for does not exist (exit code 18)."""
+
+    exit_code = 18
+
+
+# --------------------------------------------------------------------------------------------
+# layout and entities
+# --------------------------------------------------------------------------------------------
+def _strip(label: str, prefix: str) -> str:
+    label = str(label).strip()
+    return label[len(prefix) :] if label.startswith(prefix) else label
+
+
+def subject_session_id(subject: str, session: str | None = None) -> str:
+    """``"sub-01"`` or ``"sub-01_ses-1"`` (labels given with or without their prefix)."""
+    out = f"sub-{_strip(subject, 'sub-')}"
+    if session:
+        out += f"_ses-{_strip(session, 'ses-')}"
+    return out
+
+
+def make_layout(
+    bids_dir: str | os.PathLike[str],
+    *,
+    validate: bool = False,
+    database_dir: str | os.PathLike[str] | None = None,
+    reset_database: bool = False,
+) -> BIDSLayout:
+    """Index a BIDS dataset with pybids.
+
+    ``validate`` is pybids' filename validation (the CLI's ``--skip-bids-validation`` turns it
+    off); ``database_dir`` caches the index (``--bids-database-dir``) so that parallel jobs do
+    not re-index a large dataset.
+    """
+    from bids import BIDSLayout
+    from bids.exceptions import BIDSValidationError
+
+    root = Path(bids_dir).absolute()
+    if not root.is_dir():
+        raise InvalidDatasetError(
+            f"{root}: BIDS folder not found (or not a folder). Give the root of the dataset."
+        )
+    description = root / "dataset_description.json"
+    if not description.is_file():
+        raise InvalidDatasetError(
+            f"{description}: missing. {root} is not a BIDS dataset root; point to the folder "
+            'holding dataset_description.json, or add one: {"Name": "...", "BIDSVersion": '
+            '"1.9.0"}.'
+        )
+    try:
+        json.loads(description.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidDatasetError(
+            f"{description}: not valid JSON ({exc}). Fix the file (a JSON linter shows where)."
+        ) from exc
+    try:
+        return BIDSLayout(
+            str(root),
+            validate=validate,
+            database_path=str(database_dir) if database_dir is not None else None,
+            reset_database=reset_database,
+        )
+    except (BIDSValidationError, ValueError, OSError) as exc:
+        raise InvalidDatasetError(
+            f"{root}: pybids cannot index this dataset ({exc}). Fix the dataset, or run with "
+            "--skip-bids-validation."
+        ) from exc
+
+
+def select_participants(layout: BIDSLayout, labels: Iterable[str] | None = None) -> list[str]:
+    """Participant labels (no ``sub-``) to process, sorted.
+
+    ``labels`` may carry the ``sub-`` prefix; ``None``/empty means every subject. Unknown
+    labels raise :class:`NoMatchError` listing them (all of them at once, so that a typo in a
+    long list is fixed in one go).
+    """
+    available = sorted(str(s) for s in layout.get_subjects())
+    if not available:
+        raise NoMatchError(f"{layout.root}: no subjects (no sub-* folders with BIDS files).")
+    if not labels:
+        return available
+    wanted = sorted({_strip(label, "sub-") for label in labels if str(label).strip()})
+    unknown = [label for label in wanted if label not in available]
+    if unknown:
+        shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
+        raise NoMatchError(
+            f"{layout.root}: participant label(s) not found: {', '.join(unknown)}. "
+            f"Available: {shown}. Check --participant-label (labels without 'sub-' work too)."
+        )
+    return wanted
+
+
+def collect_sessions(
+    layout: BIDSLayout, subject: str, session_labels: Iterable[str] | None = None
+) -> list[str | None]:
+    """Session labels of one subject, sorted; ``[None]`` when the subject has no sessions.
+
+    ``session_labels`` (with or without ``ses-``) restricts the list; unknown ones raise
+    :class:`NoMatchError`.
+    """
+    subject = _strip(subject, "sub-")
+    available = sorted(str(s) for s in layout.get_sessions(subject=subject))
+    wanted = sorted({_strip(s, "ses-") for s in session_labels or () if str(s).strip()})
+    if not available:
+        if wanted:
+            raise NoMatchError(
+                f"{layout.root}: sub-{subject} has no sessions, but session(s) "
+                f"{', '.join(wanted)} were asked for. Drop the session filter for this dataset."
+            )
+        return [None]
+    if not wanted:
+        return list(available)
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise NoMatchError(
+            f"{layout.root}: sub-{subject} has no session(s) {', '.join(unknown)}; "
+            f"available: {', '.join(available)}."
+        )
+    return list(wanted)
+
+
+def _filter_value(value: Any) -> Any:
+    """fMRIPrep's filter-file conventions: ``null`` -> no such entity, ``"*"`` -> any value."""
+    from bids.layout import Query
+
+    if value is None:
+        return Query.NONE
+    if value == "*":
+        return Query.ANY
+    if isinstance(value, list | tuple):
+        return [_filter_value(v) for v in value]
+    return value
+
+
+def collect_anatomicals(
+    layout: BIDSLayout,
+    subject: str,
+    session: str | None = None,
+    bids_filters: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, list[str]]:
+    """Paths of the T1w and T2w images of one subject (and session), sorted.
+
+    ``bids_filters`` follows fMRIPrep's ``--bids-filter-file``: ``{"t1w": {...}, "t2w":
+    {...}}`` (keys case-insensitive; other keys such as ``bold`` are ignored), entity filters
+    merged over the defaults ``datatype=anat, suffix=<modality>, extension=.nii/.nii.gz``;
+    ``null`` means "entity absent" and ``"*"`` "any value". ``session=None`` does not filter
+    on sessions. Several runs are all returned (the workflow uses the first and warns).
+    """
+    from bids.exceptions import BIDSEntityError
+
+    subject = _strip(subject, "sub-")
+    filters = {str(k).lower(): v for k, v in (bids_filters or {}).items()}
+    out: dict[str, list[str]] = {}
+    for suffix in ANAT_SUFFIXES:
+        extra = filters.get(suffix.lower(), {}) or {}
+        if not isinstance(extra, Mapping):
+            raise BIDSError(
+                f"BIDS filters: the value of {suffix.lower()!r} must be an object of entity "
+                f'filters (e.g. {{"acquisition": "mprage"}}), not {extra!r}.'
+            )
+        query: dict[str, Any] = {
+            "datatype": "anat",
+            "suffix": suffix,
+            "extension": [".nii", ".nii.gz"],
+        }
+        query.update({k: _filter_value(v) for k, v in extra.items()})
+        query["subject"] = subject
+        if session is not None:
+            query["session"] = _strip(session, "ses-")
+        try:
+            files = layout.get(return_type="file", **query)
+        except (BIDSEntityError, ValueError) as exc:
+            raise BIDSError(
+                f"BIDS filters for {suffix}: {exc}. Use BIDS entity names as pybids knows them "
+                "(subject, session, acquisition, reconstruction, run, ...)."
+            ) from exc
+        out[suffix] = sorted(str(f) for f in files)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# age
+# --------------------------------------------------------------------------------------------
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fobj:
+            reader = csv.DictReader(fobj, delimiter="\t")
+            rows = [
+                {
+                    str(k).strip(): (v or "").strip()
+                    for k, v in row.items()
+                    if k is not None and isinstance(v, str | type(None))
+                }
+                for row in reader
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise BIDSError(f"{path}: cannot be read as a TSV table ({exc}); fix the file.") from exc
+    return rows
+
+
+def _read_sidecar(candidates: Iterable[Path]) -> tuple[dict[str, Any], Path | None]:
+    for path in candidates:
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8-sig"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BIDSError(f"{path}: not valid JSON ({exc}); fix the file.") from exc
+            if isinstance(data, dict):
+                return data, path
+    return {}, None
+
+
+def _column_units(sidecar: Mapping[str, Any], column: str) -> str | None:
+    entry = sidecar.get(column)
+    if not isinstance(entry, Mapping):
+        return None
+    for key in ("Units", "units", "Unit", "unit"):
+        if isinstance(entry.get(key), str) and entry[key].strip():
+            return entry[key].strip()
+    return None
+
+
+def _normalise_units(units: str) -> str | None:
+    return _UNIT_ALIASES.get(units.strip().lower().rstrip("."))
+
+
+def _parse_age(raw: str, units: str, where: str) -> float | None:
+    if raw.strip().lower() in _MISSING:
+        return None
+    match = _WEEKS_DAYS_RE.match(raw)
+    if match and units == "weeks":
+        value = float(match.group(1)) + float(match.group(2)) / 7.0
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise BIDSError(
+                f"{where}: age value {raw!r} is not a number; write a number (or 'n/a')."
+            ) from None
+    weeks = value * _WEEKS_PER[units]
+    if not weeks > 0 or weeks != weeks or weeks == float("inf"):
+        raise BIDSError(f"{where}: age {raw!r} ({units}) is not a positive age; fix the value.")
+    return weeks
+
+
+def _age_from_row(
+    row: Mapping[str, str], sidecar: Mapping[str, Any], where: str, sidecar_path: Path | None
+) -> tuple[float | None, str | None, str | None]:
+    """(weeks, column used, note on why nothing usable) for one table row."""
+    note = None
+    for column in AGE_COLUMNS:
+        if column not in row or row[column].strip().lower() in _MISSING:
+            continue
+        units_raw = _column_units(sidecar, column)
+        if units_raw is None:
+            if column == "age":
+                note = (
+                    f"{where}: column 'age' has no units (no sidecar"
+                    + (f" entry in {sidecar_path.name}" if sidecar_path else " JSON")
+                    + '); add {"age": {"Units": "weeks"}} (or days/months/years) to the '
+                    "sidecar, or use an age_weeks/pma column"
+                )
+                continue
+            units_raw = "weeks"
+        units = _normalise_units(units_raw)
+        if units is None:
+            note = (
+                f"{where}: column {column!r} has units {units_raw!r}, which are not one of "
+                "weeks/days/months/years"
+            )
+            continue
+        weeks = _parse_age(row[column], units, f"{where}, column {column!r}")
+        if weeks is not None:
+            label = column if units == "weeks" else f"{column} [{units}]"
+            return weeks, label, None
+    return None, None, note
+
+
+def _age_sources(
+    root: Path, subject: str, session: str | None
+) -> list[tuple[str, Path, list[Path], str, str]]:
+    """(kind, tsv, sidecar candidates, id column, id value) in the order of lookup."""
+    sub = f"sub-{subject}"
+    ses = f"ses-{session}" if session else None
+    sub_dir = root / sub
+    scans_dir = sub_dir / ses if ses else sub_dir
+    scans = f"{sub}_{ses}_scans" if ses else f"{sub}_scans"
+    sources = [
+        (
+            "scan",
+            scans_dir / f"{scans}.tsv",
+            [scans_dir / f"{scans}.json", root / "scans.json"],
+            "filename",
+            "",
+        )
+    ]
+    if ses:
+        sessions = [sub_dir / f"{sub}_sessions.json", root / "sessions.json"]
+        sources.append(("session", sub_dir / f"{sub}_sessions.tsv", sessions, "session_id", ses))
+    participants = [root / "participants.json"]
+    sources.append(("participant", root / "participants.tsv", participants, "participant_id", sub))
+    return sources
+
+
+def _scan_names(root: Path, tsv: Path, scan_path: str | os.PathLike[str]) -> set[str]:
+    """How ``scan_path`` may be written in the ``filename`` column of ``tsv``."""
+    scan = Path(scan_path)
+    candidates = [scan] if scan.is_absolute() else [root / scan, tsv.parent / scan]
+    names = set() if scan.is_absolute() else {scan.as_posix()}
+    for candidate in candidates:
+        try:
+            names.add(candidate.absolute().relative_to(tsv.parent.absolute()).as_posix())
+        except ValueError:
+            pass
+    return names
+
+
+def _root_of(layout_or_bids_dir: BIDSLayout | str | os.PathLike[str]) -> Path:
+    if isinstance(layout_or_bids_dir, str | os.PathLike):
+        return Path(layout_or_bids_dir).absolute()
+    return Path(layout_or_bids_dir.root).absolute()
+
+
+def _find_age(
+    layout_or_bids_dir: BIDSLayout | str | os.PathLike[str],
+    subject: str,
+    session: str | None = None,
+    scan_path: str | os.PathLike[str] | None = None,
+) -> tuple[float | None, str, list[str]]:
+    """Age in weeks, provenance, and the files looked at (for error messages)."""
+    root = _root_of(layout_or_bids_dir)
+    subject = _strip(subject, "sub-")
+    session = _strip(session, "ses-") if session else None
+    looked: list[str] = []
+    notes: list[str] = []
+    for kind, tsv, sidecars, id_column, id_value in _age_sources(root, subject, session):
+        rel = tsv.relative_to(root).as_posix()
+        if not tsv.is_file():
+            looked.append(f"{rel} (absent)")
+            continue
+        rows = _read_tsv(tsv)
+        if kind == "scan":
+            if scan_path is not None:
+                names = _scan_names(root, tsv, scan_path)
+                rows = [r for r in rows if r.get("filename", "").removeprefix("./") in names]
+        else:
+            prefix = id_value[:4]
+            rows = [r for r in rows if _strip(r.get(id_column, ""), prefix) == id_value[4:]]
+        if not rows:
+            looked.append(f"{rel} (no row for this {kind})")
+            continue
+        sidecar, sidecar_path = _read_sidecar(sidecars)
+        ages: list[tuple[float, str]] = []
+        for row in rows:
+            weeks, column, note = _age_from_row(row, sidecar, rel, sidecar_path)
+            if weeks is not None and column is not None:
+                ages.append((weeks, column))
+            elif note:
+                notes.append(note)
+        if not ages:
+            looked.append(f"{rel} (no usable age column)")
+            continue
+        values = sorted({round(w, 6) for w, _ in ages})
+        if len(values) > 1:  # several scans of a session with different ages, no scan_path
+            looked.append(f"{rel} (rows disagree: {values}; give the scan file)")
+            continue
+        return ages[0][0], f"{rel}:{ages[0][1]}", looked
+    reason = "; ".join(dict.fromkeys(notes)) if notes else "no age was found"
+    return None, f"{reason} (looked at, in {root}: {', '.join(looked)})", looked
+
+
+def get_age_weeks(
+    layout_or_bids_dir: BIDSLayout | str | os.PathLike[str],
+    subject: str,
+    session: str | None = None,
+    scan_path: str | os.PathLike[str] | None = None,
+) -> tuple[float | None, str]:
+    """Post-menstrual age at scan (weeks) and where it came from, e.g.
+    ``(40.3, "participants.tsv:pma")``; ``(None, "<why>")`` when no source has it.
+
+    ``scan_path`` (absolute, or relative to the subject/session folder) picks the row of
+    scans.tsv; without it, scans.tsv is used only when its rows agree on one age.
+    """
+    weeks, provenance, _ = _find_age(layout_or_bids_dir, subject, session, scan_path)
+    return weeks, provenance
+
+
+def require_age(
+    layout_or_bids_dir: BIDSLayout | str | os.PathLike[str],
+    subject: str,
+    session: str | None = None,
+    scan_path: str | os.PathLike[str] | None = None,
+) -> tuple[float, str]:
+    """Like :func:`get_age_weeks`, but a missing age raises :class:`BIDSError` saying where
+    it looked and which columns are accepted."""
+    weeks, provenance, _looked = _find_age(layout_or_bids_dir, subject, session, scan_path)
+    if weeks is None:
+        raise BIDSError(
+            f"{subject_session_id(subject, session)}: the post-menstrual age at scan is needed "
+            f"(to pick the template cohort) but {provenance}. Add one of the columns "
+            f"{', '.join(AGE_COLUMNS)} (weeks; 'age' needs Units in its JSON sidecar) to "
+            "scans.tsv, sessions.tsv or participants.tsv, or choose the reference cohort "
+            "explicitly (e.g. dhcpVol:cohort-40)."
+        )
+    return weeks, provenance

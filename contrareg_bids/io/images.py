@@ -1,0 +1,463 @@
+"""Validate and standardise one NIfTI image (data flow step 2).
+
+Every image entering the pipeline goes through :func:`standardize_image`: it must be 3-D (a
+singleton 4th dimension is squeezed), finite, with a usable affine; it is reoriented to RAS
+(closest canonical) and written with a predictable dtype. Bad input raises :class:`ImageError`
+with a message naming the file, the problem and what to do, so one broken subject fails
+alone.
+
+qform/sform policy (the reference is NiPreps' ``niworkflows.interfaces.header.ValidateImage``):
+
+* sform and qform both set (codes > 0) and agreeing within :data:`XFORM_ATOL_MM` at the
+  corners of the grid: nothing to say.
+* Both set but disagreeing: the **sform wins** (it is what nibabel, FSL and ITK/ANTs read when
+  its code is set, so it is what every other tool already sees), a warning reports the size
+  of the disagreement. ``strict_xforms=True`` turns this into an :class:`ImageError`.
+* sform set but invalid (singular, or its voxel sizes contradict ``pixdim``) and a valid qform:
+  the qform is used, with a warning.
+* Only one set: that one is used silently.
+* Neither set: the NIfTI "base" affine (voxel sizes only, LAS) is used with a loud warning
+  (``strict_xforms=True``: an error), as NiPreps does.
+
+The output carries the chosen affine in both sform and qform (same code), so no tool downstream
+can read a different orientation than the one used here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+__all__ = [
+    "MAX_VOXEL_MM",
+    "XFORM_ATOL_MM",
+    "ImageError",
+    "StandardizeResult",
+    "load_image",
+    "orientation_codes",
+    "same_grid",
+    "standardize_image",
+    "validate_image",
+    "write_atomic",
+]
+
+#: Largest voxel edge (mm) accepted: anything coarser is a broken header, not an MRI.
+MAX_VOXEL_MM = 10.0
+#: Largest displacement (mm) of any grid corner between qform and sform to call them equal.
+XFORM_ATOL_MM = 1e-3
+
+Kind = Literal["image", "mask", "labels"]
+_KINDS = ("image", "mask", "labels")
+_READ_ERRORS = (
+    OSError,  # includes gzip.BadGzipFile, truncated uncompressed files
+    EOFError,  # truncated .nii.gz
+    zlib.error,  # corrupt deflate stream
+    ValueError,
+    ImageFileError,
+    HeaderDataError,
+)
+_UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+
+
+class ImageError(ValueError):
+    """An input image cannot be used as is; the message names the file and the fix."""
+
+
+@dataclass
+class StandardizeResult:
+    """What :func:`standardize_image` wrote and what it had to change.
+
+    ``orientation``/``original_shape`` describe the input; ``shape``/``zooms`` the RAS output.
+    """
+
+    out_file: Path
+    orientation: str
+    shape: tuple[int, int, int]
+    zooms: tuple[float, float, float]
+    original_shape: tuple[int, ...] = ()
+    reoriented: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+def load_image(path: str | os.PathLike[str]) -> nib.Nifti1Image:
+    """Load a NIfTI file and read all of its data now.
+
+    Reading the voxels eagerly is the point: a truncated ``.nii.gz`` otherwise loads fine and
+    fails much later inside a registration node with an unhelpful zlib/EOF message. The
+    returned image holds the data in memory with the original header (qform/sform codes
+    included); NIfTI-2 and ``.hdr/.img`` pairs are converted to an in-memory NIfTI-1 image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found. Check the path (and the bind mounts).")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a file. Give the path of a .nii or .nii.gz image.")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes). Copy or download it again.")
+    try:
+        img = nib.load(str(path))
+    except _READ_ERRORS as exc:
+        raise ImageError(
+            f"{path}: cannot be read as a NIfTI image ({type(exc).__name__}: {exc}). "
+            "Check that the file is a complete .nii or .nii.gz file; re-export or copy it again."
+        ) from exc
+    if not isinstance(img, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and pairs all are
+        raise ImageError(
+            f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__}). "
+            "Convert it to NIfTI (.nii.gz), e.g. with dcm2niix or mri_convert."
+        )
+    try:
+        data = np.asanyarray(img.dataobj)
+    except _READ_ERRORS as exc:
+        raise ImageError(
+            f"{path}: the header is readable but the voxel data is not "
+            f"({type(exc).__name__}: {exc}); the file is probably truncated or corrupt. "
+            "Copy or download it again (compare its size or checksum with the source)."
+        ) from exc
+    if path.name.lower().endswith(".gz"):
+        _verify_gzip(path)
+    header = nib.Nifti1Header.from_header(img.header)
+    return nib.Nifti1Image(data, img.affine, header=header)
+
+
+def _verify_gzip(path: Path) -> None:
+    """Decompress to the end so that gzip checks its CRC and length.
+
+    nibabel stops reading once it has the voxels, before the trailer: a damaged stream that
+    still inflates would otherwise give silently wrong voxels.
+    """
+    try:
+        with gzip.open(path, "rb") as fobj:
+            while fobj.read(1 << 24):
+                pass
+    except _READ_ERRORS as exc:
+        raise ImageError(
+            f"{path}: the compressed data is corrupt ({type(exc).__name__}: {exc}). "
+            "Copy or download it again (compare its size or checksum with the source)."
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------------------------
+def orientation_codes(affine: np.ndarray) -> str:
+    """Axis codes of an affine, e.g. ``"LAS"``; ``"???"`` for a degenerate affine."""
+    try:
+        return "".join(str(c) for c in nib.aff2axcodes(affine))
+    except Exception:  # a degenerate matrix has no orientation
+        return "???"
+
+
+def _corner_displacement_mm(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Largest distance (mm) between where ``a`` and ``b`` put the 8 corners of the grid."""
+    extent = [max(int(n) - 1, 0) for n in shape[:3]]
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, extent[0]) for j in (0, extent[1]) for k in (0, extent[2])]
+    ).T
+    return float(np.max(np.linalg.norm((a @ corners - b @ corners)[:3], axis=0)))
+
+
+def _rotation_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle (degrees) of the rotation between the direction cosines of two affines."""
+    ra = a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0)
+    rb = b[:3, :3] / np.linalg.norm(b[:3, :3], axis=0)
+    cos = (np.trace(ra.T @ rb) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def _usable(affine: np.ndarray | None) -> bool:
+    return (
+        affine is not None
+        and bool(np.all(np.isfinite(affine)))
+        and abs(float(np.linalg.det(affine[:3, :3]))) > 1e-12
+    )
+
+
+def _resolve_affine(
+    img: nib.Nifti1Image, name: str, *, strict_xforms: bool = False
+) -> tuple[np.ndarray, int, list[str]]:
+    """Choose the affine to trust (see the module docstring); return it, its code, warnings."""
+    hdr = img.header
+    scode = int(hdr["sform_code"])
+    qcode = int(hdr["qform_code"])
+    shape = img.shape
+    warnings: list[str] = []
+    try:
+        qform = hdr.get_qform()
+    except Exception:  # an invalid quaternion
+        qform = None
+    sform = hdr.get_sform()
+    valid_q = _usable(qform)
+    valid_s = _usable(sform)
+    pixdim = np.asarray(hdr.get_zooms()[:3], dtype=float)
+    s_zooms_ok = valid_s and np.allclose(
+        np.linalg.norm(sform[:3, :3], axis=0), pixdim, rtol=1e-3, atol=1e-5
+    )
+
+    if scode > 0 and s_zooms_ok and qcode > 0 and valid_q:
+        dist = _corner_displacement_mm(qform, sform, shape)
+        if dist <= XFORM_ATOL_MM:
+            return sform, scode, warnings
+        angle = _rotation_deg(qform, sform)
+        problem = (
+            f"{name}: the qform and sform of the header disagree (up to {dist:.3g} mm at the "
+            f"corners of the grid, rotation {angle:.3g} degrees)."
+        )
+        if strict_xforms:
+            raise ImageError(
+                f"{problem} Fix the header: if the sform is right, copy it to the qform "
+                "(`fslorient -copysform2qform FILE`); if the qform is right, "
+                "`fslorient -copyqform2sform FILE`. Without strict checking the sform is used."
+            )
+        warnings.append(
+            f"{problem} Using the sform (as nibabel, FSL, ANTs and NiPreps do); if the qform "
+            "is the right one, fix the file with `fslorient -copyqform2sform`."
+        )
+        return sform, scode, warnings
+    if scode > 0 and valid_s and s_zooms_ok:
+        if qcode > 0:  # qcode set but the quaternion is unusable
+            warnings.append(f"{name}: the qform is invalid; using the sform.")
+        return sform, scode, warnings
+    if qcode > 0 and valid_q:
+        if scode > 0:
+            warnings.append(
+                f"{name}: the sform is set but invalid (singular, or its voxel sizes contradict "
+                "pixdim); using the qform."
+            )
+        return qform, qcode, warnings
+    if scode > 0 and valid_s:  # only an sform whose voxel sizes contradict pixdim
+        warnings.append(
+            f"{name}: the voxel sizes of the sform contradict pixdim {tuple(pixdim)}; using the "
+            "sform."
+        )
+        return sform, scode, warnings
+    if scode > 0 or qcode > 0:
+        raise ImageError(
+            f"{name}: the header has no usable orientation (qform_code={qcode}, "
+            f"sform_code={scode}, both matrices singular or not finite). Fix the header of the "
+            "file (re-convert it from DICOM, e.g. with dcm2niix)."
+        )
+    message = f"{name}: the header has no orientation information (qform_code = sform_code = 0)."
+    if strict_xforms:
+        raise ImageError(f"{message} Re-convert the image from DICOM (e.g. with dcm2niix).")
+    warnings.append(
+        f"{message} Assuming the default NIfTI orientation (LAS, voxel sizes from pixdim); "
+        "the result may be flipped. Re-convert the image from DICOM to be sure."
+    )
+    return hdr.get_base_affine(), 0, warnings
+
+
+def _check_shape(img: nib.Nifti1Image, name: str) -> tuple[int, int, int]:
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) < 3:
+        raise ImageError(
+            f"{name}: {len(shape)}-D image of shape {shape}; a 3-D volume is required."
+        )
+    if len(shape) > 3 and any(n != 1 for n in shape[3:]):
+        if shape[3] > 1 and all(n == 1 for n in shape[4:]):
+            raise ImageError(
+                f"{name}: 4-D image with {shape[3]} volumes (shape {shape}); a single 3-D "
+                "volume is required. Average or select one volume first (e.g. `fslroi` or "
+                "`mrmath ... mean`)."
+            )
+        raise ImageError(
+            f"{name}: image of shape {shape} has extra (vector/time) dimensions; a scalar 3-D "
+            "volume is required."
+        )
+    spatial = shape[:3]
+    if min(spatial) < 2:
+        raise ImageError(
+            f"{name}: spatial shape {spatial} is a single slice, not a 3-D volume. Give the "
+            "full 3-D acquisition."
+        )
+    return spatial  # type: ignore[return-value]
+
+
+def _check_values(data: np.ndarray, name: str) -> None:
+    if data.dtype.kind not in "biuf":
+        raise ImageError(
+            f"{name}: voxel type {data.dtype} is not a real scalar type (complex or RGB "
+            "data?); convert the image to a real-valued scalar volume."
+        )
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            n_nan = int(np.isnan(data).sum())
+            n_inf = int(finite.size - finite.sum() - n_nan)
+            raise ImageError(
+                f"{name}: {n_nan} NaN and {n_inf} infinite voxel(s). Replace them (e.g. "
+                "`fslmaths IN -nan OUT`, or numpy.nan_to_num) before running."
+            )
+
+
+def _check_affine(affine: np.ndarray, name: str, xyz_unit: str) -> None:
+    if not np.all(np.isfinite(affine)):
+        raise ImageError(f"{name}: the affine has non-finite entries; fix the header.")
+    if abs(float(np.linalg.det(affine[:3, :3]))) <= 1e-12:
+        raise ImageError(
+            f"{name}: the affine is singular (zero voxel size or collinear axes); fix the "
+            "header (re-convert the image from DICOM)."
+        )
+    zooms_mm = np.linalg.norm(affine[:3, :3], axis=0) * _UNIT_TO_MM.get(xyz_unit, 1.0)
+    if not (np.all(zooms_mm > 0) and np.all(zooms_mm < MAX_VOXEL_MM)):
+        raise ImageError(
+            f"{name}: voxel sizes {tuple(np.round(zooms_mm, 4))} mm are outside "
+            f"(0, {MAX_VOXEL_MM}) mm; the header (pixdim / xyz units) is probably wrong."
+        )
+
+
+def _validate(
+    img: nib.Nifti1Image, name: str, *, kind: Kind = "image", strict_xforms: bool = False
+) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
+    """All checks; return the squeezed data, the chosen affine, its code and warnings."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
+    spatial = _check_shape(img, name)
+    data = np.asanyarray(img.dataobj).reshape(spatial)
+    _check_values(data, name)
+    affine, code, warnings = _resolve_affine(img, name, strict_xforms=strict_xforms)
+    _check_affine(affine, name, img.header.get_xyzt_units()[0])
+    return data, affine, code, warnings
+
+
+def validate_image(
+    img: nib.Nifti1Image, name: str, *, kind: Kind = "image", strict_xforms: bool = False
+) -> None:
+    """Raise :class:`ImageError` (naming ``name``) if ``img`` cannot be standardised."""
+    _validate(img, name, kind=kind, strict_xforms=strict_xforms)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+def _nifti_suffix(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    if name.endswith(".nii"):
+        return ".nii"
+    raise ImageError(f"{path}: output name must end in .nii or .nii.gz.")
+
+
+def write_atomic(img: nib.Nifti1Image, out_file: str | os.PathLike[str]) -> Path:
+    """Write ``img`` to a temporary name in the same folder, then rename it into place.
+
+    A crash (or a killed job) never leaves a half-written file under the final name, which a
+    resumed run would otherwise trust. The file gets the usual permissions (umask), not the
+    0600 of a temporary file.
+    """
+    out_file = Path(out_file)
+    suffix = _nifti_suffix(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=suffix, dir=out_file.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_file
+
+
+def _cast(data: np.ndarray, kind: Kind, name: str) -> tuple[np.ndarray, list[str]]:
+    warnings: list[str] = []
+    if kind == "image":
+        out = data.astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            raise ImageError(f"{name}: values overflow float32; rescale the image first.")
+        if out.size and float(out.min()) == float(out.max()):
+            warnings.append(f"{name}: the image is constant ({float(out.min())}).")
+        return out, warnings
+    if kind == "mask":
+        out = (data > 0.5).astype(np.uint8)
+        if not out.any():
+            warnings.append(f"{name}: the mask is empty (no voxel > 0.5).")
+        return out, warnings
+    # labels
+    if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
+        raise ImageError(
+            f"{name}: a label map must hold integer labels, but it has non-integer values "
+            "(is it a probability map or was it resampled with linear interpolation?). Use a "
+            "discrete segmentation (nearest-neighbour resampled)."
+        )
+    lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    for dtype in (np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return data.astype(dtype), warnings
+    raise ImageError(f"{name}: labels {lo}..{hi} do not fit in int32; renumber them.")
+
+
+def standardize_image(
+    in_file: str | os.PathLike[str],
+    out_file: str | os.PathLike[str],
+    *,
+    kind: Kind = "image",
+    strict_xforms: bool = False,
+) -> StandardizeResult:
+    """Validate ``in_file`` and write it 3-D, RAS (closest canonical), typed, to ``out_file``.
+
+    ``kind="image"`` -> float32; ``"mask"`` -> uint8 (``> 0.5``); ``"labels"`` -> int16 (int32
+    when needed; non-integer values refused). World coordinates are preserved exactly: only
+    the voxel order changes, so the output overlays the input in any viewer.
+    """
+    in_file = Path(in_file)
+    name = str(in_file)
+    img = load_image(in_file)
+    data, affine, code, warnings = _validate(img, name, kind=kind, strict_xforms=strict_xforms)
+    orientation = orientation_codes(affine)
+    data, cast_warnings = _cast(data, kind, name)
+    warnings += cast_warnings
+
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
+    out_data = np.asanyarray(canonical.dataobj)
+    out_affine = canonical.affine
+    out = nib.Nifti1Image(np.ascontiguousarray(out_data), out_affine)
+    out.set_data_dtype(data.dtype)
+    out_code = code if code > 0 else 1  # scanner: never write "unknown" again
+    out.set_sform(out_affine, out_code)
+    out.set_qform(out_affine, out_code)
+    zooms = tuple(float(z) for z in np.linalg.norm(out_affine[:3, :3], axis=0))
+    out.header.set_zooms(zooms)
+    xyz_unit, t_unit = img.header.get_xyzt_units()
+    out.header.set_xyzt_units(xyz=xyz_unit, t=t_unit)
+    if kind == "labels":
+        out.header.set_intent("label")
+    written = write_atomic(out, out_file)
+    return StandardizeResult(
+        out_file=written,
+        orientation=orientation,
+        shape=tuple(int(n) for n in out_data.shape),  # type: ignore[arg-type]
+        zooms=zooms,  # type: ignore[arg-type]
+        original_shape=tuple(int(n) for n in img.shape),
+        reoriented=orientation != "RAS",
+        warnings=warnings,
+    )
+
+
+def same_grid(
+    img_a: nib.spatialimages.SpatialImage,
+    img_b: nib.spatialimages.SpatialImage,
+    atol: float = 1e-4,
+) -> bool:
+    """True when both images sample the same voxels: same 3-D shape and affine (``atol`` mm)."""
+    if tuple(img_a.shape[:3]) != tuple(img_b.shape[:3]):
+        return False
+    return bool(np.allclose(img_a.affine, img_b.affine, atol=atol, rtol=0.0))

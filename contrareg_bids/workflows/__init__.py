@@ -1,0 +1,2 @@
+"""Workflow factories (``init_<name>_wf``): they only wire the nodes of
+:mod:`contrareg_bids.interfaces`."""

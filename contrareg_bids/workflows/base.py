@@ -1,0 +1,262 @@
+"""Participant level: one Nipype workflow per subject-session, each run on its own so that a
+subject that fails never stops the others (unless ``--stop-on-first-crash``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from pathlib import Path
+
+from .. import __version__
+from ..cli import exit_codes
+from ..config import RunConfig
+from .registration import ReferenceInputs, SubjectInputs, init_subject_registration_wf
+
+LOGGER = logging.getLogger("contrareg_bids.participant")
+
+
+class SubjectError(ValueError):
+    """A subject cannot be processed as asked (reported per subject, others go on)."""
+
+
+def write_dataset_description(cfg: RunConfig) -> Path:
+    """``dataset_description.json`` of the derivatives (atomic; rewritten each run)."""
+    generated = {"Name": "contrareg-bids", "Version": __version__,
+                 "CodeURL": "https://pypi.org/project/contrareg-bids/"}  # fmt: skip
+    container = os.environ.get("CONTRAREG_CONTAINER")
+    if container:
+        kind, _, tag = container.partition(":")
+        generated["Container"] = {"Type": kind, "Tag": tag}
+    source = {"URL": cfg.bids_dir.as_uri()}
+    try:
+        src_desc = json.loads((cfg.bids_dir / "dataset_description.json").read_text())
+        if src_desc.get("DatasetDOI"):
+            source["DOI"] = src_desc["DatasetDOI"]
+    except (OSError, ValueError):
+        pass
+    desc = {
+        "Name": "contrareg-bids outputs",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+        "SourceDatasets": [source],
+    }
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.output_dir / "dataset_description.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(desc, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def newest_model(output_dir: Path) -> Path | None:
+    """The most recent ``OUTPUT_DIR/models/*.safetensors`` (what ``train`` writes)."""
+    models = sorted((output_dir / "models").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    return models[-1] if models else None
+
+
+def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None):
+    """The reference of one subject-session (template cohort from the age when needed)."""
+    from ..io.bids import collect_anatomicals, require_age
+    from ..io.derivatives import find_subject_derivatives
+    from ..io.templates import (
+        cohort_for_age,
+        get_template_files,
+        parse_reference,
+        template_cohorts,
+    )
+
+    spec = parse_reference(cfg.reference)
+    if spec.kind == "template":
+        cohort = spec.cohort
+        if cohort is None and template_cohorts(spec.template):
+            age, where = require_age(layout, subject, session)
+            cohort, warning = cohort_for_age(spec.template, age)
+            if warning:
+                LOGGER.warning("sub-%s: %s", subject, warning)
+            LOGGER.info("sub-%s: age %.1f weeks (%s) -> %s cohort %s", subject, age, where,
+                        spec.template, cohort)  # fmt: skip
+        files = get_template_files(spec.template, cohort, modality=cfg.fixed_modality)
+        return ReferenceInputs(
+            image=files["image"], space=spec.template, cohort=cohort, mask=files.get("mask"),
+            dseg=files.get("dseg"), dseg_tsv=files.get("dseg_tsv"), is_template=True,
+            description=f"{spec.template}" + (f":cohort-{cohort}" if cohort else ""),
+        )  # fmt: skip
+    if spec.kind == "participant":
+        anat = collect_anatomicals(layout, spec.participant, None, cfg.bids_filters)
+        images = anat.get(cfg.fixed_modality) or []
+        if not images:
+            raise SubjectError(
+                f"--reference sub-{spec.participant}: that participant has no "
+                f"{cfg.fixed_modality} image"
+            )
+        derivs = find_subject_derivatives(cfg.derivatives, spec.participant)
+        return ReferenceInputs(
+            image=Path(images[0]), space=f"sub{spec.participant}", mask=derivs.get("mask"),
+            dseg=derivs.get("labels"), is_template=False,
+            description=f"sub-{spec.participant} {cfg.fixed_modality}",
+        )  # fmt: skip
+    return ReferenceInputs(image=Path(spec.path), space="custom", is_template=False,
+                           description=str(spec.path))  # fmt: skip
+
+
+def _grid(cfg: RunConfig, model: Path | None, ref: ReferenceInputs):
+    if cfg.registration == "contrareg":
+        from ..io.bundle import describe_bundle
+
+        info = describe_bundle(model)
+        md = info.get("metadata", info)
+        grid = md["grid"]
+        mods = md["modalities"]
+        if (mods["moving"], mods["fixed"]) != (cfg.moving_modality, cfg.fixed_modality):
+            raise SubjectError(
+                f"the model {model} registers {mods['moving']} -> {mods['fixed']}, but "
+                f"{cfg.moving_modality} -> {cfg.fixed_modality} was asked for"
+            )
+        return tuple(grid["shape"]), tuple(grid["spacing"])
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(ref.image))
+    spacing = tuple(float(s) for s in np.linalg.norm(img.affine[:3, :3], axis=0))
+    return tuple(int(s) for s in img.shape[:3]), spacing
+
+
+def _plugin(cfg: RunConfig) -> tuple[str, dict]:
+    if cfg.use_plugin is not None:
+        import yaml
+
+        settings = yaml.safe_load(cfg.use_plugin.read_text()) or {}
+        return settings.get("plugin", "MultiProc"), settings.get("plugin_args", {})
+    nprocs = cfg.nprocs or os.cpu_count() or 1
+    if nprocs == 1:
+        return "Linear", {}
+    args: dict = {"n_procs": nprocs, "raise_insufficient": False}
+    if cfg.mem_gb:
+        args["memory_gb"] = cfg.mem_gb
+    if cfg.n_gpus is not None:
+        args["n_gpu_procs"] = cfg.n_gpus
+    return "MultiProc", args
+
+
+def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model: Path | None):
+    """Build and run the workflow of one subject-session; raises on failure."""
+    from ..io.bids import collect_anatomicals, subject_session_id
+    from ..io.derivatives import find_subject_derivatives
+
+    sid = subject_session_id(subject, session)
+    anat = collect_anatomicals(layout, subject, session, cfg.bids_filters)
+    found = {m: paths for m, paths in anat.items() if paths}
+    if cfg.moving_modality not in found:
+        have = ", ".join(found) or "no anatomical image"
+        raise SubjectError(
+            f"{sid}: no {cfg.moving_modality} image (the moving modality); found {have}. "
+            "Use --moving-modality or --bids-filter-file to select the images"
+        )
+    for m, paths in found.items():
+        if len(paths) > 1:
+            LOGGER.warning("%s: %d %s images; using %s", sid, len(paths), m, paths[0])
+    ref = resolve_reference(cfg, layout, subject, session)
+    shape, spacing = _grid(cfg, model, ref)
+    subj = SubjectInputs(
+        subject=subject, session=session, anat={m: p[0] for m, p in found.items()},
+        moving_modality=cfg.moving_modality,
+        derivatives=find_subject_derivatives(cfg.derivatives, subject, session),
+    )  # fmt: skip
+    wf = init_subject_registration_wf(
+        subj=subj, ref=ref, output_dir=cfg.output_dir, registration=cfg.registration,
+        model=model, grid_shape=shape, grid_spacing=spacing, lam=cfg.lam, device=cfg.device,
+        use_gpu=bool(cfg.n_gpus), seed=cfg.random_seed, sloppy=cfg.sloppy,
+        name=f"{sid.replace('-', '_')}_wf",
+    )  # fmt: skip
+    wf.base_dir = str(cfg.work_dir)
+    log_dir = cfg.output_dir / f"sub-{subject}" / "log"
+    wf.config["execution"] = {
+        "crashdump_dir": str(log_dir),
+        "crashfile_format": "txt",
+        "hash_method": "content",
+        "remove_unnecessary_outputs": False,
+        "stop_on_first_crash": True,
+    }
+    plugin, plugin_args = _plugin(cfg)
+    wf.run(plugin=plugin, plugin_args=plugin_args)
+
+
+def run_participant_level(cfg: RunConfig) -> int:
+    """Process every selected subject-session; exit code 0, 1 (some failed), 2, 16 or 18."""
+    from ..io.bids import (
+        BIDSError,
+        InvalidDatasetError,
+        NoMatchError,
+        collect_sessions,
+        make_layout,
+        select_participants,
+        subject_session_id,
+    )
+
+    cfg.seed_everything()
+    try:
+        layout = make_layout(cfg.bids_dir, validate=not cfg.skip_bids_validation)
+    except InvalidDatasetError as err:
+        LOGGER.error("%s", err)
+        return exit_codes.BIDS_VALIDATION
+    try:
+        subjects = select_participants(layout, cfg.participant_label)
+    except NoMatchError as err:
+        LOGGER.error("%s", err)
+        return exit_codes.NO_FILES
+    model = None
+    if cfg.registration == "contrareg":
+        model = cfg.model or newest_model(cfg.output_dir)
+        if model is None:
+            LOGGER.error(
+                "no model bundle: give --model PATH, run the train level first, or use "
+                "--registration ants"
+            )
+            return exit_codes.USAGE
+        LOGGER.info("using the model bundle %s", model)
+    write_dataset_description(cfg)
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    cfg.write(cfg.work_dir / f"config-{cfg.run_uuid}.json")
+    cfg.write(cfg.output_dir / "logs" / f"config-{cfg.run_uuid}.json")
+
+    failed: list[str] = []
+    for subject in subjects:
+        try:
+            sessions = collect_sessions(layout, subject, cfg.session_label)
+        except BIDSError as err:
+            LOGGER.error("sub-%s: %s", subject, err)
+            failed.append(f"sub-{subject}")
+            continue
+        for session in sessions:
+            sid = subject_session_id(subject, session)
+            try:
+                run_subject(cfg, layout, subject, session, model)
+                LOGGER.info("%s: finished", sid)
+            except Exception as err:  # one subject never stops the others
+                failed.append(sid)
+                _report_failure(cfg, subject, sid, err)
+                if cfg.stop_on_first_crash:
+                    LOGGER.error("stopping at the first failure (--stop-on-first-crash)")
+                    return exit_codes.PARTICIPANT_FAILED
+    if failed:
+        LOGGER.error("%d failed: %s (see sub-*/log/)", len(failed), ", ".join(failed))
+        return exit_codes.PARTICIPANT_FAILED
+    return exit_codes.OK
+
+
+def _report_failure(cfg: RunConfig, subject: str, sid: str, err: Exception) -> None:
+    log_dir = cfg.output_dir / f"sub-{subject}" / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    message = str(err)
+    crashes = sorted(log_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
+    if crashes and "Workflow did not execute cleanly" in message:
+        text = crashes[-1].read_text()
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        message = f"{last} (crash file {crashes[-1]})"
+    (log_dir / f"error-{sid}.txt").write_text(
+        f"{sid}: {message}\n\n" + "".join(traceback.format_exception(err))
+    )
+    LOGGER.error("%s failed: %s", sid, message)

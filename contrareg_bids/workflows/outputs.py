@@ -1,0 +1,19 @@
+"""Derivatives sinks: BIDS-Derivatives names in OUTPUT_DIR (niworkflows' DerivativesDataSink)."""
+
+from __future__ import annotations
+
+from niworkflows.interfaces.bids import DerivativesDataSink as _DDS
+
+#: What niworkflows' patterns lack: the per-subject registration metrics table.
+EXTRA_PATTERNS = (
+    "sub-{subject}[/ses-{session}]/{datatype<anat>|anat}/sub-{subject}[_ses-{session}]"
+    "[_space-{space}][_cohort-{cohort}][_desc-{desc}]_{suffix<metrics>}{extension<.tsv|.json>}",
+)
+
+
+class DerivativesDataSink(_DDS):
+    """niworkflows' sink writing straight into ``OUTPUT_DIR`` (as fMRIPrep and nibabies do),
+    with our extra file patterns."""
+
+    out_path_base = ""
+    _file_patterns = tuple(_DDS._file_patterns) + EXTRA_PATTERNS

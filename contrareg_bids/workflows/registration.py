@@ -1,0 +1,273 @@
+"""One subject-session: preprocessing, affine, ContraReg (or SyN), transforms, outputs.
+
+Node order follows DESIGN.md (data flow steps 2-10). Node names equal variable names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces import (
+    AffineRegister,
+    AntsRegister,
+    ApplyWarp,
+    BrainMask,
+    ContraRegister,
+    ExportTransforms,
+    N4BiasCorrect,
+    NormalizeIntensity,
+    PrepareModelPair,
+    RegistrationMetrics,
+    StandardizeImage,
+)
+from .outputs import DerivativesDataSink
+
+
+@dataclass
+class ReferenceInputs:
+    """What the factory knows of the reference before anything runs."""
+
+    image: Path  # fixed modality
+    space: str  # BIDS space label, e.g. dhcpVol, sub01, custom
+    cohort: int | None = None
+    mask: Path | None = None
+    dseg: Path | None = None
+    dseg_tsv: Path | None = None
+    is_template: bool = True
+    description: str = ""
+
+
+@dataclass
+class SubjectInputs:
+    subject: str
+    session: str | None
+    anat: dict[str, str]  # modality -> path (first run)
+    moving_modality: str
+    derivatives: dict[str, Path] = field(default_factory=dict)  # mask, labels
+    age_weeks: float | None = None
+
+
+def init_subject_registration_wf(
+    *,
+    subj: SubjectInputs,
+    ref: ReferenceInputs,
+    output_dir: Path,
+    registration: str = "contrareg",
+    model: Path | None = None,
+    grid_shape: tuple[int, int, int] | None = None,
+    grid_spacing: tuple[float, float, float] | None = None,
+    lam: float = 0.1,
+    device: str = "auto",
+    use_gpu: bool = False,
+    seed: int = 0,
+    sloppy: bool = False,
+    name: str = "subject_wf",
+) -> pe.Workflow:
+    """Build the workflow of one subject-session (see the module docstring)."""
+    wf = pe.Workflow(name=name)
+    mod = subj.moving_modality
+    source = subj.anat[mod]
+    other = next((m for m in subj.anat if m != mod), None)
+    entity_space = {"space": ref.space, **({"cohort": str(ref.cohort)} if ref.cohort else {})}
+
+    # --- the reference (fixed modality): validate, [N4], mask, normalise
+    validate_reference = pe.Node(
+        StandardizeImage(in_file=str(ref.image)), name="validate_reference"
+    )
+    reference_mask = pe.Node(BrainMask(), name="reference_mask")
+    if ref.mask is not None:
+        reference_mask.inputs.given_mask = str(ref.mask)
+    normalize_reference = pe.Node(NormalizeIntensity(), name="normalize_reference")
+    if ref.is_template:
+        wf.connect(validate_reference, "out_file", reference_mask, "in_file")
+        wf.connect(validate_reference, "out_file", normalize_reference, "in_file")
+        ref_image = (validate_reference, "out_file")
+    else:
+        n4_reference = pe.Node(N4BiasCorrect(sloppy=sloppy, seed=seed), name="n4_reference")
+        wf.connect(validate_reference, "out_file", n4_reference, "in_file")
+        wf.connect(n4_reference, "out_file", reference_mask, "in_file")
+        wf.connect(n4_reference, "out_file", normalize_reference, "in_file")
+        ref_image = (n4_reference, "out_file")
+    wf.connect(reference_mask, "out_file", normalize_reference, "mask_file")
+
+    # --- the subject: validate, N4, affine to the reference, mask, normalise
+    validate_moving = pe.Node(StandardizeImage(in_file=source), name="validate_moving")
+    n4_moving = pe.Node(N4BiasCorrect(sloppy=sloppy, seed=seed), name="n4_moving")
+    affine_moving = pe.Node(AffineRegister(seed=seed, sloppy=sloppy), name="affine_moving")
+    brain_mask = pe.Node(BrainMask(), name="brain_mask")
+    if "mask" in subj.derivatives:
+        brain_mask.inputs.given_mask = str(subj.derivatives["mask"])
+    normalize_moving = pe.Node(NormalizeIntensity(), name="normalize_moving")
+    wf.connect([
+        (validate_moving, n4_moving, [("out_file", "in_file")]),
+        (n4_moving, affine_moving, [("out_file", "moving")]),
+        (n4_moving, brain_mask, [("out_file", "in_file")]),
+        (affine_moving, brain_mask, [("transform", "affine")]),
+        (reference_mask, brain_mask, [("out_file", "reference_mask")]),
+        (n4_moving, normalize_moving, [("out_file", "in_file")]),
+        (brain_mask, normalize_moving, [("out_file", "mask_file")]),
+    ])  # fmt: skip
+    wf.connect(*ref_image, affine_moving, "fixed")
+
+    # --- the model grid and the registration
+    if grid_shape is None or grid_spacing is None:
+        raise ValueError("grid_shape and grid_spacing are required (model grid or reference grid)")
+    prepare_pair = pe.Node(
+        PrepareModelPair(shape=tuple(grid_shape), spacing=tuple(grid_spacing)), name="prepare_pair"
+    )
+    wf.connect([
+        (normalize_moving, prepare_pair, [("out_file", "moving")]),
+        (normalize_reference, prepare_pair, [("out_file", "reference")]),
+        (reference_mask, prepare_pair, [("out_file", "reference_mask")]),
+        (affine_moving, prepare_pair, [("transform", "affine")]),
+    ])  # fmt: skip
+    if registration == "contrareg":
+        if model is None:
+            raise ValueError("a model bundle is required for --registration contrareg")
+        register = pe.Node(
+            ContraRegister(model=str(model), lam=lam, device=device, use_gpu=use_gpu),
+            name="register", n_procs=1,
+        )  # fmt: skip
+    else:
+        register = pe.Node(AntsRegister(seed=seed, sloppy=sloppy), name="register")
+    export_xfms = pe.Node(ExportTransforms(), name="export_xfms")
+    wf.connect([
+        (prepare_pair, register, [("moving", "moving"), ("fixed", "fixed")]),
+        (register, export_xfms, [("forward_field", "forward_field"),
+                                 ("inverse_field", "inverse_field")]),
+        (affine_moving, export_xfms, [("transform", "affine")]),
+    ])  # fmt: skip
+
+    # --- apply: subject into reference space, reference labels and mask into the subject
+    moving_to_ref = pe.Node(ApplyWarp(out_name="moving_in_ref.nii.gz"), name="moving_to_ref")
+    wf.connect([
+        (n4_moving, moving_to_ref, [("out_file", "in_file")]),
+        (validate_reference, moving_to_ref, [("out_file", "reference")]),
+        (export_xfms, moving_to_ref, [("reference_to_subject", "transforms")]),
+    ])  # fmt: skip
+    ref_mask_to_subject = pe.Node(
+        ApplyWarp(interpolation="nearest", out_name="ref_mask.nii.gz"), name="ref_mask_to_subject"
+    )
+    wf.connect([
+        (reference_mask, ref_mask_to_subject, [("out_file", "in_file")]),
+        (n4_moving, ref_mask_to_subject, [("out_file", "reference")]),
+        (export_xfms, ref_mask_to_subject, [("subject_to_reference", "transforms")]),
+    ])  # fmt: skip
+
+    def sink(name, in_node, in_field, **entities):
+        if entities.get("extension") is None:
+            entities["compress"] = True  # NIfTI outputs as .nii.gz
+        node = pe.Node(
+            DerivativesDataSink(base_directory=str(output_dir), source_file=source,
+                                dismiss_entities=("echo",), **entities),
+            name=name, run_without_submitting=True,
+        )  # fmt: skip
+        wf.connect(in_node, in_field, node, "in_file")
+        return node
+
+    sink("ds_preproc", n4_moving, "out_file", desc="preproc")
+    sink("ds_mask", brain_mask, "out_file", desc="brain", suffix="mask")
+    sink("ds_moving_ref", moving_to_ref, "out_file", desc="preproc", **entity_space)
+    ds_xfm_fwd = sink(
+        "ds_xfm_to_ref", export_xfms, "reference_to_subject",
+        to=ref.space, mode="image", suffix="xfm", extension=".h5",
+    )  # fmt: skip
+    setattr(ds_xfm_fwd.inputs, "from", mod)
+    ds_xfm_inv = sink(
+        "ds_xfm_from_ref", export_xfms, "subject_to_reference",
+        to=mod, mode="image", suffix="xfm", extension=".h5",
+    )  # fmt: skip
+    setattr(ds_xfm_inv.inputs, "from", ref.space)
+    sink("ds_ref_mask", ref_mask_to_subject, "out_file", space=mod, label="brain",
+         desc=ref.space, suffix="mask")  # fmt: skip
+
+    metrics = pe.Node(
+        RegistrationMetrics(
+            method=registration, extra={"seed": seed, "reference": ref.description}
+        ),
+        name="metrics",
+    )  # fmt: skip
+    if registration == "contrareg":
+        metrics.inputs.lam = lam
+    wf.connect([
+        (register, metrics, [("forward_field", "forward_field")]),
+        (prepare_pair, metrics, [("fixed_mask", "mask")]),
+    ])  # fmt: skip
+
+    if ref.dseg is not None:
+        ref_dseg_to_subject = pe.Node(
+            ApplyWarp(in_file=str(ref.dseg), interpolation="label", out_name="ref_dseg.nii.gz"),
+            name="ref_dseg_to_subject",
+        )
+        wf.connect([
+            (n4_moving, ref_dseg_to_subject, [("out_file", "reference")]),
+            (export_xfms, ref_dseg_to_subject, [("subject_to_reference", "transforms")]),
+        ])  # fmt: skip
+        sink("ds_ref_dseg", ref_dseg_to_subject, "out_file", space=mod, desc=ref.space,
+             suffix="dseg")  # fmt: skip
+        if ref.dseg_tsv is not None:
+            ds_tsv = pe.Node(
+                DerivativesDataSink(base_directory=str(output_dir), source_file=source,
+                                    in_file=str(ref.dseg_tsv), space=mod, desc=ref.space,
+                                    suffix="dseg", extension=".tsv"),
+                name="ds_ref_dseg_tsv", run_without_submitting=True,
+            )  # fmt: skip
+            wf.add_nodes([ds_tsv])
+        if "labels" in subj.derivatives:
+            metrics.inputs.subject_labels = str(subj.derivatives["labels"])
+            wf.connect(ref_dseg_to_subject, "out_file", metrics, "reference_labels")
+
+    if "labels" in subj.derivatives:
+        subject_labels_to_ref = pe.Node(
+            ApplyWarp(in_file=str(subj.derivatives["labels"]), interpolation="label",
+                      out_name="subject_dseg_in_ref.nii.gz"),
+            name="subject_labels_to_ref",
+        )  # fmt: skip
+        wf.connect([
+            (validate_reference, subject_labels_to_ref, [("out_file", "reference")]),
+            (export_xfms, subject_labels_to_ref, [("reference_to_subject", "transforms")]),
+        ])  # fmt: skip
+        sink("ds_subject_dseg_ref", subject_labels_to_ref, "out_file", suffix="dseg",
+             **entity_space)  # fmt: skip
+
+    sink("ds_metrics", metrics, "out_tsv", desc="registration", suffix="metrics",
+         extension=".tsv")  # fmt: skip
+    sink("ds_metrics_json", metrics, "out_json", desc="registration", suffix="metrics",
+         extension=".json")  # fmt: skip
+
+    # --- the other modality: coregistered to the moving one, carried through the transforms
+    if other is not None:
+        validate_other = pe.Node(StandardizeImage(in_file=subj.anat[other]), name="validate_other")
+        n4_other = pe.Node(N4BiasCorrect(sloppy=sloppy, seed=seed), name="n4_other")
+        coreg_other = pe.Node(
+            AffineRegister(transform_type="Rigid", seed=seed, sloppy=sloppy), name="coreg_other"
+        )
+        other_to_ref = pe.Node(ApplyWarp(out_name="other_in_ref.nii.gz"), name="other_to_ref")
+        merge_xfms = pe.Node(niu.Merge(2), name="merge_xfms", run_without_submitting=True)
+        wf.connect([
+            (validate_other, n4_other, [("out_file", "in_file")]),
+            (n4_moving, coreg_other, [("out_file", "fixed")]),
+            (n4_other, coreg_other, [("out_file", "moving")]),
+            # antsApplyTransforms order: the last acts first (reference -> moving -> other)
+            (coreg_other, merge_xfms, [("transform", "in1")]),
+            (export_xfms, merge_xfms, [("reference_to_subject", "in2")]),
+            (n4_other, other_to_ref, [("out_file", "in_file")]),
+            (validate_reference, other_to_ref, [("out_file", "reference")]),
+            (merge_xfms, other_to_ref, [("out", "transforms")]),
+        ])  # fmt: skip
+        other_source = subj.anat[other]
+        for nm, node, fld, ents in (
+            ("ds_other_preproc", coreg_other, "moved", {"desc": "preproc"}),
+            ("ds_other_ref", other_to_ref, "out_file", {"desc": "preproc", **entity_space}),
+        ):
+            ds = pe.Node(
+                DerivativesDataSink(base_directory=str(output_dir), source_file=other_source,
+                                    compress=True, **ents),
+                name=nm, run_without_submitting=True,
+            )  # fmt: skip
+            wf.connect(node, fld, ds, "in_file")
+    return wf
