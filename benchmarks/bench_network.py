@@ -101,7 +101,7 @@ def run_losses(shape: list[int], repeats: int, device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 192, 160])
-    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--channels", type=int, nargs="*", default=[16, 32, 64])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loss-shape", type=int, nargs=3, default=[96, 96, 96])
     parser.add_argument("--device", default="cpu")
