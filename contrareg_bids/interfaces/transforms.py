@@ -19,7 +19,8 @@ class _ApplyWarpInputSpec(BaseInterfaceInputSpec):
     reference = File(exists=True, mandatory=True, desc="grid of the output")
     transforms = InputMultiObject(
         File(exists=True), mandatory=True,
-        desc="ITK transforms, antsApplyTransforms order: the LAST acts first on the point",
+        desc="ITK transforms in antspyx transformlist order: the FIRST acts first on the "
+        "output-grid point (e.g. [reference_to_subject.h5, coregistration.mat])",
     )  # fmt: skip
     interpolation = traits.Enum("linear", "nearest", "label", usedefault=True)
     out_name = traits.Str("warped.nii.gz", usedefault=True)

@@ -252,9 +252,10 @@ def init_subject_registration_wf(
             (validate_other, n4_other, [("out_file", "in_file")]),
             (n4_moving, coreg_other, [("out_file", "fixed")]),
             (n4_other, coreg_other, [("out_file", "moving")]),
-            # antsApplyTransforms order: the last acts first (reference -> moving -> other)
-            (coreg_other, merge_xfms, [("transform", "in1")]),
-            (export_xfms, merge_xfms, [("reference_to_subject", "in2")]),
+            # antspyx transformlist order: the FIRST acts first on the reference point
+            # (reference -> moving-modality subject space -> other modality)
+            (export_xfms, merge_xfms, [("reference_to_subject", "in1")]),
+            (coreg_other, merge_xfms, [("transform", "in2")]),
             (n4_other, other_to_ref, [("out_file", "in_file")]),
             (validate_reference, other_to_ref, [("out_file", "reference")]),
             (merge_xfms, other_to_ref, [("out", "transforms")]),
