@@ -111,9 +111,7 @@ def simulate_subject(
     return subj
 
 
-def write_dataset(
-    out: Path, n_subjects: int, seed: int, factor: int = 3
-) -> list[dict[str, Path]]:
+def write_dataset(out: Path, n_subjects: int, seed: int, factor: int = 3) -> list[dict[str, Path]]:
     """Write ``n_subjects`` simulated subjects (``factor`` mm) as NIfTI; return the paths."""
     base = load_icbm(factor)
     rng = np.random.default_rng(seed)
