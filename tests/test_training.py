@@ -232,3 +232,13 @@ def test_objective_gradients_reach_network_and_heads_not_autoencoders():
     assert all(not ae.training for ae in aes.values())
     lam_part = (1 - 0.3) * losses["sim"] + 0.3 * losses["reg"]
     torch.testing.assert_close(losses["loss"].detach(), lam_part)
+
+
+def test_compile_keeps_parameter_names():
+    """A compiled U-Net must save and load under the same names as an eager one."""
+    from contrareg_bids.nn.model import ContraRegNet
+
+    net = ContraRegNet(ch=4, depth=2)
+    names = set(net.state_dict())
+    net.unet.compile()
+    assert set(net.state_dict()) == names

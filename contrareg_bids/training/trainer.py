@@ -312,8 +312,8 @@ def train_registration(
         gen.set_state(state["generators"][min(ctx.rank, len(state["generators"]) - 1)])
         if ctx.is_main:
             LOGGER.info("registration: resuming from %s at step %d", ckpt_path, step)
-    if cfg.compile:
-        net.unet = torch.compile(net.unet)
+    if cfg.compile:  # in place: parameter names (checkpoints, bundles) stay the same
+        net.unet.compile()
     if ctx.distributed:
         module = nn.parallel.DistributedDataParallel(
             module, device_ids=[dev.index] if dev.type == "cuda" else None
