@@ -242,3 +242,14 @@ def test_compile_keeps_parameter_names():
     names = set(net.state_dict())
     net.unet.compile()
     assert set(net.state_dict()) == names
+
+
+def test_validation_set_reaches_val_pairs_with_one_held_out_subject():
+    from contrareg_bids.training.pipeline import validation_set
+
+    rng = np.random.default_rng(0)
+    recs = [VolumeRecord(image=rng.random((4, 4, 4)).astype(np.float32), subject=f"s{i}")
+            for i in range(6)]  # fmt: skip
+    ds = validation_set(recs[:1], recs, None, sloppy_config(val_pairs=4))
+    assert len(ds) == 4
+    assert {ds[i]["fixed_id"] for i in range(4)} <= {"s1", "s2", "s3", "s4", "s5"}

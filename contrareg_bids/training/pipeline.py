@@ -165,6 +165,29 @@ def _autoencoders(
     return aes, None
 
 
+def validation_set(
+    moving_val: list[VolumeRecord],
+    fixed_pool: list[VolumeRecord],
+    template: VolumeRecord | None,
+    cfg: TrainConfig,
+) -> PairDataset | None:
+    """Held-out moving subjects, each paired with other subjects' fixed images (from either
+    side of the split: the pair and its moving image were never seen in training), enough
+    pairs per moving subject to reach ``cfg.val_pairs``."""
+    if not moving_val or (template is None and not fixed_pool):
+        return None
+    per_moving = 1 if template is not None else max(1, -(-cfg.val_pairs // len(moving_val)))
+    n_other = len({r.subject for r in fixed_pool})
+    return PairDataset(
+        moving_val,
+        None if template is not None else fixed_pool,
+        template=template,
+        seed=cfg.seed,
+        random=False,
+        pairs_per_moving=min(per_moving, max(n_other - 1, 1)),
+    )
+
+
 def train(
     moving: list[VolumeRecord],
     fixed: list[VolumeRecord] | None,
@@ -198,17 +221,7 @@ def train(
             mov_train, None if template is not None else fix_train, template=template,
             seed=cfg.seed, same_subject=False,
         )  # fmt: skip
-        # held-out moving subjects, each paired with another subject's fixed image (any side
-        # of the split: the pair itself and its moving image were never seen in training)
-        val_set = None
-        if mov_val and (template is not None or fix_val or fix_train):
-            val_set = PairDataset(
-                mov_val,
-                None if template is not None else [*fix_val, *fix_train],
-                template=template,
-                seed=cfg.seed,
-                random=False,
-            )
+        val_set = validation_set(mov_val, [*fix_val, *fix_train], template, cfg)
         ae_records = {"moving": mov_train, "fixed": fix_train or [template]}
         aes, heads = _autoencoders(cfg, ae_records, (mov_train, fix_train), out_dir, ctx, progress)
         net, objective, result = train_registration(
