@@ -58,8 +58,22 @@ class RegistrationMetrics(SimpleInterface):
             row["lambda"] = self.inputs.lam
         row.update(warp_quality(self.inputs.forward_field, mask))
         if isdefined(self.inputs.subject_labels) and isdefined(self.inputs.reference_labels):
-            a = np.asarray(nib.load(self.inputs.subject_labels).dataobj).astype(np.int64)
-            b = np.asarray(nib.load(self.inputs.reference_labels).dataobj).astype(np.int64)
+            ref_img = nib.load(self.inputs.reference_labels)
+            subj = self.inputs.subject_labels
+            subj_img = nib.load(subj)
+            if subj_img.shape[:3] != ref_img.shape[:3] or not np.allclose(
+                subj_img.affine, ref_img.affine, atol=1e-3
+            ):
+                # the given labels are stored as the user's image (any voxel order, maybe
+                # another grid); the warped reference labels are on the RAS subject grid
+                from ..io.transforms import apply_transform
+
+                subj = apply_transform(
+                    subj, self.inputs.reference_labels, None,
+                    os.path.join(os.getcwd(), "subject_labels_on_grid.nii.gz"), "nearest",
+                )  # fmt: skip
+            a = np.asarray(nib.load(str(subj)).dataobj).astype(np.int64)
+            b = np.asarray(ref_img.dataobj).astype(np.int64)
             common = sorted(set(np.unique(a)) & set(np.unique(b)) - {0})
             dices = dice_per_label(a, b, labels=common) if common else {}
             row["mean_dice"] = float(np.nanmean(list(dices.values()))) if dices else float("nan")

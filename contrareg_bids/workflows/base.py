@@ -78,25 +78,26 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
                 LOGGER.warning("sub-%s: %s", subject, warning)
             LOGGER.info("sub-%s: age %.1f weeks (%s) -> %s cohort %s", subject, age, where,
                         spec.template, cohort)  # fmt: skip
-        files = get_template_files(spec.template, cohort, modality=cfg.fixed_modality)
+        files = get_template_files(
+            spec.template, cohort, modality=cfg.fixed_modality, resolution=spec.resolution
+        )
         return ReferenceInputs(
             image=files["image"], space=spec.template, cohort=cohort, mask=files.get("mask"),
             dseg=files.get("dseg"), dseg_tsv=files.get("dseg_tsv"), is_template=True,
             description=f"{spec.template}" + (f":cohort-{cohort}" if cohort else ""),
         )  # fmt: skip
     if spec.kind == "participant":
-        anat = collect_anatomicals(layout, spec.participant, None, cfg.bids_filters)
+        # the session named in sub-XX_ses-YY, else the first image of any session
+        anat = collect_anatomicals(layout, spec.participant, spec.session, cfg.bids_filters)
         images = anat.get(cfg.fixed_modality) or []
+        who = f"sub-{spec.participant}" + (f"_ses-{spec.session}" if spec.session else "")
         if not images:
-            raise SubjectError(
-                f"--reference sub-{spec.participant}: that participant has no "
-                f"{cfg.fixed_modality} image"
-            )
-        derivs = find_subject_derivatives(cfg.derivatives, spec.participant)
+            raise SubjectError(f"--reference {who}: no {cfg.fixed_modality} image there")
+        derivs = find_subject_derivatives(cfg.derivatives, spec.participant, spec.session)
         return ReferenceInputs(
             image=Path(images[0]), space=f"sub{spec.participant}", mask=derivs.get("mask"),
             dseg=derivs.get("labels"), is_template=False,
-            description=f"sub-{spec.participant} {cfg.fixed_modality}",
+            description=f"{who} {cfg.fixed_modality}",
         )  # fmt: skip
     return ReferenceInputs(image=Path(spec.path), space="custom", is_template=False,
                            description=str(spec.path))  # fmt: skip
@@ -122,6 +123,16 @@ def _grid(cfg: RunConfig, model: Path | None, ref: ReferenceInputs):
     img = nib.load(str(ref.image))
     spacing = tuple(float(s) for s in np.linalg.norm(img.affine[:3, :3], axis=0))
     return tuple(int(s) for s in img.shape[:3]), spacing
+
+
+def _gpu_available(cfg: RunConfig) -> bool:
+    """False when the run demands CUDA (``--device cuda[:N]``) and there is none: exit code
+    75, "try again on a GPU node" (``--device auto`` falls back to the CPU instead)."""
+    if not cfg.device.startswith("cuda"):
+        return True
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _plugin(cfg: RunConfig) -> tuple[str, dict]:
@@ -179,6 +190,9 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
         "hash_method": "content",
         "remove_unnecessary_outputs": False,
         "stop_on_first_crash": True,
+        # MultiProc polls its workers every 2 s by default, most of the run time of a small
+        # subject (HALFpipe uses 0.1 s too)
+        "poll_sleep_duration": 0.1,
     }
     plugin, plugin_args = _plugin(cfg)
     wf.run(plugin=plugin, plugin_args=plugin_args)
@@ -217,6 +231,13 @@ def run_participant_level(cfg: RunConfig) -> int:
             )
             return exit_codes.USAGE
         LOGGER.info("using the model bundle %s", model)
+        if not _gpu_available(cfg):
+            LOGGER.error(
+                "--device %s: CUDA is not available here; run on a GPU node, or use "
+                "--device auto or cpu",
+                cfg.device,
+            )  # fmt: skip
+            return exit_codes.EX_TEMPFAIL
     write_dataset_description(cfg)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     cfg.write(cfg.work_dir / f"config-{cfg.run_uuid}.json")
@@ -247,15 +268,21 @@ def run_participant_level(cfg: RunConfig) -> int:
     return exit_codes.OK
 
 
+_NODE_FAILURES = ("Workflow did not execute cleanly", "Exception raised while executing Node")
+
+
 def _report_failure(cfg: RunConfig, subject: str, sid: str, err: Exception) -> None:
     log_dir = cfg.output_dir / f"sub-{subject}" / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     message = str(err)
     crashes = sorted(log_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
-    if crashes and "Workflow did not execute cleanly" in message:
+    # a failed node: "Workflow did not execute cleanly" (MultiProc) or "Exception raised while
+    # executing Node ..." (Linear); the cause is the last line of the node's crash file
+    if crashes and any(m in message for m in _NODE_FAILURES):
         text = crashes[-1].read_text()
         last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
-        message = f"{last} (crash file {crashes[-1]})"
+        message = f"{last.strip()} (crash file {crashes[-1]})"
+    message = message.removeprefix(f"{sid}: ")  # SubjectError messages name the subject
     (log_dir / f"error-{sid}.txt").write_text(
         f"{sid}: {message}\n\n" + "".join(traceback.format_exception(err))
     )

@@ -186,15 +186,14 @@ def init_subject_registration_wf(
          desc=ref.space, suffix="mask")  # fmt: skip
 
     metrics = pe.Node(
-        RegistrationMetrics(
-            method=registration, extra={"seed": seed, "reference": ref.description}
-        ),
+        RegistrationMetrics(extra={"seed": seed, "reference": ref.description}),
         name="metrics",
     )  # fmt: skip
     if registration == "contrareg":
         metrics.inputs.lam = lam
     wf.connect([
-        (register, metrics, [("forward_field", "forward_field")]),
+        # the method the node ran ("contrareg", "ants-syn"), not the --registration choice
+        (register, metrics, [("forward_field", "forward_field"), ("method", "method")]),
         (prepare_pair, metrics, [("fixed_mask", "mask")]),
     ])  # fmt: skip
 

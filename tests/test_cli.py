@@ -1,0 +1,242 @@
+"""The command line of the BIDS-App: parser options, :class:`RunConfig` checks, exit codes of
+runs that cannot start, the recorded configuration, the Nipype plugin settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contrareg_bids.cli import exit_codes
+from contrareg_bids.cli.parser import parse_args
+from contrareg_bids.cli.run import main
+from contrareg_bids.config import ConfigError, RunConfig
+from contrareg_bids.workflows.base import _plugin
+from tests.bids_factory import make_bids_dataset, make_volume
+
+
+@pytest.fixture
+def bids(tmp_path) -> Path:
+    return make_bids_dataset(tmp_path / "bids", {"01": {"T1w": make_volume(), "age": 40}})
+
+
+def args(*extra, bids="bids", out="out", level="participant"):
+    return parse_args([str(bids), str(out), level, *map(str, extra)])
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------
+def test_defaults():
+    a = args()
+    assert (a.registration, a.reference, a.moving_modality, a.fixed_modality) == (
+        "contrareg", "dhcpVol", "T2w", "T1w",
+    )  # fmt: skip
+    assert a.lam == 0.1 and a.random_seed == 0 and a.device == "auto"
+    assert a.participant_label is None and a.derivatives == []
+    assert a.mem is None and a.nprocs is None and not a.sloppy
+
+
+def test_participant_label_with_or_without_prefix():
+    assert args("--participant-label", "sub-01", "02", "sub-A3").participant_label == [
+        "01", "02", "A3",
+    ]  # fmt: skip
+    assert args("--participant_label", "01").participant_label == ["01"]
+    assert args("--session-label", "ses-1", "2").session_label == ["1", "2"]
+
+
+@pytest.mark.parametrize("bad", ["sub-0_1", "01-a", "sub-", "ü"])
+def test_participant_label_refused(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        args("--participant-label", bad)
+    assert exc.value.code == exit_codes.USAGE
+    assert "is not a BIDS label" in capsys.readouterr().err
+
+
+def test_derivatives_name_equals_path():
+    a = args("--derivatives", "labels=/data/labels", "masks=rel/masks")
+    assert a.derivatives == [("labels", Path("/data/labels")), ("masks", Path("rel/masks"))]
+    assert args("--derivatives", "a=b=c").derivatives == [("a", Path("b=c"))]
+
+
+@pytest.mark.parametrize("bad", ["/data/labels", "=/data", "labels="])
+def test_derivatives_refused(bad, capsys):
+    with pytest.raises(SystemExit):
+        args("--derivatives", bad)
+    assert "--derivatives takes NAME=PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "gb"),
+    [("8", 8.0), ("8GB", 8.0), ("8gb", 8.0), ("16G", 16.0), ("8000MB", 8000 / 1024),
+     ("512M", 0.5), (" 2.5 GB ", 2.5)],
+)  # fmt: skip
+def test_mem_units(value, gb):
+    assert args("--mem", value).mem == pytest.approx(gb)
+    assert args("--mem-gb", value).mem == pytest.approx(gb)
+
+
+@pytest.mark.parametrize("bad", ["lots", "8TB", "-1", ""])
+def test_mem_refused(bad, capsys):
+    with pytest.raises(SystemExit):
+        args("--mem", bad)
+    assert "--mem takes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.0", "0.25", "1e-2"])
+def test_lambda_in_range(value):
+    assert args("--lambda", value).lam == pytest.approx(float(value))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [("1.5", "must be in [0, 1]"), ("-0.1", "must be in [0, 1]"), ("abc", "takes a number"),
+     ("nan", "must be in [0, 1]")],
+)  # fmt: skip
+def test_lambda_refused(bad, message, capsys):
+    with pytest.raises(SystemExit):
+        args("--lambda", bad)
+    assert message in capsys.readouterr().err
+
+
+def test_other_choices(capsys):
+    assert args("--registration", "ants").registration == "ants"
+    assert args("--moving-modality", "T1w", "--fixed-modality", "T2w").moving_modality == "T1w"
+    assert args("--nprocs", "3").nprocs == 3 == args("--n-cpus", "3").nprocs
+    with pytest.raises(SystemExit):
+        args("--registration", "syn")
+    with pytest.raises(SystemExit):
+        args("--moving-modality", "T1w")  # fixed is T1w too
+    assert "must differ" in capsys.readouterr().err
+
+
+def test_bids_filter_file(tmp_path, capsys):
+    good = tmp_path / "filter.json"
+    good.write_text(json.dumps({"t2w": {"acquisition": "fast"}}))
+    assert args("--bids-filter-file", good).bids_filter_file == {"t2w": {"acquisition": "fast"}}
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(SystemExit):
+        args("--bids-filter-file", bad)
+    assert "must hold a JSON object" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from contrareg_bids import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# RunConfig
+# ---------------------------------------------------------------------------------------------
+def config(tmp_path, bids, *extra, out=None, work=None) -> RunConfig:
+    out = tmp_path / "out" if out is None else out
+    work = tmp_path / "work" if work is None else work
+    return RunConfig.from_args(args(*extra, "-w", work, bids=bids, out=out))
+
+
+def test_config_paths_absolute(tmp_path, bids, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig.from_args(args(bids="bids", out="out"))
+    assert cfg.bids_dir == bids and cfg.output_dir == tmp_path / "out"
+    assert cfg.work_dir == tmp_path / "work"  # default: ./work
+    assert cfg.bids_dir.is_absolute() and cfg.output_dir.is_absolute()
+
+
+def test_output_dir_is_bids_dir_refused(tmp_path, bids):
+    with pytest.raises(ConfigError, match="the output directory is the BIDS directory"):
+        config(tmp_path, bids, out=bids)
+    link = tmp_path / "link"
+    link.symlink_to(bids)
+    with pytest.raises(ConfigError, match="the output directory is the BIDS directory"):
+        config(tmp_path, bids, out=link)
+    config(tmp_path, bids, out=bids / "derivatives" / "contrareg-bids")  # the usual place
+
+
+@pytest.mark.parametrize("where", ["", "work", "sub-01/work"])
+def test_work_dir_inside_bids_refused(tmp_path, bids, where):
+    with pytest.raises(ConfigError, match="is inside the BIDS directory"):
+        config(tmp_path, bids, work=bids / where)
+
+
+def test_missing_paths_refused(tmp_path, bids):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config(tmp_path, tmp_path / "nope")
+    with pytest.raises(ConfigError, match=r"--model .* does not exist"):
+        config(tmp_path, bids, "--model", tmp_path / "m.safetensors")
+    with pytest.raises(ConfigError, match=r"--derivatives labels=.*: not a directory"):
+        config(tmp_path, bids, "--derivatives", f"labels={tmp_path / 'none'}")
+    with pytest.raises(ConfigError, match=r"--use-plugin .* does not exist"):
+        config(tmp_path, bids, "--use-plugin", tmp_path / "plugin.yml")
+
+
+def test_config_round_trip(tmp_path, bids):
+    (tmp_path / "labels").mkdir()
+    cfg = config(tmp_path, bids, "--derivatives", f"labels={tmp_path / 'labels'}",
+                 "--lambda", "0.3", "--mem", "4GB", "--participant-label", "sub-01")  # fmt: skip
+    path = cfg.write(tmp_path / "x" / "config.json")
+    data = json.loads(path.read_text())
+    assert data == cfg.to_dict()
+    assert data["derivatives"] == {"labels": str(tmp_path / "labels")}
+    assert (data["lam"], data["mem_gb"], data["participant_label"]) == (0.3, 4.0, ["01"])
+    assert data["run_uuid"] and data["version"]
+
+
+# ---------------------------------------------------------------------------------------------
+# main(): exit codes and the recorded configuration
+# ---------------------------------------------------------------------------------------------
+def test_main_usage_errors(tmp_path, bids, capsys):
+    assert main([str(bids), str(bids), "participant"]) == exit_codes.USAGE
+    assert "the output directory is the BIDS directory" in capsys.readouterr().err
+    assert main([str(bids), str(tmp_path / "o"), "-w", str(bids / "w"), "participant"]) == 2
+    assert main([str(bids), str(tmp_path / "o"), "group"]) == exit_codes.USAGE
+    assert "not available in this version" in capsys.readouterr().err
+    assert main([str(bids), str(tmp_path / "o"), "everything"]) == exit_codes.UNKNOWN_LEVEL
+    assert not (tmp_path / "o").exists()
+    assert not (bids / "w").exists()
+
+
+def test_config_written_to_work_dir_and_logs(tmp_path, bids):
+    """The configuration is written before any subject runs: here the only subject has no
+    T2w (the moving modality) and fails at once, exit code 1."""
+    ref = tmp_path / "ref_T1w.nii.gz"
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(make_volume(), np.eye(4)), str(ref))
+    out, work = tmp_path / "out", tmp_path / "work"
+    rc = main([str(bids), str(out), "participant", "-w", str(work), "--registration", "ants",
+               "--reference", str(ref), "--random-seed", "5"])  # fmt: skip
+    assert rc == exit_codes.PARTICIPANT_FAILED
+    (in_work,) = work.glob("config-*.json")
+    (in_logs,) = (out / "logs").glob("config-*.json")
+    assert in_work.name == in_logs.name
+    assert json.loads(in_work.read_text()) == json.loads(in_logs.read_text())
+    cfg = json.loads(in_logs.read_text())
+    assert cfg["random_seed"] == 5 and cfg["reference"] == str(ref)
+    assert cfg["run_uuid"] in in_logs.name
+    assert (out / "dataset_description.json").is_file()
+    error = (out / "sub-01" / "log" / "error-sub-01.txt").read_text()
+    assert error.startswith("sub-01: no T2w image (the moving modality); found T1w")
+
+
+# ---------------------------------------------------------------------------------------------
+# Nipype plugin from the resources options
+# ---------------------------------------------------------------------------------------------
+def test_plugin_settings(tmp_path, bids):
+    assert _plugin(config(tmp_path, bids, "--nprocs", "1")) == ("Linear", {})
+    name, plugin_args = _plugin(config(tmp_path, bids, "--nprocs", "4", "--mem", "6GB",
+                                       "--n-gpus", "1"))  # fmt: skip
+    assert name == "MultiProc"
+    assert plugin_args == {"n_procs": 4, "raise_insufficient": False, "memory_gb": 6.0,
+                           "n_gpu_procs": 1}  # fmt: skip
+    yml = tmp_path / "plugin.yml"
+    yml.write_text("plugin: LegacyMultiProc\nplugin_args:\n  n_procs: 3\n")
+    assert _plugin(config(tmp_path, bids, "--use-plugin", yml)) == (
+        "LegacyMultiProc", {"n_procs": 3},
+    )  # fmt: skip

@@ -1,0 +1,311 @@
+"""``init_subject_registration_wf``: which nodes exist and how they are wired (no execution).
+
+Inputs are tiny files (the interfaces check that input files exist); nothing runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nipype.interfaces.base import isdefined
+
+from contrareg_bids.interfaces import AntsRegister, ContraRegister
+from contrareg_bids.workflows.registration import (
+    ReferenceInputs,
+    SubjectInputs,
+    init_subject_registration_wf,
+)
+
+CORE = {
+    "validate_reference", "reference_mask", "normalize_reference", "validate_moving",
+    "n4_moving", "affine_moving", "brain_mask", "normalize_moving", "prepare_pair", "register",
+    "export_xfms", "moving_to_ref", "ref_mask_to_subject", "metrics", "ds_preproc", "ds_mask",
+    "ds_moving_ref", "ds_xfm_to_ref", "ds_xfm_from_ref", "ds_ref_mask", "ds_metrics",
+    "ds_metrics_json",
+}  # fmt: skip
+OTHER = {"validate_other", "n4_other", "coreg_other", "other_to_ref", "merge_xfms",
+         "ds_other_preproc", "ds_other_ref"}  # fmt: skip
+REF_DSEG = {"ref_dseg_to_subject", "ds_ref_dseg"}
+SUBJECT_LABELS = {"subject_labels_to_ref", "ds_subject_dseg_ref"}
+
+
+def _nii(path: Path, dtype=np.float32) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype), np.eye(4)), str(path))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    ses = tmp_path / "bids" / "sub-01" / "ses-1" / "anat"
+    tpl = tmp_path / "tpl"
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"not read while building")
+    tsv = tpl / "dseg.tsv"
+    tpl.mkdir()
+    tsv.write_text("index\tname\n1\tGM\n")
+    return {
+        "T1w": _nii(anat / "sub-01_T1w.nii.gz"),
+        "T2w": _nii(anat / "sub-01_T2w.nii.gz"),
+        "ses_T2w": _nii(ses / "sub-01_ses-1_T2w.nii.gz"),
+        "mask": _nii(tmp_path / "deriv" / "sub-01_desc-brain_mask.nii.gz", np.uint8),
+        "labels": _nii(tmp_path / "deriv" / "sub-01_dseg.nii.gz", np.int16),
+        "tpl_T1w": _nii(tpl / "tpl-X_T1w.nii.gz"),
+        "tpl_mask": _nii(tpl / "tpl-X_desc-brain_mask.nii.gz", np.uint8),
+        "tpl_dseg": _nii(tpl / "tpl-X_desc-tissues_dseg.nii.gz", np.int16),
+        "tpl_tsv": tsv,
+        "model": model,
+    }
+
+
+def build(
+    files, tmp_path, *, anat=("T1w", "T2w"), moving="T2w", session=None, derivs=(),
+    ref_dseg=True, registration="contrareg", template=True, cohort=None, **kwargs,
+):  # fmt: skip
+    paths = {m: str(files[m]) for m in anat}
+    if session:
+        paths["T2w"] = str(files["ses_T2w"])
+    subj = SubjectInputs(
+        subject="01", session=session, anat=paths, moving_modality=moving,
+        derivatives={d: files[d] for d in derivs},
+    )  # fmt: skip
+    if template:
+        ref = ReferenceInputs(
+            image=files["tpl_T1w"], space="X", cohort=cohort, mask=files["tpl_mask"],
+            dseg=files["tpl_dseg"] if ref_dseg else None,
+            dseg_tsv=files["tpl_tsv"] if ref_dseg else None, description="X",
+        )  # fmt: skip
+    else:
+        ref = ReferenceInputs(image=files["T1w"], space="sub02", is_template=False,
+                              dseg=files["labels"] if ref_dseg else None)  # fmt: skip
+    args = dict(
+        subj=subj, ref=ref, output_dir=tmp_path / "out", registration=registration,
+        model=files["model"] if registration == "contrareg" else None,
+        grid_shape=(4, 4, 4), grid_spacing=(1.0, 1.0, 1.0),
+    )  # fmt: skip
+    args.update(kwargs)
+    return init_subject_registration_wf(**args)
+
+
+def names(wf) -> set[str]:
+    return set(wf.list_node_names())
+
+
+def edges(wf) -> set[tuple[str, str, str, str]]:
+    """``(source node, source field, destination node, destination field)``."""
+    out = set()
+    for u, v, d in wf._graph.edges(data=True):
+        for src, dst in d["connect"]:
+            out.add((u.name, src if isinstance(src, str) else src[0], v.name, dst))
+    return out
+
+
+def test_both_modalities(files, tmp_path):
+    wf = build(files, tmp_path)
+    assert names(wf) == CORE | OTHER | REF_DSEG | {"ds_ref_dseg_tsv"}
+    e = edges(wf)
+    # the other modality: coregistered to the moving one, then the moving one's transform;
+    # the list acts on the reference point in order (reference -> T2w -> T1w)
+    assert ("export_xfms", "reference_to_subject", "merge_xfms", "in1") in e
+    assert ("coreg_other", "transform", "merge_xfms", "in2") in e
+    assert ("merge_xfms", "out", "other_to_ref", "transforms") in e
+    assert ("n4_moving", "out_file", "coreg_other", "fixed") in e
+    assert ("n4_other", "out_file", "coreg_other", "moving") in e
+    assert ("coreg_other", "moved", "ds_other_preproc", "in_file") in e
+    # the moving image: N4 -> affine -> model grid -> registration -> transforms -> outputs
+    assert ("n4_moving", "out_file", "affine_moving", "moving") in e
+    assert ("validate_reference", "out_file", "affine_moving", "fixed") in e
+    assert ("affine_moving", "transform", "prepare_pair", "affine") in e
+    assert ("prepare_pair", "moving", "register", "moving") in e
+    assert ("prepare_pair", "fixed", "register", "fixed") in e
+    assert ("affine_moving", "transform", "export_xfms", "affine") in e
+    assert ("export_xfms", "reference_to_subject", "moving_to_ref", "transforms") in e
+    assert ("export_xfms", "subject_to_reference", "ref_dseg_to_subject", "transforms") in e
+    assert ("export_xfms", "reference_to_subject", "ds_xfm_to_ref", "in_file") in e
+    assert ("export_xfms", "subject_to_reference", "ds_xfm_from_ref", "in_file") in e
+    assert ("register", "method", "metrics", "method") in e
+    # the reference mask reaches the subject through the affine when no mask is given
+    assert ("affine_moving", "transform", "brain_mask", "affine") in e
+    assert ("reference_mask", "out_file", "brain_mask", "reference_mask") in e
+    assert not isdefined(wf.get_node("brain_mask").inputs.given_mask)
+    # output names
+    ds = wf.get_node("ds_xfm_to_ref").inputs
+    assert (getattr(ds, "from"), ds.to, ds.mode, ds.suffix) == ("T2w", "X", "image", "xfm")
+    ds = wf.get_node("ds_xfm_from_ref").inputs
+    assert (getattr(ds, "from"), ds.to) == ("X", "T2w")
+    ds = wf.get_node("ds_ref_dseg").inputs
+    assert (ds.space, ds.desc, ds.suffix) == ("T2w", "X", "dseg")
+    ds = wf.get_node("ds_ref_dseg_tsv").inputs
+    assert (ds.space, ds.desc, ds.extension) == ("T2w", "X", ".tsv")
+    assert wf.get_node("ds_other_ref").inputs.source_file == [str(files["T1w"])]
+    assert wf.get_node("ds_moving_ref").inputs.source_file == [str(files["T2w"])]
+
+
+@pytest.mark.parametrize("moving", ["T1w", "T2w"])
+def test_one_modality(files, tmp_path, moving):
+    """Only the moving modality: no coregistration branch; names follow the modality."""
+    wf = build(files, tmp_path, anat=(moving,), moving=moving)
+    assert names(wf) == CORE | REF_DSEG | {"ds_ref_dseg_tsv"}
+    assert wf.get_node("validate_moving").inputs.in_file == str(files[moving])
+    assert getattr(wf.get_node("ds_xfm_to_ref").inputs, "from") == moving
+    assert wf.get_node("ds_ref_dseg").inputs.space == moving
+    assert wf.get_node("ds_ref_mask").inputs.space == moving
+
+
+def test_moving_t1w_with_t2w_as_the_other(files, tmp_path):
+    wf = build(files, tmp_path, moving="T1w")
+    assert OTHER <= names(wf)
+    assert wf.get_node("validate_moving").inputs.in_file == str(files["T1w"])
+    assert wf.get_node("validate_other").inputs.in_file == str(files["T2w"])
+
+
+@pytest.mark.parametrize("session", [None, "1"])
+def test_sessions(files, tmp_path, session):
+    wf = build(files, tmp_path, anat=("T2w",), session=session)
+    source = wf.get_node("ds_preproc").inputs.source_file
+    assert ("_ses-1_" in source[0]) is (session is not None)
+    for node in ("ds_mask", "ds_moving_ref", "ds_xfm_to_ref", "ds_metrics"):
+        assert wf.get_node(node).inputs.source_file == source
+
+
+def test_precomputed_mask_and_labels(files, tmp_path):
+    wf = build(files, tmp_path, derivs=("mask", "labels"))
+    assert names(wf) == CORE | OTHER | REF_DSEG | SUBJECT_LABELS | {"ds_ref_dseg_tsv"}
+    assert wf.get_node("brain_mask").inputs.given_mask == str(files["mask"])
+    metrics = wf.get_node("metrics").inputs
+    assert metrics.subject_labels == str(files["labels"])
+    e = edges(wf)
+    assert ("ref_dseg_to_subject", "out_file", "metrics", "reference_labels") in e
+    assert ("export_xfms", "reference_to_subject", "subject_labels_to_ref", "transforms") in e
+    assert ("validate_reference", "out_file", "subject_labels_to_ref", "reference") in e
+    assert wf.get_node("subject_labels_to_ref").inputs.interpolation == "label"
+    assert wf.get_node("ds_subject_dseg_ref").inputs.space == "X"
+
+
+def test_labels_without_reference_dseg(files, tmp_path):
+    """Subject labels still go to the reference; no Dice without reference labels."""
+    wf = build(files, tmp_path, derivs=("labels",), ref_dseg=False)
+    assert names(wf) == CORE | OTHER | SUBJECT_LABELS
+    assert not isdefined(wf.get_node("metrics").inputs.subject_labels)
+    assert not any(dst == "metrics" and f == "reference_labels" for *_, dst, f in edges(wf))
+
+
+def test_contrareg_and_ants(files, tmp_path):
+    wf = build(files, tmp_path, lam=0.3, device="cuda:1", use_gpu=True)
+    register = wf.get_node("register")
+    assert isinstance(register.interface, ContraRegister)
+    assert register.inputs.model == str(files["model"])
+    assert (register.inputs.lam, register.inputs.device, register.inputs.use_gpu) == (
+        0.3, "cuda:1", True,
+    )  # fmt: skip
+    assert wf.get_node("metrics").inputs.lam == 0.3
+
+    wf = build(files, tmp_path, registration="ants", seed=7, sloppy=True)
+    register = wf.get_node("register")
+    assert isinstance(register.interface, AntsRegister)
+    assert (register.inputs.seed, register.inputs.sloppy) == (7, True)
+    assert not isdefined(wf.get_node("metrics").inputs.lam)
+    assert names(wf) == CORE | OTHER | REF_DSEG | {"ds_ref_dseg_tsv"}
+
+
+def test_required_arguments(files, tmp_path):
+    with pytest.raises(ValueError, match="model bundle is required"):
+        build(files, tmp_path, model=None)
+    with pytest.raises(ValueError, match="grid_shape and grid_spacing"):
+        build(files, tmp_path, grid_shape=None)
+
+
+def test_template_vs_participant_reference(files, tmp_path):
+    """A template is used as it is; another participant's image gets N4 first."""
+    wf = build(files, tmp_path, anat=("T2w",))
+    assert "n4_reference" not in names(wf)
+    assert ("validate_reference", "out_file", "reference_mask", "in_file") in edges(wf)
+    assert wf.get_node("reference_mask").inputs.given_mask == str(files["tpl_mask"])
+
+    wf = build(files, tmp_path, anat=("T2w",), template=False)
+    assert "n4_reference" in names(wf)
+    e = edges(wf)
+    assert ("n4_reference", "out_file", "reference_mask", "in_file") in e
+    assert ("n4_reference", "out_file", "affine_moving", "fixed") in e
+    assert not isdefined(wf.get_node("reference_mask").inputs.given_mask)
+    assert "ds_ref_dseg_tsv" not in names(wf)  # labels of a participant have no table
+    assert wf.get_node("ds_moving_ref").inputs.space == "sub02"
+
+
+def test_cohort_entity(files, tmp_path):
+    wf = build(files, tmp_path, cohort=2)
+    for node in ("ds_moving_ref", "ds_other_ref"):
+        inputs = wf.get_node(node).inputs
+        assert (inputs.space, inputs.cohort) == ("X", "2")
+    assert wf.get_node("ds_xfm_to_ref").inputs.to == "X"
+    wf = build(files, tmp_path)
+    assert not isdefined(wf.get_node("ds_moving_ref").inputs.cohort)
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve_reference: what --reference picks (real pybids layout, real TemplateFlow client)
+# ---------------------------------------------------------------------------------------------
+def _cfg(reference: str, **kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(reference=reference, fixed_modality="T1w", bids_filters=None,
+                           derivatives=kw.pop("derivatives", {}), **kw)  # fmt: skip
+
+
+def test_reference_template_resolution(tmp_path, monkeypatch):
+    """``TEMPLATE:res-N`` picks that resolution (image, mask, dseg on one grid)."""
+    from contrareg_bids.io import templates
+    from contrareg_bids.workflows.base import resolve_reference
+
+    home = tmp_path / "tf"
+    flat = home / "tpl-Flat"
+    for res in (1, 2):
+        _nii(flat / f"tpl-Flat_res-{res}_T1w.nii.gz")
+        _nii(flat / f"tpl-Flat_res-{res}_desc-brain_mask.nii.gz", np.uint8)
+        _nii(flat / f"tpl-Flat_res-{res}_desc-tissues_dseg.nii.gz", np.int16)
+    (flat / "template_description.json").write_text('{"Name": "Flat"}')
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+    monkeypatch.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
+    templates.reset_clients()
+    try:
+        ref = resolve_reference(_cfg("Flat:res-2"), None, "01", None)
+        assert ref.image.name == "tpl-Flat_res-2_T1w.nii.gz"
+        assert ref.mask.name == "tpl-Flat_res-2_desc-brain_mask.nii.gz"
+        assert ref.dseg.name == "tpl-Flat_res-2_desc-tissues_dseg.nii.gz"
+        assert (ref.space, ref.cohort, ref.is_template) == ("Flat", None, True)
+        assert resolve_reference(_cfg("Flat"), None, "01", None).image.name.startswith(
+            "tpl-Flat_res-1_"
+        )
+    finally:
+        templates.reset_clients()
+
+
+def test_reference_participant_session(tmp_path):
+    """``sub-01_ses-2`` takes the T1w (and derivatives) of that session, not the first one."""
+    from contrareg_bids.io.bids import make_layout
+    from contrareg_bids.workflows.base import SubjectError, resolve_reference
+    from tests.bids_factory import make_bids_dataset, make_volume
+
+    bids = make_bids_dataset(
+        tmp_path / "bids",
+        {"01": {"1": {"T1w": make_volume(), "age": 38}, "2": {"T1w": make_volume(), "age": 42}},
+         "02": {"1": {"T2w": make_volume(), "age": 40}}},
+        sessions=True, age_source="sessions",
+    )  # fmt: skip
+    deriv = tmp_path / "deriv"
+    for ses in ("1", "2"):
+        _nii(deriv / "sub-01" / f"ses-{ses}" / "anat" / f"sub-01_ses-{ses}_dseg.nii.gz")
+    layout = make_layout(bids)
+    ref = resolve_reference(_cfg("sub-01_ses-2", derivatives={"l": deriv}), layout, "02", "1")
+    assert ref.image.name == "sub-01_ses-2_T1w.nii.gz"
+    assert ref.dseg.name == "sub-01_ses-2_dseg.nii.gz"
+    assert (ref.space, ref.is_template) == ("sub01", False)
+    assert ref.description == "sub-01_ses-2 T1w"
+    ref = resolve_reference(_cfg("sub-01"), layout, "02", "1")
+    assert ref.image.name == "sub-01_ses-1_T1w.nii.gz"
+    with pytest.raises(SubjectError, match="--reference sub-02: no T1w image"):
+        resolve_reference(_cfg("sub-02"), layout, "01", "1")
