@@ -104,7 +104,10 @@ def expected_outputs(sub: str, space: str, *, other=True, labels=True, tsv=True)
         names |= {f"{a}_desc-preproc_T1w.nii.gz", f"{a}_space-{space}_desc-preproc_T1w.nii.gz"}
     if labels:
         names.add(f"{a}_space-{space}_dseg.nii.gz")
-    return names
+    # images and transforms carry a JSON sidecar (Sources, SpatialReference)
+    sidecars = {n.removesuffix(".nii.gz").removesuffix(".h5") + ".json" for n in names
+                if n.endswith((".nii.gz", ".h5"))}  # fmt: skip
+    return names | sidecars
 
 
 def read_metrics(path: Path) -> dict[str, str]:
@@ -199,6 +202,20 @@ def test_exit_code_and_exact_output_names(e2e):
     expected |= expected_outputs("01", TPL) | expected_outputs("02", TPL)
     assert found - logs == expected
     assert not (e2e.out / "sub-01" / "log").exists()  # no crash, no error file
+
+
+def test_sidecars_name_sources_and_spatial_reference(e2e):
+    anat = e2e.out / "sub-01" / "anat"
+    meta = json.loads((anat / f"sub-01_space-{TPL}_desc-preproc_T2w.json").read_text())
+    assert meta["Sources"] == ["bids:raw:sub-01/anat/sub-01_T2w.nii.gz"]
+    assert meta["SpatialReference"].startswith(f"tpl-{TPL.split('_')[0]}/")
+    other = json.loads((anat / f"sub-01_space-{TPL}_desc-preproc_T1w.json").read_text())
+    assert "bids:raw:sub-01/anat/sub-01_T1w.nii.gz" in other["Sources"]
+    xfm = json.loads((anat / f"sub-01_from-T2w_to-{TPL.split('_')[0]}_mode-image_xfm.json")
+                     .read_text())  # fmt: skip
+    assert "SpatialReference" in xfm
+    desc = json.loads((e2e.out / "dataset_description.json").read_text())
+    assert desc["DatasetLinks"]["raw"] == e2e.bids.absolute().as_uri()
 
 
 def test_dataset_description(e2e):

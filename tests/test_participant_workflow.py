@@ -309,3 +309,24 @@ def test_reference_participant_session(tmp_path):
     assert ref.image.name == "sub-01_ses-1_T1w.nii.gz"
     with pytest.raises(SubjectError, match="--reference sub-02: no T1w image"):
         resolve_reference(_cfg("sub-02"), layout, "01", "1")
+
+
+def test_sidecar_sources_and_spatial_reference(tmp_path):
+    """Derivatives name their inputs (BIDS URIs) and, in reference space, the reference."""
+    from contrareg_bids.workflows.registration import (
+        ReferenceInputs,
+        source_uri,
+        spatial_reference,
+    )
+
+    bids = tmp_path / "bids"
+    f = bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"")
+    assert source_uri(f, bids) == "bids:raw:sub-01/anat/sub-01_T2w.nii.gz"
+    assert source_uri(tmp_path / "x.nii.gz", bids) == str(tmp_path / "x.nii.gz")
+    tpl = ReferenceInputs(image=tmp_path / "tf/tpl-X/cohort-1/tpl-X_cohort-1_T1w.nii.gz",
+                          space="X", cohort=1)  # fmt: skip
+    assert spatial_reference(tpl, bids) == "tpl-X/cohort-1/tpl-X_cohort-1_T1w.nii.gz"
+    subj = ReferenceInputs(image=f, space="sub01", is_template=False)
+    assert spatial_reference(subj, bids) == "bids:raw:sub-01/anat/sub-01_T2w.nii.gz"

@@ -42,6 +42,7 @@ def write_dataset_description(cfg: RunConfig) -> Path:
         "DatasetType": "derivative",
         "GeneratedBy": [generated],
         "SourceDatasets": [source],
+        "DatasetLinks": {"raw": cfg.bids_dir.as_uri()},
     }
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.output_dir / "dataset_description.json"
@@ -180,6 +181,7 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
         subj=subj, ref=ref, output_dir=cfg.output_dir, registration=cfg.registration,
         model=model, grid_shape=shape, grid_spacing=spacing, lam=cfg.lam, device=cfg.device,
         use_gpu=bool(cfg.n_gpus), seed=cfg.random_seed, sloppy=cfg.sloppy,
+        bids_dir=cfg.bids_dir,
         name=f"{sid.replace('-', '_')}_wf",
     )  # fmt: skip
     wf.base_dir = str(cfg.work_dir)

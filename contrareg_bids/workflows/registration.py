@@ -51,6 +51,26 @@ class SubjectInputs:
     age_weeks: float | None = None
 
 
+def source_uri(path: str | Path, bids_dir: Path | None) -> str:
+    """``bids:raw:<relative path>`` for a file of the input dataset, else its path."""
+    p = Path(path)
+    if bids_dir is not None:
+        try:
+            return f"bids:raw:{p.resolve().relative_to(Path(bids_dir).resolve()).as_posix()}"
+        except ValueError:
+            pass
+    return str(p)
+
+
+def spatial_reference(ref: ReferenceInputs, bids_dir: Path | None) -> str:
+    """A template's TemplateFlow path (``tpl-X/...``), else a URI of the reference image."""
+    parts = Path(ref.image).parts
+    tpl = [i for i, part in enumerate(parts[:-1]) if part.startswith("tpl-")]  # folders
+    if ref.is_template and tpl:
+        return "/".join(parts[tpl[-1] :])
+    return source_uri(ref.image, bids_dir)
+
+
 def init_subject_registration_wf(
     *,
     subj: SubjectInputs,
@@ -65,9 +85,13 @@ def init_subject_registration_wf(
     use_gpu: bool = False,
     seed: int = 0,
     sloppy: bool = False,
+    bids_dir: Path | None = None,
     name: str = "subject_wf",
 ) -> pe.Workflow:
-    """Build the workflow of one subject-session (see the module docstring)."""
+    """Build the workflow of one subject-session (see the module docstring).
+
+    ``bids_dir`` lets the sidecars name their ``Sources`` as BIDS URIs (``bids:raw:...``).
+    """
     wf = pe.Workflow(name=name)
     mod = subj.moving_modality
     source = subj.anat[mod]
@@ -158,9 +182,16 @@ def init_subject_registration_wf(
         (export_xfms, ref_mask_to_subject, [("subject_to_reference", "transforms")]),
     ])  # fmt: skip
 
+    spatial_ref = spatial_reference(ref, bids_dir)
+    sources = [source_uri(source, bids_dir)]
+
     def sink(name, in_node, in_field, **entities):
         if entities.get("extension") is None:
             entities["compress"] = True  # NIfTI outputs as .nii.gz
+        if entities.get("extension") in (None, ".h5"):  # images and transforms: sidecars
+            entities["meta_dict"] = {"Sources": sources}
+            if entities.get("space") == ref.space or entities.get("suffix") == "xfm":
+                entities["meta_dict"]["SpatialReference"] = spatial_ref
         node = pe.Node(
             DerivativesDataSink(base_directory=str(output_dir), source_file=source,
                                 dismiss_entities=("echo",), **entities),
@@ -260,13 +291,17 @@ def init_subject_registration_wf(
             (merge_xfms, other_to_ref, [("out", "transforms")]),
         ])  # fmt: skip
         other_source = subj.anat[other]
+        other_sources = [source_uri(other_source, bids_dir), *sources]
         for nm, node, fld, ents in (
             ("ds_other_preproc", coreg_other, "moved", {"desc": "preproc"}),
             ("ds_other_ref", other_to_ref, "out_file", {"desc": "preproc", **entity_space}),
         ):
+            meta = {"Sources": other_sources}
+            if "space" in ents:
+                meta["SpatialReference"] = spatial_ref
             ds = pe.Node(
                 DerivativesDataSink(base_directory=str(output_dir), source_file=other_source,
-                                    compress=True, **ents),
+                                    compress=True, meta_dict=meta, **ents),
                 name=nm, run_without_submitting=True,
             )  # fmt: skip
             wf.connect(node, fld, ds, "in_file")
