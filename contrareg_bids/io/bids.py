@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .units import UNIT_ALIASES, WEEKS_PER
+
 if TYPE_CHECKING:
     from bids import BIDSLayout
 
@@ -56,25 +58,8 @@ AGE_COLUMNS = (*WEEK_COLUMNS, "age")
 #: Anatomical modalities collected by :func:`collect_anatomicals`.
 ANAT_SUFFIXES = ("T1w", "T2w")
 
-_WEEKS_PER = {"weeks": 1.0, "days": 1.0 / 7.0, "months": 52.1775 / 12.0, "years": 52.1775}
-_UNIT_ALIASES = {
-    "w": "weeks",
-    "wk": "weeks",
-    "wks": "weeks",
-    "week": "weeks",
-    "weeks": "weeks",
-    "d": "days",
-    "day": "days",
-    "days": "days",
-    "mo": "months",
-    "month": "months",
-    "months": "months",
-    "y": "years",
-    "yr": "years",
-    "yrs": "years",
-    "year": "years",
-    "years": "years",
-}
+_WEEKS_PER = WEEKS_PER
+_UNIT_ALIASES = UNIT_ALIASES
 _MISSING = {"", "n/a", "na", "nan", "none", "null"}
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 _WEEKS_DAYS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*\+\s*(\d+(?:\.\d+)?)\s*$")

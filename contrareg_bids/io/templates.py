@@ -35,6 +35,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
+from .units import UNIT_ALIASES, WEEKS_PER
+
 if TYPE_CHECKING:
     from templateflow import TemplateFlowClient
 
@@ -65,24 +67,8 @@ CLAMP_TOLERANCE_WEEKS = 0.5
 #: Term birth, to turn a template's postnatal cohort ages (months, years) into PMA weeks.
 TERM_WEEKS = 40.0
 
-_WEEKS_PER = {"weeks": 1.0, "days": 1.0 / 7.0, "months": 52.1775 / 12.0, "years": 52.1775}
-_UNITS = {
-    "w": "weeks",
-    "wk": "weeks",
-    "week": "weeks",
-    "weeks": "weeks",
-    "d": "days",
-    "day": "days",
-    "days": "days",
-    "mo": "months",
-    "month": "months",
-    "months": "months",
-    "y": "years",
-    "yr": "years",
-    "yrs": "years",
-    "year": "years",
-    "years": "years",
-}
+_WEEKS_PER = WEEKS_PER
+_UNITS = UNIT_ALIASES
 _TEMPLATE_RE = re.compile(r"^(?:tpl-)?(?P<name>[A-Za-z0-9]+)(?P<mods>(?::[A-Za-z]+-[^:]+)*)$")
 _PARTICIPANT_RE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?$")
 _NIFTI_EXT = [".nii.gz", ".nii"]

@@ -34,7 +34,6 @@ from .data import (
     PairDataset,
     VolumeRecord,
     data_fingerprint,
-    load_volume,
     split_records,
 )
 from .trainer import pretrain_supervised, train_autoencoder, train_registration
@@ -271,9 +270,3 @@ def train(
         return TrainOutputs(path, path.with_suffix(".json"), out_dir, result.last_val)
     finally:
         ddp.teardown(ctx)
-
-
-def load_records_volume_check(records: list[VolumeRecord]) -> None:
-    """Read every image once so a bad file fails before hours of training, naming it."""
-    for rec in records:
-        load_volume(rec.image)
