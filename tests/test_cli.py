@@ -4,6 +4,7 @@ runs that cannot start, the recorded configuration, the Nipype plugin settings."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -195,8 +196,8 @@ def test_main_usage_errors(tmp_path, bids, capsys):
     assert main([str(bids), str(bids), "participant"]) == exit_codes.USAGE
     assert "the output directory is the BIDS directory" in capsys.readouterr().err
     assert main([str(bids), str(tmp_path / "o"), "-w", str(bids / "w"), "participant"]) == 2
-    assert main([str(bids), str(tmp_path / "o"), "group"]) == exit_codes.USAGE
-    assert "not available in this version" in capsys.readouterr().err
+    # the group level before any participant: no metrics to gather (tests/test_reports.py)
+    assert main([str(bids), str(tmp_path / "o"), "group"]) == exit_codes.NO_FILES
     assert main([str(bids), str(tmp_path / "o"), "everything"]) == exit_codes.UNKNOWN_LEVEL
     assert not (tmp_path / "o").exists()
     assert not (bids / "w").exists()
@@ -240,3 +241,79 @@ def test_plugin_settings(tmp_path, bids):
     assert _plugin(config(tmp_path, bids, "--use-plugin", yml)) == (
         "LegacyMultiProc", {"n_procs": 3},
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# runs that cannot start: an unusable --reference, an unknown --session-label
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def empty_templateflow(tmp_path, monkeypatch) -> Path:
+    """A ``TEMPLATEFLOW_HOME`` with one template (no cohorts) whose files are not fetched."""
+    from contrareg_bids.io import templates
+
+    home = tmp_path / "tf"
+    (home / "tpl-Empty").mkdir(parents=True)
+    (home / "tpl-Empty" / "template_description.json").write_text('{"Name": "Empty"}')
+    (home / "tpl-Empty" / "tpl-Empty_T1w.nii.gz").write_bytes(b"")  # listed, not fetched
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+    monkeypatch.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
+    templates.reset_clients()
+    yield home
+    templates.reset_clients()
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("NoSuchTpl", r"template 'NoSuchTpl' is not in the TemplateFlow cache"),
+        ("Empty", r"template 'Empty'.*not fetched"),
+        ("sub-99", r"sub-99 is not a participant"),
+        ("/no/such/ref_T1w.nii.gz", r"reference image not found"),
+    ],
+)
+def test_unusable_reference_is_2_before_any_subject(
+    tmp_path, empty_templateflow, caplog, reference, message
+):
+    """Two subjects, a reference none of them can use: one error, exit code 2, and no
+    subject is started (no per-subject error files)."""
+    bids = make_bids_dataset(
+        tmp_path / "bids",
+        {s: {"T1w": make_volume(), "T2w": make_volume(), "age": 40} for s in ("01", "02")},
+    )
+    out = tmp_path / "out"
+    rc = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+               "--registration", "ants", "--reference", reference])  # fmt: skip
+    assert rc == exit_codes.USAGE
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and reference in errors[0], errors
+    assert re.search(message, errors[0], flags=re.DOTALL), errors[0]
+    if reference[0].isupper():  # a template: the message says how to prefetch it
+        assert "Prefetch it" in errors[0] and str(empty_templateflow) in errors[0]
+    assert not list(out.glob("sub-*"))
+
+
+def test_unknown_session_is_18(tmp_path, empty_templateflow, caplog):
+    sessions = {"1": {"T2w": make_volume(), "age": 40}, "2": {"T2w": make_volume(), "age": 41}}
+    bids = make_bids_dataset(tmp_path / "bids", {"01": sessions, "02": {"1": sessions["1"]}},
+                             sessions=True, age_source="sessions")  # fmt: skip
+    out = tmp_path / "out"
+    rc = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+               "--registration", "ants", "--session-label", "3", "ses-1"])  # fmt: skip
+    assert rc == exit_codes.NO_FILES
+    assert "session label(s) not found: 3" in caplog.text
+    assert "Sessions of the selected participants: 1, 2" in caplog.text
+    assert not list(out.glob("sub-*"))
+
+
+def test_select_sessions(tmp_path):
+    """A subject gets the asked-for sessions it has; one that has none of them is left out."""
+    from contrareg_bids.io.bids import NoMatchError, make_layout, select_sessions
+
+    sessions = {"1": {"T2w": make_volume()}, "2": {"T2w": make_volume()}}
+    bids = make_bids_dataset(tmp_path / "bids", {"01": sessions, "02": {"1": sessions["1"]}},
+                             sessions=True, age_source=None)  # fmt: skip
+    layout = make_layout(bids)
+    assert select_sessions(layout, ["01", "02"]) == {"01": ["1", "2"], "02": ["1"]}
+    assert select_sessions(layout, ["01", "02"], ["ses-2"]) == {"01": ["2"], "02": []}
+    with pytest.raises(NoMatchError, match="not found: 2"):
+        select_sessions(layout, ["02"], ["2"])

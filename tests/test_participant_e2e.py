@@ -80,13 +80,17 @@ def label_img(subject: dict, affine) -> nib.Nifti1Image:
 
 
 def files_under(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    """Derivatives under ``root``; the QC reports (``figures/``, ``*.html``) are checked in
+    tests/test_reports.py."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")
+            if p.is_file() and "figures" not in p.parts and p.suffix != ".html"}  # fmt: skip
 
 
 def expected_outputs(sub: str, space: str, *, other=True, labels=True, tsv=True) -> set[str]:
-    """Exact names of one subject's outputs (moving T2w; ``space`` with its cohort entity)."""
+    """Exact names of one subject's outputs (moving T2w; ``space`` with its cohort entity,
+    which the to-/from-/desc- labels carry as ``<tpl>+<cohort>``)."""
     a = f"sub-{sub}/anat/sub-{sub}"
-    tpl = space.split("_cohort-")[0]
+    tpl = space.replace("_cohort-", "+")
     names = {
         f"{a}_desc-preproc_T2w.nii.gz",
         f"{a}_desc-brain_mask.nii.gz",
@@ -131,11 +135,16 @@ def ras_labels(path: Path) -> nib.Nifti1Image:
 
 def affine_only_dice(run: Run, sub: str, ref_dseg: Path, tmp: Path) -> float:
     """Dice of the reference labels carried into the subject by the affine pre-alignment
-    alone (the ``.mat`` of the work dir), against the subject's labels."""
+    alone (the ``.mat`` of the work dir, reference -> subject points, so its inverse
+    resamples the reference onto the subject; nearest neighbour), against the subject's
+    labels: an independent recomputation of ``mean_dice_affine``."""
+    from contrareg_bids.io.transforms import read_ants_affine
+
     wf = run.work / f"sub_{sub}_wf"
     mat = wf / "affine_moving" / "affine_0GenericAffine.mat"
     grid = run.out / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-preproc_T2w.nii.gz"
-    out = apply_transform(ref_dseg, grid, mat, tmp / f"affine_only_{sub}.nii.gz", "label")
+    inverse = read_ants_affine(mat).GetInverse()
+    out = apply_transform(ref_dseg, grid, inverse, tmp / f"affine_only_{sub}.nii.gz", "nearest")
     subj = ras_labels(run.labels / f"sub-{sub}" / "anat" / f"sub-{sub}_dseg.nii.gz")
     return mean_dice(np.asarray(subj.dataobj), data(out))
 
@@ -316,6 +325,11 @@ def test_dice_computed_and_reported(e2e, tiny_templateflow, tmp_path):
         assert all(v["Description"] for v in sidecar.values())
         affine_only = affine_only_dice(e2e, sub, ref_dseg, tmp_path)
         assert 0.2 < affine_only < 1
+        # the app's own affine-only baseline: present, a Dice, not the deformable one
+        assert 0 <= float(row["mean_dice_affine"]) <= 1
+        assert float(row["mean_dice_affine"]) != float(row["mean_dice"])
+        assert float(row["mean_dice_affine"]) == pytest.approx(affine_only, abs=0.01)
+        assert list(row).index("mean_dice_affine") == list(row).index("mean_dice") + 1
         # the tiny model barely trained: no worse than the affine by more than a little
         assert dice > affine_only - 0.05
 

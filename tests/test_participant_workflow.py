@@ -92,7 +92,8 @@ def build(
 
 
 def names(wf) -> set[str]:
-    return set(wf.list_node_names())
+    """Nodes of the workflow, the QC reportlets aside (``test_report_nodes``)."""
+    return {n for n in wf.list_node_names() if not n.startswith("report_wf.")}
 
 
 def edges(wf) -> set[tuple[str, str, str, str]]:
@@ -180,6 +181,8 @@ def test_precomputed_mask_and_labels(files, tmp_path):
     assert metrics.subject_labels == str(files["labels"])
     e = edges(wf)
     assert ("ref_dseg_to_subject", "out_file", "metrics", "reference_labels") in e
+    assert ("affine_moving", "transform", "metrics", "affine") in e  # mean_dice_affine
+    assert metrics.reference_dseg  # the reference labels, for the affine-only Dice
     assert ("export_xfms", "reference_to_subject", "subject_labels_to_ref", "transforms") in e
     assert ("validate_reference", "out_file", "subject_labels_to_ref", "reference") in e
     assert wf.get_node("subject_labels_to_ref").inputs.interpolation == "label"
@@ -241,9 +244,30 @@ def test_cohort_entity(files, tmp_path):
     for node in ("ds_moving_ref", "ds_other_ref"):
         inputs = wf.get_node(node).inputs
         assert (inputs.space, inputs.cohort) == ("X", "2")
-    assert wf.get_node("ds_xfm_to_ref").inputs.to == "X"
+    # the reference as a label of to-/from-/desc- keeps its cohort (smriprep's X+2)
+    assert wf.get_node("ds_xfm_to_ref").inputs.to == "X+2"
+    assert getattr(wf.get_node("ds_xfm_from_ref").inputs, "from") == "X+2"
+    for node in ("ds_ref_mask", "ds_ref_dseg", "ds_ref_dseg_tsv"):
+        assert wf.get_node(node).inputs.desc == "X+2", node
     wf = build(files, tmp_path)
     assert not isdefined(wf.get_node("ds_moving_ref").inputs.cohort)
+    assert wf.get_node("ds_xfm_to_ref").inputs.to == "X"
+    assert wf.get_node("ds_ref_dseg").inputs.desc == "X"
+
+
+def test_omp_nthreads_on_threaded_nodes(files, tmp_path):
+    """``--omp-nthreads``: every multi-threaded node gets that many threads and MultiProc
+    slots; the others keep one slot."""
+    wf = build(files, tmp_path, omp_nthreads=3)
+    threaded = {"n4_moving", "affine_moving", "register", "n4_other", "coreg_other",
+                "moving_to_ref", "ref_mask_to_subject", "ref_dseg_to_subject",
+                "other_to_ref"}  # fmt: skip
+    for name in threaded:
+        node = wf.get_node(name)
+        assert (node.inputs.num_threads, node.n_procs) == (3, 3), name
+    assert wf.get_node("normalize_moving").n_procs == 1
+    wf = build(files, tmp_path, registration="ants")
+    assert (wf.get_node("register").inputs.num_threads, wf.get_node("register").n_procs) == (1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,3 +354,17 @@ def test_sidecar_sources_and_spatial_reference(tmp_path):
     assert spatial_reference(tpl, bids) == "tpl-X/cohort-1/tpl-X_cohort-1_T1w.nii.gz"
     subj = ReferenceInputs(image=f, space="sub01", is_template=False)
     assert spatial_reference(subj, bids) == "bids:raw:sub-01/anat/sub-01_T2w.nii.gz"
+
+
+def test_report_nodes(files, tmp_path):
+    """The QC reportlets: both flickers, label outlines on both modalities, the Jacobian,
+    the summary and (ContraReg only) the lambda strip, each with its sink; none when off."""
+    reports = {n for n in build(files, tmp_path).list_node_names() if n.startswith("report_wf.")}
+    views = {"flicker_affine", "flicker_registration", "labels_subject", "labels_other",
+             "jacobian", "summary", "lambda_strip"}  # fmt: skip
+    assert {f"report_wf.{v}" for v in views} <= reports
+    assert len([n for n in reports if ".ds_report_" in n]) == len(views)
+    ants = build(files, tmp_path, registration="ants").list_node_names()
+    assert "report_wf.jacobian" in ants and "report_wf.lambda_strip" not in ants
+    off = build(files, tmp_path, reports=False).list_node_names()
+    assert not any(n.startswith("report_wf.") for n in off)

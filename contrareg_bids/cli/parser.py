@@ -38,16 +38,38 @@ def _filter_file(value: str) -> dict:
     return data
 
 
-def _lambda(value: str) -> float:
+def _lambda(value: str) -> float | str:
+    if value.strip().lower() == "auto":
+        return "auto"
     try:
         lam = float(value)
     except ValueError as err:
         raise argparse.ArgumentTypeError(
-            f"--lambda takes a number in [0, 1], got {value!r}"
+            f"--lambda takes a number in [0, 1] or 'auto', got {value!r}"
         ) from err
     if not 0.0 <= lam <= 1.0:
         raise argparse.ArgumentTypeError(f"--lambda must be in [0, 1], got {lam}")
     return lam
+
+
+def _percent(value: str) -> float:
+    try:
+        pct = float(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"--max-folding takes a percentage, got {value!r}"
+        ) from err
+    if not 0.0 <= pct <= 100.0:
+        raise argparse.ArgumentTypeError(f"--max-folding must be in [0, 100] (%), got {pct}")
+    return pct
+
+
+def _model_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value) or value.endswith(".safetensors"):
+        raise argparse.ArgumentTypeError(
+            f"--model-name takes a file stem (letters, digits, '_', '.', '-'), got {value!r}"
+        )
+    return value
 
 
 def _memory_gb(value: str) -> float:
@@ -118,7 +140,15 @@ def get_parser() -> argparse.ArgumentParser:
         type=_lambda,
         default=0.1,
         metavar="L",
-        help="regularisation weight of the lambda-conditioned model",
+        help="regularisation weight of the lambda-conditioned model, or 'auto': per subject, "
+        "the smallest lambda whose warps fold at most --max-folding %% of voxels",
+    )
+    g.add_argument(
+        "--max-folding",
+        type=_percent,
+        default=None,
+        metavar="PCT",
+        help="folding budget of --lambda auto, %% voxels of each warp (default 0.5)",
     )
     g.add_argument("--random-seed", type=int, default=0)
 
@@ -130,6 +160,31 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--use-plugin", type=Path, metavar="FILE", help="Nipype plugin YAML")
     g.add_argument("--n-gpus", type=int, default=None, metavar="N")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+
+    g = p.add_argument_group(
+        "training (train level; defaults: the paper's, or the CPU preset with --sloppy)"
+    )
+    g.add_argument(
+        "--model-name",
+        type=_model_name,
+        metavar="NAME",
+        help="OUTPUT_DIR/models/NAME.safetensors (default: contrareg_<moving>-<fixed>_<loss>)",
+    )
+    g.add_argument("--loss", help="mcr, cr, mi, localmi, mind, ngf; cr/mcr variants: +mi, ...")
+    g.add_argument("--train-steps", type=int, metavar="N", help="registration training steps")
+    g.add_argument("--ae-steps", type=int, metavar="N", help="autoencoder pretraining steps")
+    g.add_argument("--ch", type=int, metavar="N", help="registration network width")
+    g.add_argument("--ts", type=int, metavar="N", help="scaling-and-squaring steps")
+    g.add_argument("--lambda-range", type=float, nargs=2, metavar=("LO", "HI"))
+    g.add_argument("--batch-size", type=int, metavar="N")
+    g.add_argument("--val-fraction", type=float, metavar="F", help="subjects held out")
+    g.add_argument("--lr", type=float, metavar="LR", help="learning rate")
+    g.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="stop after N more registration steps (checkpointed; run again to resume)",
+    )
 
     g = p.add_argument_group("behaviour")
     g.add_argument("--stop-on-first-crash", action="store_true")
@@ -144,4 +199,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.moving_modality == args.fixed_modality:
         parser.error("--moving-modality and --fixed-modality must differ")
+    if args.max_folding is not None and args.lam != "auto":
+        parser.error("--max-folding applies to --lambda auto only")
     return args

@@ -40,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         from ..workflows.base import run_participant_level
 
         return run_participant_level(cfg)
-    print(
-        f"contrareg-bids: the {cfg.analysis_level!r} level is not available in this version "
-        f"({cfg.version}); use contrareg-train to train a model",
-        file=sys.stderr,
-    )
-    return exit_codes.USAGE
+    if cfg.analysis_level == "group":
+        from ..reports.group import run_group_level
+
+        return run_group_level(cfg)
+    from ..workflows.train import run_train_level
+
+    return run_train_level(cfg)
 
 
 if __name__ == "__main__":

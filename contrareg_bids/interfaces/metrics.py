@@ -18,7 +18,13 @@ COLUMNS_HELP = {
     "folding_percent": "Voxels of the model grid where the forward warp folds (det J <= 0), %",
     "std_log_jacobian": "Standard deviation of log det J of the forward warp in the brain",
     "mean_dice": "Mean Dice of the given subject labels vs the reference labels in subject space",
+    "mean_dice_affine": "Mean Dice as mean_dice (same labels), the reference labels carried into "
+    "the subject by the affine pre-alignment only (nearest neighbour): the baseline",
     "lambda": "Regularisation weight used",
+    "lambda_selection": "'auto': lambda chosen per subject under a folding budget",
+    "lambda_max_folding": "Folding budget of --lambda auto (% voxels, forward and inverse)",
+    "lambda_within_budget": "Whether the chosen lambda kept both warps within the budget",
+    "lambda_probes": "Registrations run by the lambda search (trace in LambdaSearch)",
     "method": "Registration method",
 }
 
@@ -28,9 +34,12 @@ class _MetricsInputSpec(BaseInterfaceInputSpec):
     mask = File(exists=True, desc="brain mask on the field's grid")
     subject_labels = File(exists=True, desc="labels given for the subject (subject space)")
     reference_labels = File(exists=True, desc="reference labels warped into subject space")
+    reference_dseg = File(exists=True, desc="reference labels in reference space")
+    affine = File(exists=True, desc="affine pre-alignment, reference -> subject points (ITK)")
     lam = traits.Float()
     method = traits.Str("contrareg", usedefault=True)
     extra = traits.Dict(desc="more columns (model, run time...)")
+    lambda_search = traits.Dict(desc="trace of the per-subject lambda search (--lambda auto)")
 
 
 class _MetricsOutputSpec(TraitedSpec):
@@ -56,6 +65,9 @@ class RegistrationMetrics(SimpleInterface):
         row: dict = {"method": self.inputs.method}
         if isdefined(self.inputs.lam):
             row["lambda"] = self.inputs.lam
+        search = self.inputs.lambda_search if isdefined(self.inputs.lambda_search) else None
+        if search:
+            row.update(lambda_search_columns(search))
         row.update(warp_quality(self.inputs.forward_field, mask))
         if isdefined(self.inputs.subject_labels) and isdefined(self.inputs.reference_labels):
             ref_img = nib.load(self.inputs.reference_labels)
@@ -77,6 +89,11 @@ class RegistrationMetrics(SimpleInterface):
             common = sorted(set(np.unique(a)) & set(np.unique(b)) - {0})
             dices = dice_per_label(a, b, labels=common) if common else {}
             row["mean_dice"] = float(np.nanmean(list(dices.values()))) if dices else float("nan")
+            if isdefined(self.inputs.reference_dseg) and isdefined(self.inputs.affine):
+                row["mean_dice_affine"] = affine_only_dice(
+                    a, self.inputs.reference_dseg, self.inputs.affine,
+                    self.inputs.reference_labels, common,
+                )  # fmt: skip
             row.update({f"dice_{k}": v for k, v in dices.items()})
         if isdefined(self.inputs.extra):
             row.update(self.inputs.extra)
@@ -89,10 +106,52 @@ class RegistrationMetrics(SimpleInterface):
         desc = {k: {"Description": COLUMNS_HELP.get(k, "Dice of one label" if
                                                      k.startswith("dice_") else k)}
                 for k in keys}  # fmt: skip
+        if search:  # the whole trace: lambda and folding of both warps per probe
+            desc["LambdaSearch"] = search
         with open(js, "w") as fh:
             json.dump(desc, fh, indent=2)
         self._results.update(out_tsv=tsv, out_json=js, metrics=row)
         return runtime
+
+
+def affine_only_dice(
+    subject_labels, reference_dseg: str, affine: str, grid: str, labels: list[int]
+) -> float:
+    """Mean Dice of ``subject_labels`` (an array on ``grid``) and the reference labels carried
+    onto ``grid`` by the INVERSE of the reference -> subject ``affine`` alone (nearest
+    neighbour), over ``labels``: what the deformable step adds is measured against this."""
+    import numpy as np
+
+    from ..io.transforms import (
+        array_from_image,
+        load_labels,
+        load_nifti,
+        read_ants_affine,
+        reference_image,
+        resample_image,
+    )
+    from ..metrics import dice_per_label
+
+    if not labels:
+        return float("nan")
+    grid_img = load_nifti(grid)
+    inverse = read_ants_affine(affine).GetInverse()
+    out = resample_image(load_labels(reference_dseg),
+                         reference_image(grid_img.affine, grid_img.shape[:3]), inverse,
+                         "nearest")  # fmt: skip
+    moved = array_from_image(out).astype(np.int64)
+    dices = dice_per_label(np.asarray(subject_labels), moved, labels=labels)
+    return float(np.nanmean(list(dices.values())))
+
+
+def lambda_search_columns(search: dict) -> dict:
+    """Metrics columns summarising a lambda search (``LambdaSearch.to_dict()``)."""
+    return {
+        "lambda_selection": "auto",
+        "lambda_max_folding": search.get("max_folding_percent"),
+        "lambda_within_budget": search.get("within_budget"),
+        "lambda_probes": search.get("probes"),
+    }
 
 
 def _fmt(value) -> str:

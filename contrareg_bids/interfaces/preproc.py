@@ -13,6 +13,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ._threads import ThreadedInputSpec, use_threads
+
 
 def _out(name: str) -> str:
     return os.path.join(os.getcwd(), name)
@@ -45,7 +47,7 @@ class StandardizeImage(SimpleInterface):
         return runtime
 
 
-class _N4InputSpec(BaseInterfaceInputSpec):
+class _N4InputSpec(ThreadedInputSpec):
     in_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True)
     sloppy = traits.Bool(False, usedefault=True, desc="fewer iterations")
@@ -65,6 +67,7 @@ class N4BiasCorrect(SimpleInterface):
     def _run_interface(self, runtime):
         from ..processing.n4 import n4_bias_correct
 
+        use_threads(self.inputs)
         kwargs = {"iterations": (20, 20)} if self.inputs.sloppy else {}
         mask = self.inputs.mask_file if isdefined(self.inputs.mask_file) else None
         out = n4_bias_correct(
@@ -149,7 +152,7 @@ class NormalizeIntensity(SimpleInterface):
         return runtime
 
 
-class _AffineInputSpec(BaseInterfaceInputSpec):
+class _AffineInputSpec(ThreadedInputSpec):
     fixed = File(exists=True, mandatory=True, desc="reference (or the image to align to)")
     moving = File(exists=True, mandatory=True, desc="subject image")
     transform_type = traits.Enum("Affine", "Rigid", "Similarity", usedefault=True)
@@ -171,6 +174,7 @@ class AffineRegister(SimpleInterface):
     def _run_interface(self, runtime):
         from ..processing.affine import affine_register
 
+        use_threads(self.inputs)
         kwargs = {}
         if self.inputs.sloppy:
             kwargs = {"iterations": (200, 100, 20), "shrink_factors": (4, 2, 1),

@@ -13,6 +13,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ._threads import ThreadedInputSpec, use_threads
+
 
 class _RegOutputSpec(TraitedSpec):
     forward_field = File(exists=True, desc="fixed -> moving displacement (ITK, LPS mm)")
@@ -20,13 +22,21 @@ class _RegOutputSpec(TraitedSpec):
     moved = File(exists=True, desc="moving image on the fixed grid")
     lam = traits.Float(desc="lambda used")
     method = traits.Str()
+    lambda_search = File(desc="JSON trace of the per-subject lambda search (auto_lambda)")
+    lambda_search_info = traits.Dict(desc="the same trace as a dict (auto_lambda)")
 
 
-class _ContraRegInputSpec(BaseInterfaceInputSpec):
+class _ContraRegInputSpec(ThreadedInputSpec):
     moving = File(exists=True, mandatory=True, desc="moving image on the model grid")
     fixed = File(exists=True, mandatory=True, desc="fixed image on the model grid")
     model = File(exists=True, mandatory=True, desc="model bundle (.safetensors)")
     lam = traits.Float(0.1, usedefault=True, desc="regularisation weight")
+    auto_lambda = traits.Bool(
+        False, usedefault=True, desc="choose lambda per pair under a folding budget (ignores lam)"
+    )
+    max_folding = traits.Float(
+        0.5, usedefault=True, desc="folding budget (% voxels, both warps) of auto_lambda"
+    )
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda, cuda:N")
     use_gpu = traits.Bool(
         False, usedefault=True, desc="ask Nipype's MultiProc for a GPU slot (n_gpu_procs)"
@@ -37,7 +47,9 @@ class ContraRegister(SimpleInterface):
     """Register with a trained ContraReg bundle; both directions from +v and -v.
 
     ``use_gpu`` lets MultiProc schedule the node on a GPU slot; with ``device="auto"`` the
-    node then runs on CUDA when available.
+    node then runs on CUDA when available. ``auto_lambda`` picks the smallest lambda whose
+    warps fold at most ``max_folding`` % (:mod:`contrareg_bids.processing.lambda_search`);
+    the chosen one is the ``lam`` output and the search trace ``lambda_search``.
     """
 
     input_spec = _ContraRegInputSpec
@@ -46,6 +58,7 @@ class ContraRegister(SimpleInterface):
     def _run_interface(self, runtime):
         from ..processing.register import contrareg_register
 
+        use_threads(self.inputs, torch=True)
         device = self.inputs.device
         if device == "auto" and not self.inputs.use_gpu:
             device = "cpu"
@@ -53,18 +66,26 @@ class ContraRegister(SimpleInterface):
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        lam = "auto" if self.inputs.auto_lambda else self.inputs.lam
         res = contrareg_register(
-            self.inputs.moving, self.inputs.fixed, self.inputs.model, self.inputs.lam,
-            device, os.getcwd(),
+            self.inputs.moving, self.inputs.fixed, self.inputs.model, lam,
+            device, os.getcwd(), max_folding=self.inputs.max_folding,
         )  # fmt: skip
         self._results.update(
             forward_field=str(res.forward_field), inverse_field=str(res.inverse_field),
-            moved=str(res.moved), lam=self.inputs.lam, method="contrareg",
+            moved=str(res.moved), method="contrareg",
         )  # fmt: skip
+        if res.lam is not None:
+            self._results["lam"] = res.lam
+        if res.lambda_search is not None:
+            import json
+
+            self._results["lambda_search"] = str(res.lambda_search)
+            self._results["lambda_search_info"] = json.loads(res.lambda_search.read_text())
         return runtime
 
 
-class _AntsInputSpec(BaseInterfaceInputSpec):
+class _AntsInputSpec(ThreadedInputSpec):
     moving = File(exists=True, mandatory=True)
     fixed = File(exists=True, mandatory=True)
     seed = traits.Int(0, usedefault=True)
@@ -80,6 +101,7 @@ class AntsRegister(SimpleInterface):
     def _run_interface(self, runtime):
         from ..processing.register import ants_syn_register
 
+        use_threads(self.inputs)
         kwargs = {"iterations": (20, 10, 0)} if self.inputs.sloppy else {}
         res = ants_syn_register(
             self.inputs.moving, self.inputs.fixed, os.getcwd(), seed=self.inputs.seed, **kwargs

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
     File,
     InputMultiObject,
     SimpleInterface,
@@ -13,8 +12,10 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ._threads import ThreadedInputSpec, use_threads
 
-class _ApplyWarpInputSpec(BaseInterfaceInputSpec):
+
+class _ApplyWarpInputSpec(ThreadedInputSpec):
     in_file = File(exists=True, mandatory=True, desc="image or label map to resample")
     reference = File(exists=True, mandatory=True, desc="grid of the output")
     transforms = InputMultiObject(
@@ -40,6 +41,7 @@ class ApplyWarp(SimpleInterface):
     def _run_interface(self, runtime):
         from ..io.transforms import apply_transform
 
+        use_threads(self.inputs)
         out = apply_transform(
             self.inputs.in_file, self.inputs.reference, list(self.inputs.transforms),
             os.path.join(os.getcwd(), self.inputs.out_name), self.inputs.interpolation,

@@ -48,6 +48,7 @@ __all__ = [
     "make_layout",
     "require_age",
     "select_participants",
+    "select_sessions",
     "subject_session_id",
 ]
 
@@ -197,6 +198,34 @@ def collect_sessions(
             f"available: {', '.join(available)}."
         )
     return list(wanted)
+
+
+def select_sessions(
+    layout: BIDSLayout, subjects: Iterable[str], session_labels: Iterable[str] | None = None
+) -> dict[str, list[str | None]]:
+    """Sessions to process per subject (``[None]`` for a subject without sessions).
+
+    With ``session_labels`` a subject gets those of its sessions that are asked for; a
+    subject with none of them is left out. A label that is a session of none of the
+    ``subjects`` raises :class:`NoMatchError` (exit code 18 of the BIDS-App) listing the
+    sessions that exist, as unknown participant labels do: a typo must not pass as "nothing
+    to do".
+    """
+    subjects = [_strip(s, "sub-") for s in subjects]
+    if not session_labels:
+        return {s: collect_sessions(layout, s) for s in subjects}
+    wanted = sorted({_strip(str(s), "ses-") for s in session_labels if str(s).strip()})
+    have = {s: sorted(str(x) for x in layout.get_sessions(subject=s)) for s in subjects}
+    existing = sorted({x for sessions in have.values() for x in sessions})
+    unknown = [s for s in wanted if s not in existing]
+    if unknown:
+        shown = ", ".join(existing[:20]) + (" ..." if len(existing) > 20 else "")
+        raise NoMatchError(
+            f"{layout.root}: session label(s) not found: {', '.join(unknown)}. "
+            f"Sessions of the selected participants: {shown or 'none (no ses-* folders)'}. "
+            "Check --session-label (labels without 'ses-' work too)."
+        )
+    return {s: [x for x in wanted if x in have[s]] for s in subjects}
 
 
 def _filter_value(value: Any) -> Any:

@@ -10,6 +10,7 @@ writes its outputs atomically and raises errors that name the offending file.
 ``affine``         affine / rigid pre-alignment to the reference (antsRegistration)
 ``grid``           the model grid and resampling onto it
 ``register``       ContraReg inference or ANTs SyN, writing ITK displacement fields
+``threads``        threads per process (``--omp-nthreads``) for ITK, SimpleITK, torch
 =================  =============================================================
 
 Imports are lazy so that ``import contrareg_bids.processing`` needs neither antspyx nor
@@ -41,6 +42,8 @@ _LAZY = {
     "RegResult": "register",
     "ants_syn_register": "register",
     "contrareg_register": "register",
+    "default_omp_nthreads": "threads",
+    "limit_threads": "threads",
 }
 
 __all__ = sorted(_LAZY)

@@ -99,3 +99,57 @@ def warp_quality(forward_field: PathLike, mask_path: PathLike | None = None) -> 
         "folding_percent": folding_percent(disp),
         "std_log_jacobian": std_log_jacobian(disp, mask),
     }
+
+
+@dataclass(frozen=True)
+class TrainingVolumes:
+    """One subject-session on the model grid, as the trainer reads it (see
+    :func:`training_volumes`); ``fixed``/``labels`` are None when the subject has none."""
+
+    moving: Path
+    fixed: Path | None
+    mask: Path
+    labels: Path | None
+
+
+def training_volumes(
+    moving_path: PathLike,
+    reference_path: PathLike,
+    affine_path: PathLike | None,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    out_dir: PathLike,
+    *,
+    mask_path: PathLike,
+    other_path: PathLike | None = None,
+    labels_path: PathLike | None = None,
+    reference_mask: PathLike | None = None,
+) -> TrainingVolumes:
+    """The train level's inputs of one subject, on the grid :func:`prepare_model_pair` uses.
+
+    ``moving_path`` and ``other_path`` (the fixed modality, coregistered to the moving image)
+    are normalised and masked on the subject grid; with ``mask_path`` (the subject's brain
+    mask) and ``labels_path`` they go through the affine pre-alignment in one interpolation
+    (images linear, mask nearest, labels one-hot linear), so that training sees subjects
+    exactly as the participant level shows them to the network.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = model_grid(reference_path, shape, spacing, mask=reference_mask)
+
+    def put(src: PathLike | None, name: str, interpolation: str = "linear") -> Path | None:
+        if src is None:
+            return None
+        path = out / name
+        resample_to_grid(src, grid, shape, transform=affine_path, interpolation=interpolation,
+                         out_path=path)  # fmt: skip
+        return path
+
+    moving = put(moving_path, "moving_model.nii.gz")
+    mask = put(mask_path, "moving_model_mask.nii.gz", "nearest")
+    return TrainingVolumes(
+        moving=moving,
+        fixed=put(other_path, "fixed_modality_model.nii.gz"),
+        mask=mask,
+        labels=put(labels_path, "labels_model.nii.gz", "label"),
+    )

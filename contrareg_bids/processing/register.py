@@ -54,6 +54,8 @@ class RegResult:
     fixed_moved: Path
     method: str
     lam: float | None = None
+    #: JSON trace of the per-subject lambda search (``lam="auto"``), else None
+    lambda_search: Path | None = None
 
 
 def _read_pair(
@@ -86,12 +88,13 @@ def contrareg_register(
     moving_path: PathLike,
     fixed_path: PathLike,
     bundle_path: PathLike | ModelBundle,
-    lam: float | None,
+    lam: float | str | None,
     device: str = "cpu",
     out_dir: PathLike = ".",
     *,
     prefix: str = "",
     amp: bool = False,
+    max_folding: float = 0.5,
 ) -> RegResult:
     """Run a trained ContraReg network (a model bundle) on a pair on the model grid.
 
@@ -100,6 +103,11 @@ def contrareg_register(
     images must have the bundle's grid shape; a different spacing only warns (the network
     still runs, but was trained at another resolution). ``lam`` is the regularisation weight
     for a lambda-conditioned network (warned about when outside the trained range).
+
+    ``lam="auto"`` chooses the lambda per pair: the smallest in the trained range whose
+    forward and inverse warps fold at most ``max_folding`` % of voxels
+    (:func:`~contrareg_bids.processing.lambda_search.choose_lambda`); the search trace is
+    written to ``lambda_search.json`` and the chosen lambda is ``RegResult.lam``.
     """
     from ..io.bundle import ModelBundle, load_model
     from ..nn.inference import register_arrays
@@ -120,19 +128,29 @@ def contrareg_register(
             stacklevel=2,
         )
     lo, hi = bundle.metadata.lambda_range
+    search_json = None
+    if lam == "auto":
+        from .lambda_search import register_auto
+
+        res, lam, search_json = register_auto(
+            bundle, moving, fixed, max_folding, device, amp, Path(out_dir), prefix
+        )
+    elif isinstance(lam, str):
+        raise ValueError(f"lam must be a number, None or 'auto', got {lam!r}")
     if lam is not None and bundle.regnet.hypernet is not None and not lo <= lam <= hi:
         warnings.warn(
             f"lambda {lam} is outside the range the model was trained on [{lo}, {hi}]",
             stacklevel=2,
         )
-    res = register_arrays(bundle.regnet, moving, fixed, lam, device, amp=amp)
+    if search_json is None:
+        res = register_arrays(bundle.regnet, moving, fixed, lam, device, amp=amp)
     fwd, inv, moved, fixed_moved = _outputs(out_dir, prefix)
     affine = fix_img.affine  # one grid: the moving grid's affine is the same
     write_displacement_nifti(res.forward_disp, affine, fwd)
     write_displacement_nifti(res.inverse_disp, affine, inv)
     write_nifti(res.moved, affine, moved, dtype=np.float32)
     write_nifti(res.fixed_moved, affine, fixed_moved, dtype=np.float32)
-    return RegResult(fwd, inv, moved, fixed_moved, "contrareg", lam)
+    return RegResult(fwd, inv, moved, fixed_moved, "contrareg", lam, search_json)
 
 
 def ants_syn_register(

@@ -197,11 +197,15 @@ def train(
     modalities: tuple[str, str] = ("T2w", "T1w"),
     progress: bool = True,
     stop_after: int | None = None,
+    bundle_path: str | Path | None = None,
+    normalization: dict | None = None,
 ) -> TrainOutputs | None:
     """Train ContraReg on ``moving`` -> ``fixed`` (or -> ``template``) and write a bundle.
 
     Returns None on ranks other than 0 and when ``stop_after`` ended the run early (call
-    again to resume). ``modalities`` names (moving, fixed) for the bundle.
+    again to resume). ``modalities`` names (moving, fixed) for the bundle. The bundle goes to
+    ``bundle_path`` (default ``<out_dir>/model.safetensors``); ``normalization`` describes how
+    the inputs were normalised (default: "external", whatever made them [0, 1]).
     """
     out_dir = Path(out_dir)
     ctx = ddp.setup(cfg.device)
@@ -242,7 +246,7 @@ def train(
             heads=HeadsConfig.from_module(heads_by_mod[mov_mod]) if heads_by_mod else None,
             grid=grid,
             modalities={"moving": mov_mod, "fixed": fix_mod},
-            normalization=dict(EXTERNAL_NORMALIZATION),
+            normalization=dict(normalization or EXTERNAL_NORMALIZATION),
             loss=cfg.loss,
             loss_params={
                 "alpha": cfg.effective_alpha,
@@ -264,7 +268,7 @@ def train(
         bundle = ModelBundle(
             regnet=net.cpu(), autoencoders=ae_by_mod, heads=heads_by_mod, metadata=metadata
         )
-        path = out_dir / "model.safetensors"
+        path = Path(bundle_path) if bundle_path is not None else out_dir / "model.safetensors"
         save_bundle(path, bundle, sidecar=True)
         LOGGER.info("model bundle written to %s", path)
         return TrainOutputs(path, path.with_suffix(".json"), out_dir, result.last_val)

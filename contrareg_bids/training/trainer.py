@@ -385,7 +385,9 @@ def train_registration(
                         writer.add_scalar(f"train/{k}", row[k], step)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{rate:.2f}")
             bar.update(1)
-            if val_set is not None and len(val_set) and step % cfg.val_every == 0 and ctx.is_main:
+            # and at the last step, so that every finished model has validation figures
+            validate_now = step % cfg.val_every == 0 or step == cfg.steps
+            if val_set is not None and len(val_set) and validate_now and ctx.is_main:
                 last_val = validate(net, objective, val_set, cfg, dev)
                 val_log.write(step=step, **last_val)
                 if writer is not None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import traceback
 from pathlib import Path
 
 from .. import __version__
 from ..cli import exit_codes
-from ..config import RunConfig
+from ..config import RunConfig, default_threads
+from ..processing.threads import limit_threads
 from .registration import ReferenceInputs, SubjectInputs, init_subject_registration_wf
 
 LOGGER = logging.getLogger("contrareg_bids.participant")
@@ -104,6 +106,34 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
                            description=str(spec.path))  # fmt: skip
 
 
+def check_reference(cfg: RunConfig, layout) -> None:
+    """Refuse, once and before any subject runs, a reference that no subject could use: an
+    unknown template (or cohort) or one not in ``TEMPLATEFLOW_HOME`` (the error says how to
+    prefetch it), a missing image, a participant not in the dataset. Raises
+    :class:`~contrareg_bids.io.templates.TemplateError`.
+
+    A cohort chosen from each subject's age is checked per subject (a cache may hold only
+    the cohorts that are needed).
+    """
+    from ..io.templates import TemplateError, get_template_files, parse_reference, template_cohorts
+
+    spec = parse_reference(cfg.reference)
+    if spec.kind == "template":
+        cohorts = template_cohorts(spec.template)  # raises when the template is not there
+        if spec.cohort is not None or not cohorts:
+            get_template_files(
+                spec.template, spec.cohort, modality=cfg.fixed_modality,
+                resolution=spec.resolution,
+            )  # fmt: skip
+    elif spec.kind == "participant":
+        available = sorted(str(s) for s in layout.get_subjects())
+        if spec.participant not in available:
+            raise TemplateError(
+                f"sub-{spec.participant} is not a participant of {cfg.bids_dir} "
+                f"(participants: {', '.join(available[:20])})"
+            )
+
+
 def _grid(cfg: RunConfig, model: Path | None, ref: ReferenceInputs):
     if cfg.registration == "contrareg":
         from ..io.bundle import describe_bundle
@@ -180,7 +210,9 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
     wf = init_subject_registration_wf(
         subj=subj, ref=ref, output_dir=cfg.output_dir, registration=cfg.registration,
         model=model, grid_shape=shape, grid_spacing=spacing, lam=cfg.lam, device=cfg.device,
-        use_gpu=bool(cfg.n_gpus), seed=cfg.random_seed, sloppy=cfg.sloppy,
+        max_folding=cfg.max_folding, use_gpu=bool(cfg.n_gpus), seed=cfg.random_seed,
+        sloppy=cfg.sloppy,
+        omp_nthreads=cfg.omp_nthreads or default_threads(cfg.nprocs),
         bids_dir=cfg.bids_dir,
         name=f"{sid.replace('-', '_')}_wf",
     )  # fmt: skip
@@ -203,16 +235,20 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
 def run_participant_level(cfg: RunConfig) -> int:
     """Process every selected subject-session; exit code 0, 1 (some failed), 2, 16 or 18."""
     from ..io.bids import (
-        BIDSError,
         InvalidDatasetError,
         NoMatchError,
-        collect_sessions,
         make_layout,
         select_participants,
+        select_sessions,
         subject_session_id,
     )
+    from ..io.templates import TemplateError
 
     cfg.seed_everything()
+    from ..reports.subject import run_reports_only, write_subject_report
+
+    if cfg.reports_only:  # rebuild the HTML pages from the outputs on disk; run nothing
+        return run_reports_only(cfg)
     try:
         layout = make_layout(cfg.bids_dir, validate=not cfg.skip_bids_validation)
     except InvalidDatasetError as err:
@@ -220,9 +256,15 @@ def run_participant_level(cfg: RunConfig) -> int:
         return exit_codes.BIDS_VALIDATION
     try:
         subjects = select_participants(layout, cfg.participant_label)
+        sessions_of = select_sessions(layout, subjects, cfg.session_label)
     except NoMatchError as err:
         LOGGER.error("%s", err)
         return exit_codes.NO_FILES
+    try:
+        check_reference(cfg, layout)
+    except TemplateError as err:
+        LOGGER.error("--reference %s cannot be used: %s", cfg.reference, err)
+        return exit_codes.USAGE
     model = None
     if cfg.registration == "contrareg":
         model = cfg.model or newest_model(cfg.output_dir)
@@ -232,7 +274,11 @@ def run_participant_level(cfg: RunConfig) -> int:
                 "--registration ants"
             )
             return exit_codes.USAGE
-        LOGGER.info("using the model bundle %s", model)
+        if cfg.model is None:
+            LOGGER.info("using the newest model bundle in %s: %s (--model to choose another)",
+                        cfg.output_dir / "models", model)  # fmt: skip
+        else:
+            LOGGER.info("using the model bundle %s", model)
         if not _gpu_available(cfg):
             LOGGER.error(
                 "--device %s: CUDA is not available here; run on a GPU node, or use "
@@ -245,22 +291,23 @@ def run_participant_level(cfg: RunConfig) -> int:
     cfg.write(cfg.work_dir / f"config-{cfg.run_uuid}.json")
     cfg.write(cfg.output_dir / "logs" / f"config-{cfg.run_uuid}.json")
 
+    limit_threads(cfg.omp_nthreads or default_threads(cfg.nprocs))
     failed: list[str] = []
     for subject in subjects:
-        try:
-            sessions = collect_sessions(layout, subject, cfg.session_label)
-        except BIDSError as err:
-            LOGGER.error("sub-%s: %s", subject, err)
-            failed.append(f"sub-{subject}")
-            continue
+        sessions = sessions_of[subject]
+        if not sessions:
+            LOGGER.warning("sub-%s: none of the sessions asked for; skipped", subject)
         for session in sessions:
             sid = subject_session_id(subject, session)
+            started = time.monotonic()
             try:
                 run_subject(cfg, layout, subject, session, model)
                 LOGGER.info("%s: finished", sid)
+                write_subject_report(cfg, subject, session, started)
             except Exception as err:  # one subject never stops the others
                 failed.append(sid)
                 _report_failure(cfg, subject, sid, err)
+                write_subject_report(cfg, subject, session, started, status="failed")
                 if cfg.stop_on_first_crash:
                     LOGGER.error("stopping at the first failure (--stop-on-first-crash)")
                     return exit_codes.PARTICIPANT_FAILED

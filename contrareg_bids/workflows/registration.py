@@ -62,6 +62,18 @@ def source_uri(path: str | Path, bids_dir: Path | None) -> str:
     return str(p)
 
 
+def reference_label(ref: ReferenceInputs) -> str:
+    """The reference as one entity label: ``dhcpVol``, or ``dhcpVol+40`` for a cohort.
+
+    An image in reference space carries the cohort as its own entity
+    (``space-dhcpVol_cohort-40``), but in ``to-``/``from-``/``desc-`` the reference is a label
+    of another entity; smriprep and nibabies then join template and cohort with ``+``
+    (``from-T1w_to-MNIInfant+1_mode-image_xfm.h5``). Without it the outputs of two cohorts
+    would share one name.
+    """
+    return f"{ref.space}+{ref.cohort}" if ref.cohort is not None else ref.space
+
+
 def spatial_reference(ref: ReferenceInputs, bids_dir: Path | None) -> str:
     """A template's TemplateFlow path (``tpl-X/...``), else a URI of the reference image."""
     parts = Path(ref.image).parts
@@ -80,23 +92,32 @@ def init_subject_registration_wf(
     model: Path | None = None,
     grid_shape: tuple[int, int, int] | None = None,
     grid_spacing: tuple[float, float, float] | None = None,
-    lam: float = 0.1,
+    lam: float | str = 0.1,
+    max_folding: float = 0.5,
     device: str = "auto",
     use_gpu: bool = False,
     seed: int = 0,
     sloppy: bool = False,
+    omp_nthreads: int = 1,
     bids_dir: Path | None = None,
+    reports: bool = True,
     name: str = "subject_wf",
 ) -> pe.Workflow:
     """Build the workflow of one subject-session (see the module docstring).
 
     ``bids_dir`` lets the sidecars name their ``Sources`` as BIDS URIs (``bids:raw:...``).
+    ``reports`` adds the QC reportlets (``sub-X/figures/``, :mod:`.reports`).
+    ``omp_nthreads`` is the threads (and MultiProc slots) of each multi-threaded node.
+    ``lam="auto"`` chooses lambda per subject under the ``max_folding`` % budget; the
+    chosen lambda and the search trace go to the metrics TSV/JSON.
     """
     wf = pe.Workflow(name=name)
+    auto_lambda = lam == "auto"
     mod = subj.moving_modality
     source = subj.anat[mod]
     other = next((m for m in subj.anat if m != mod), None)
     entity_space = {"space": ref.space, **({"cohort": str(ref.cohort)} if ref.cohort else {})}
+    ref_label = reference_label(ref)  # the reference as the label of to-/from-/desc-
 
     # --- the reference (fixed modality): validate, [N4], mask, normalise
     validate_reference = pe.Node(
@@ -153,7 +174,9 @@ def init_subject_registration_wf(
         if model is None:
             raise ValueError("a model bundle is required for --registration contrareg")
         register = pe.Node(
-            ContraRegister(model=str(model), lam=lam, device=device, use_gpu=use_gpu),
+            ContraRegister(model=str(model), lam=0.1 if auto_lambda else lam,
+                           auto_lambda=auto_lambda, max_folding=max_folding, device=device,
+                           use_gpu=use_gpu),
             name="register", n_procs=1,
         )  # fmt: skip
     else:
@@ -205,22 +228,25 @@ def init_subject_registration_wf(
     sink("ds_moving_ref", moving_to_ref, "out_file", desc="preproc", **entity_space)
     ds_xfm_fwd = sink(
         "ds_xfm_to_ref", export_xfms, "reference_to_subject",
-        to=ref.space, mode="image", suffix="xfm", extension=".h5",
+        to=ref_label, mode="image", suffix="xfm", extension=".h5",
     )  # fmt: skip
     setattr(ds_xfm_fwd.inputs, "from", mod)
     ds_xfm_inv = sink(
         "ds_xfm_from_ref", export_xfms, "subject_to_reference",
         to=mod, mode="image", suffix="xfm", extension=".h5",
     )  # fmt: skip
-    setattr(ds_xfm_inv.inputs, "from", ref.space)
+    setattr(ds_xfm_inv.inputs, "from", ref_label)
     sink("ds_ref_mask", ref_mask_to_subject, "out_file", space=mod, label="brain",
-         desc=ref.space, suffix="mask")  # fmt: skip
+         desc=ref_label, suffix="mask")  # fmt: skip
 
     metrics = pe.Node(
         RegistrationMetrics(extra={"seed": seed, "reference": ref.description}),
         name="metrics",
     )  # fmt: skip
-    if registration == "contrareg":
+    if registration == "contrareg" and auto_lambda:
+        wf.connect([(register, metrics, [("lam", "lam"),
+                                         ("lambda_search_info", "lambda_search")])])  # fmt: skip
+    elif registration == "contrareg":
         metrics.inputs.lam = lam
     wf.connect([
         # the method the node ran ("contrareg", "ants-syn"), not the --registration choice
@@ -237,19 +263,24 @@ def init_subject_registration_wf(
             (n4_moving, ref_dseg_to_subject, [("out_file", "reference")]),
             (export_xfms, ref_dseg_to_subject, [("subject_to_reference", "transforms")]),
         ])  # fmt: skip
-        sink("ds_ref_dseg", ref_dseg_to_subject, "out_file", space=mod, desc=ref.space,
+        sink("ds_ref_dseg", ref_dseg_to_subject, "out_file", space=mod, desc=ref_label,
              suffix="dseg")  # fmt: skip
         if ref.dseg_tsv is not None:
             ds_tsv = pe.Node(
                 DerivativesDataSink(base_directory=str(output_dir), source_file=source,
-                                    in_file=str(ref.dseg_tsv), space=mod, desc=ref.space,
+                                    in_file=str(ref.dseg_tsv), space=mod, desc=ref_label,
                                     suffix="dseg", extension=".tsv"),
                 name="ds_ref_dseg_tsv", run_without_submitting=True,
             )  # fmt: skip
             wf.add_nodes([ds_tsv])
         if "labels" in subj.derivatives:
             metrics.inputs.subject_labels = str(subj.derivatives["labels"])
-            wf.connect(ref_dseg_to_subject, "out_file", metrics, "reference_labels")
+            # the affine-only baseline (mean_dice_affine): the same labels, no deformation
+            metrics.inputs.reference_dseg = str(ref.dseg)
+            wf.connect([
+                (ref_dseg_to_subject, metrics, [("out_file", "reference_labels")]),
+                (affine_moving, metrics, [("transform", "affine")]),
+            ])  # fmt: skip
 
     if "labels" in subj.derivatives:
         subject_labels_to_ref = pe.Node(
@@ -305,4 +336,56 @@ def init_subject_registration_wf(
                 name=nm, run_without_submitting=True,
             )  # fmt: skip
             wf.connect(node, fld, ds, "in_file")
+
+    # --- QC reportlets (the HTML page is assembled after the run, workflows/base.py)
+    if reports:
+        from .reports import init_report_wf, report_device, subject_age
+
+        age, age_source = (subj.age_weeks, "") if subj.age_weeks is not None else subject_age(
+            bids_dir, subj.subject, subj.session, source
+        )  # fmt: skip
+        info = {
+            "subject": subj.subject, "session": subj.session, "moving_modality": mod,
+            "inputs": {m: source_uri(p, bids_dir) for m, p in subj.anat.items()},
+            "age_weeks": age, "age_source": age_source if age is not None else "",
+            "reference": ref.description or ref.space, "cohort": ref.cohort,
+            "method": "contrareg" if registration == "contrareg" else "ants-syn",
+        }  # fmt: skip
+        dev = report_device(device, use_gpu) if registration == "contrareg" else "cpu (ANTs)"
+        report_wf = init_report_wf(
+            output_dir=output_dir, source_file=source, moving_modality=mod,
+            other_modality=other, info=info, reference_labels=ref.dseg,
+            subject_labels=subj.derivatives.get("labels"),
+            model=model if registration == "contrareg" else None, device=dev,
+        )  # fmt: skip
+        labels_in_subject = ref_dseg_to_subject if ref.dseg is not None else ref_mask_to_subject
+        wf.connect([
+            (ref_image[0], report_wf, [(ref_image[1], "inputnode.reference")]),
+            (reference_mask, report_wf, [("out_file", "inputnode.reference_mask")]),
+            (affine_moving, report_wf, [("moved", "inputnode.affine_moved"),
+                                        ("transform", "inputnode.affine")]),
+            (moving_to_ref, report_wf, [("out_file", "inputnode.registered")]),
+            (n4_moving, report_wf, [("out_file", "inputnode.subject")]),
+            (brain_mask, report_wf, [("out_file", "inputnode.subject_mask")]),
+            (labels_in_subject, report_wf, [("out_file", "inputnode.labels_in_subject")]),
+            (register, report_wf, [("forward_field", "inputnode.forward_field")]),
+            (prepare_pair, report_wf, [("moving", "inputnode.model_moving"),
+                                       ("fixed", "inputnode.model_fixed"),
+                                       ("fixed_mask", "inputnode.model_mask")]),
+            (metrics, report_wf, [("metrics", "inputnode.metrics")]),
+        ])  # fmt: skip
+        if registration == "contrareg":
+            wf.connect(register, "lam", report_wf, "inputnode.lam")
+        if other is not None:
+            wf.connect(coreg_other, "moved", report_wf, "inputnode.other")
+    set_node_threads(wf, omp_nthreads)
     return wf
+
+
+def set_node_threads(wf: pe.Workflow, omp_nthreads: int) -> None:
+    """Give every node with a ``num_threads`` input that many threads and as many MultiProc
+    slots (``n_procs``), so that concurrent nodes do not oversubscribe the CPUs."""
+    for node in wf._get_all_nodes():
+        if "num_threads" in node.inputs.copyable_trait_names():
+            node.inputs.num_threads = omp_nthreads
+            node.n_procs = omp_nthreads

@@ -1,0 +1,86 @@
+"""The methods text and the citations of a report, with the versions of the tools used."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from importlib import metadata
+
+from .. import __version__
+
+#: Distributions named in the methods text (distribution name -> shown name).
+TOOLS = {
+    "nipype": "Nipype",
+    "niworkflows": "NiWorkflows",
+    "antspyx": "ANTsPy (antspyx)",
+    "torch": "PyTorch",
+    "templateflow": "TemplateFlow",
+    "nibabel": "NiBabel",
+    "SimpleITK": "SimpleITK",
+}
+
+CITATIONS = (
+    "Dey N, Schlemper J, Salehi SSM, Zhou B, Gerig G, Sofka M. ContraReg: Contrastive "
+    "Learning of Multi-modality Unsupervised Deformable Image Registration. Medical Image "
+    "Computing and Computer Assisted Intervention (MICCAI) 2022.",
+    "Gorgolewski K, et al. Nipype: a flexible, lightweight and extensible neuroimaging data "
+    "processing framework in Python. Front Neuroinform 2011;5:13. doi:10.3389/fninf.2011.00013",
+    "Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image registration "
+    "with cross-correlation. Med Image Anal 2008;12(1):26-41. doi:10.1016/j.media.2007.06.004",
+    "Tustison NJ, et al. N4ITK: improved N3 bias correction. IEEE Trans Med Imaging "
+    "2010;29(6):1310-1320. doi:10.1109/TMI.2010.2046908",
+    "Ciric R, et al. TemplateFlow: FAIR-sharing of multi-scale, multi-species brain models. "
+    "Nat Methods 2022;19:1568-1571. doi:10.1038/s41592-022-01681-2",
+    "Paszke A, et al. PyTorch: an imperative style, high-performance deep learning library. "
+    "Advances in Neural Information Processing Systems 32 (NeurIPS 2019).",
+)
+
+
+def tool_versions() -> dict[str, str]:
+    """Installed versions of the tools of :data:`TOOLS` (``"not installed"`` otherwise)."""
+    out = {"contrareg-bids": __version__}
+    for dist in TOOLS:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def methods_html(metrics: Mapping[str, str] | None, moving: str, reference: str | None) -> str:
+    """The boilerplate to copy into a paper's methods (what was run, with versions)."""
+    v = tool_versions()
+    row = metrics or {}
+    method = row.get("method", "contrareg")
+    ref = reference or row.get("reference", "the reference")
+    if method == "ants-syn":
+        deform = (
+            "then registered deformably with ANTs SyN (Avants et al. 2008; antspyx "
+            f"{v['antspyx']}, Mattes mutual information)"
+        )
+    else:
+        lam = row.get("lambda", "n/a")
+        deform = (
+            "then registered deformably with ContraReg (Dey et al. 2022), a diffeomorphic "
+            "network trained with a contrastive multi-scale similarity and conditioned on the "
+            f"regularisation weight, at lambda = {lam} (PyTorch {v['torch']})"
+        )
+    text = (
+        f"Results included in this report were generated with contrareg-bids "
+        f"{v['contrareg-bids']}, built on Nipype {v['nipype']} (Gorgolewski et al. 2011) and "
+        f"NiWorkflows {v['niworkflows']}. The {html.escape(moving)} image was corrected for "
+        f"intensity non-uniformity with N4 (Tustison et al. 2010; antspyx {v['antspyx']}), "
+        f"aligned to {html.escape(str(ref))} with an affine transform (ANTs, Mattes mutual "
+        f"information), {deform}. Templates were accessed with TemplateFlow "
+        f"{v['templateflow']} (Ciric et al. 2022). Images were read and written with NiBabel "
+        f"{v['nibabel']} and transforms with SimpleITK {v['SimpleITK']}."
+    )
+    versions = "".join(
+        f"<tr><th>{html.escape(TOOLS.get(k, k))}</th><td>{html.escape(val)}</td></tr>"
+        for k, val in v.items()
+    )
+    refs = "".join(f"<li>{html.escape(c)}</li>" for c in CITATIONS)
+    return (
+        f'<p class="boilerplate">{text}</p><h3>Software versions</h3><table>{versions}</table>'
+        f"<h3>References</h3><ol>{refs}</ol>"
+    )

@@ -1,0 +1,401 @@
+"""Train level: the participant preprocessing for every selected subject-session, then
+ContraReg training on the result, and a model bundle in ``OUTPUT_DIR/models/``.
+
+The preprocessing is the participant workflow itself, cut after the model grid
+(:func:`init_train_inputs_wf`): same workflow and node names, same inputs, so a
+``participant`` run with the same ``-w`` reuses what ``train`` computed, and the other way
+round. Training state (checkpoints, CSV logs) lives in ``WORK_DIR/train/<name>/``; running
+the same command again resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+from nipype.pipeline import engine as pe
+
+from ..cli import exit_codes
+from ..config import RunConfig, default_threads
+from .registration import ReferenceInputs, SubjectInputs, init_subject_registration_wf
+
+LOGGER = logging.getLogger("contrareg_bids.train")
+
+#: Nodes of the participant workflow the train level needs (and everything upstream).
+KEEP = ("prepare_pair", "coreg_other", "brain_mask")
+
+
+@dataclass
+class SubjectVolumes:
+    """What the preprocessing of one subject-session gave (paths on the model grid)."""
+
+    subject: str
+    session: str | None
+    moving: Path
+    fixed: Path | None
+    mask: Path
+    labels: Path | None
+    reference: Path
+    reference_mask: Path | None
+
+
+# ------------------------------------------------------------------------------ settings
+def default_model_name(moving: str, fixed: str, loss: str) -> str:
+    """``contrareg_T2w-T1w_mcr`` (``+`` of loss variants becomes ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"contrareg_{moving}-{fixed}_{loss}")
+
+
+def build_train_config(cfg: RunConfig):
+    """:class:`~contrareg_bids.training.config.TrainConfig` of a run: the paper's defaults
+    (or the CPU preset with ``--sloppy``), then the options given; seed = ``--random-seed``.
+    Raises ``ValueError`` for invalid values."""
+    from ..training.config import TrainConfig, sloppy_config
+
+    opts = cfg.train
+    base = sloppy_config() if cfg.sloppy else TrainConfig()
+    changes: dict = {"seed": cfg.random_seed, "device": training_device(cfg)}
+    fields = {"loss": "loss", "train_steps": "steps", "lr": "lr", "batch_size": "batch_size",
+              "val_fraction": "val_fraction"}  # fmt: skip
+    for key, field in fields.items():
+        if opts.get(key) is not None:
+            changes[field] = opts[key]
+    if opts.get("lambda_range") is not None:
+        changes["lambda_range"] = tuple(float(v) for v in opts["lambda_range"])
+    regnet = {k: opts[k] for k in ("ch", "ts") if opts.get(k) is not None}
+    if regnet:
+        changes["regnet"] = regnet
+    if opts.get("ae_steps") is not None:
+        changes["autoencoder"] = {"steps": opts["ae_steps"]}
+    for key in ("train_steps", "ae_steps", "ch", "ts", "batch_size"):
+        if opts.get(key) is not None and opts[key] < (0 if key == "ae_steps" else 1):
+            raise ValueError(f"--{key.replace('_', '-')} must be positive, got {opts[key]}")
+    if opts.get("stop_after") is not None and opts["stop_after"] < 0:
+        raise ValueError(f"--stop-after must be >= 0, got {opts['stop_after']}")
+    if opts.get("ae_steps") == 0:
+        raise ValueError("--ae-steps must be >= 1 (use --loss mi, ... to train without them)")
+    return base.updated(**changes)
+
+
+def training_device(cfg: RunConfig) -> str:
+    """``--device``; ``auto`` trains on CUDA when there is a GPU, unless ``--n-gpus 0``."""
+    if cfg.device == "auto" and cfg.n_gpus == 0:
+        return "cpu"
+    return cfg.device
+
+
+# ------------------------------------------------------------------------------ workflow
+def prune_workflow(wf: pe.Workflow, keep: tuple[str, ...]) -> pe.Workflow:
+    """Remove every node of ``wf`` that is neither one of ``keep`` nor upstream of one."""
+    graph = wf._graph
+    wanted = {n for n in graph.nodes if n.name in keep}
+    for node in list(wanted):
+        wanted |= nx.ancestors(graph, node)
+    wf.remove_nodes([n for n in list(graph.nodes) if n not in wanted])
+    return wf
+
+
+def init_train_inputs_wf(
+    *,
+    subj: SubjectInputs,
+    ref: ReferenceInputs,
+    output_dir: Path,
+    grid_shape: tuple[int, int, int],
+    grid_spacing: tuple[float, float, float],
+    seed: int = 0,
+    sloppy: bool = False,
+    bids_dir: Path | None = None,
+    omp_nthreads: int = 1,
+    name: str = "subject_wf",
+) -> pe.Workflow:
+    """The participant workflow up to the model grid, plus the fixed modality, mask and
+    labels on that grid (node ``training_volumes``). ``name`` must be the participant
+    workflow's for the work directory to be shared."""
+    from ..interfaces import NormalizeIntensity
+    from ..interfaces.training import TrainingVolumes
+
+    wf = init_subject_registration_wf(
+        subj=subj, ref=ref, output_dir=output_dir, registration="ants", grid_shape=grid_shape,
+        grid_spacing=grid_spacing, seed=seed, sloppy=sloppy, bids_dir=bids_dir, reports=False,
+        omp_nthreads=omp_nthreads, name=name,
+    )  # fmt: skip
+    prune_workflow(wf, KEEP)
+    volumes = pe.Node(
+        TrainingVolumes(shape=tuple(grid_shape), spacing=tuple(grid_spacing)),
+        name="training_volumes",
+    )
+    if "labels" in subj.derivatives:
+        volumes.inputs.labels = str(subj.derivatives["labels"])
+    wf.connect([
+        (wf.get_node("normalize_moving"), volumes, [("out_file", "moving")]),
+        (wf.get_node("brain_mask"), volumes, [("out_file", "mask")]),
+        (wf.get_node("normalize_reference"), volumes, [("out_file", "reference")]),
+        (wf.get_node("reference_mask"), volumes, [("out_file", "reference_mask")]),
+        (wf.get_node("affine_moving"), volumes, [("transform", "affine")]),
+    ])  # fmt: skip
+    coreg_other = wf.get_node("coreg_other")
+    if coreg_other is not None:
+        normalize_other = pe.Node(NormalizeIntensity(), name="normalize_other")
+        wf.connect([
+            (coreg_other, normalize_other, [("moved", "in_file")]),
+            (wf.get_node("brain_mask"), normalize_other, [("out_file", "mask_file")]),
+            (normalize_other, volumes, [("out_file", "other")]),
+        ])  # fmt: skip
+    return wf
+
+
+def _node_outputs(execgraph, name: str):
+    for node in execgraph.nodes():
+        if node.name == name:
+            return node.result.outputs
+    raise RuntimeError(f"the workflow ran without its node {name!r}")
+
+
+def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None, grid):
+    """Run the preprocessing of one subject-session on ``grid`` (``(shape, spacing)``; None:
+    the grid of its reference image). Returns its :class:`SubjectVolumes` and the grid."""
+    from nipype.interfaces.base import isdefined
+
+    from ..io.bids import collect_anatomicals, subject_session_id
+    from ..io.derivatives import find_subject_derivatives
+    from .base import SubjectError, _plugin, resolve_reference
+
+    sid = subject_session_id(subject, session)
+    anat = collect_anatomicals(layout, subject, session, cfg.bids_filters)
+    found = {m: paths for m, paths in anat.items() if paths}
+    if cfg.moving_modality not in found:
+        have = ", ".join(found) or "no anatomical image"
+        raise SubjectError(f"{sid}: no {cfg.moving_modality} image (the moving modality); "
+                           f"found {have}")  # fmt: skip
+    ref = resolve_reference(cfg, layout, subject, session)
+    subj = SubjectInputs(
+        subject=subject, session=session, anat={m: p[0] for m, p in found.items()},
+        moving_modality=cfg.moving_modality,
+        derivatives=find_subject_derivatives(cfg.derivatives, subject, session),
+    )  # fmt: skip
+    shape, spacing = grid if grid is not None else reference_grid(ref.image)
+    wf = init_train_inputs_wf(
+        subj=subj, ref=ref, output_dir=cfg.output_dir, grid_shape=shape, grid_spacing=spacing,
+        seed=cfg.random_seed, sloppy=cfg.sloppy, bids_dir=cfg.bids_dir,
+        omp_nthreads=cfg.omp_nthreads or default_threads(cfg.nprocs),
+        name=f"{sid.replace('-', '_')}_wf",
+    )  # fmt: skip
+    wf.base_dir = str(cfg.work_dir)
+    wf.config["execution"] = {
+        "crashdump_dir": str(cfg.output_dir / f"sub-{subject}" / "log"),
+        "crashfile_format": "txt",
+        "hash_method": "content",
+        "remove_unnecessary_outputs": False,
+        "stop_on_first_crash": True,
+        "poll_sleep_duration": 0.1,
+    }
+    plugin, plugin_args = _plugin(cfg)
+    eg = wf.run(plugin=plugin, plugin_args=plugin_args)
+    vol = _node_outputs(eg, "training_volumes")
+    pair = _node_outputs(eg, "prepare_pair")
+
+    def opt(value) -> Path | None:
+        return Path(value) if isdefined(value) and value else None
+
+    return SubjectVolumes(
+        subject=subject, session=session, moving=Path(vol.moving), fixed=opt(vol.fixed),
+        mask=Path(vol.mask), labels=opt(vol.labels), reference=Path(pair.fixed),
+        reference_mask=opt(pair.fixed_mask),
+    ), (tuple(shape), tuple(spacing))  # fmt: skip
+
+
+def reference_grid(image: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape and spacing of the reference image: the model grid of a new model."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(image))
+    spacing = tuple(float(s) for s in np.linalg.norm(img.affine[:3, :3], axis=0))
+    return tuple(int(s) for s in img.shape[:3]), spacing
+
+
+# ------------------------------------------------------------------------------ records
+def training_records(volumes: list[SubjectVolumes]):
+    """``(moving, fixed, template)`` record lists for :func:`~contrareg_bids.training.
+    pipeline.train`: pairs between subjects when two or more have the fixed modality (the
+    paper's set-up), else every subject to the reference (the participant level's task)."""
+    from ..training.data import VolumeRecord
+
+    moving = [VolumeRecord(image=v.moving, subject=v.subject, mask=v.mask, labels=v.labels,
+                           session=v.session) for v in volumes]  # fmt: skip
+    with_fixed = [v for v in volumes if v.fixed is not None]
+    if len({v.subject for v in with_fixed}) >= 2:
+        fixed = [VolumeRecord(image=v.fixed, subject=v.subject, mask=v.mask, labels=v.labels,
+                              session=v.session) for v in with_fixed]  # fmt: skip
+        return moving, fixed, None
+    first = volumes[0]
+    template = VolumeRecord(image=first.reference, subject="reference",
+                            mask=first.reference_mask)  # fmt: skip
+    return moving, None, template
+
+
+def write_record_list(path: Path, records) -> Path:
+    """A ``contrareg-train`` list (TSV: image, mask, labels, subject, session), e.g. for a
+    multi-GPU ``torchrun`` run on the same preprocessed data."""
+    lines = ["image\tmask\tlabels\tsubject\tsession"]
+    for r in records:
+        cells = [r.image, r.mask or "", r.labels or "", r.subject, r.session or ""]
+        lines.append("\t".join(str(c) for c in cells))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def check_selection(train_dir: Path, selection: dict) -> None:
+    """Refuse to resume a training folder with other data (the trainer itself checks the
+    configuration); ``ValueError`` names the folder and what changed."""
+    path = train_dir / "selection.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != selection:
+            changed = sorted(k for k in set(before) | set(selection)
+                             if before.get(k) != selection.get(k))  # fmt: skip
+            raise ValueError(
+                f"{train_dir} holds a training run on other data ({', '.join(changed)} "
+                "differ); give another --model-name, or delete the folder to restart"
+            )
+        return
+    train_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(selection, indent=2, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------ the level
+def run_train_level(cfg: RunConfig) -> int:
+    """Preprocess the selected subject-sessions and train; exit code 0, 1 (some subjects
+    failed; the model was trained on the others), 2, 16, 18 or 75."""
+    from ..io.bids import (
+        InvalidDatasetError,
+        NoMatchError,
+        make_layout,
+        select_participants,
+        select_sessions,
+        subject_session_id,
+    )
+    from ..io.templates import TemplateError
+    from ..processing.normalize import normalization_description
+    from ..processing.threads import limit_threads
+    from ..training.pipeline import train
+    from ..training.report import write_training_report
+    from .base import _gpu_available, _report_failure, check_reference, write_dataset_description
+
+    cfg.seed_everything()
+    try:
+        tcfg = build_train_config(cfg)
+    except ValueError as err:
+        LOGGER.error("%s", err)
+        return exit_codes.USAGE
+    try:
+        layout = make_layout(cfg.bids_dir, validate=not cfg.skip_bids_validation)
+    except InvalidDatasetError as err:
+        LOGGER.error("%s", err)
+        return exit_codes.BIDS_VALIDATION
+    try:
+        subjects = select_participants(layout, cfg.participant_label)
+        sessions_of = select_sessions(layout, subjects, cfg.session_label)
+    except NoMatchError as err:
+        LOGGER.error("%s", err)
+        return exit_codes.NO_FILES
+    try:
+        check_reference(cfg, layout)
+    except TemplateError as err:
+        LOGGER.error("--reference %s cannot be used: %s", cfg.reference, err)
+        return exit_codes.USAGE
+    if not _gpu_available(cfg):
+        LOGGER.error("--device %s: CUDA is not available here; run on a GPU node, or use "
+                     "--device auto or cpu", cfg.device)  # fmt: skip
+        return exit_codes.EX_TEMPFAIL
+    if (cfg.n_gpus or 0) > 1:
+        LOGGER.warning("--n-gpus %d: the train level trains in one process on one device; for "
+                       "several GPUs use torchrun with contrareg-train on the lists it writes "
+                       "(docs/training.md)", cfg.n_gpus)  # fmt: skip
+    name = cfg.train.get("model_name") or default_model_name(
+        cfg.moving_modality, cfg.fixed_modality, tcfg.loss
+    )
+    train_dir = cfg.work_dir / "train" / name
+    models = cfg.output_dir / "models"
+    write_dataset_description(cfg)
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    cfg.write(cfg.work_dir / f"config-{cfg.run_uuid}.json")
+    cfg.write(cfg.output_dir / "logs" / f"config-{cfg.run_uuid}.json")
+    limit_threads(cfg.omp_nthreads or default_threads(cfg.nprocs))
+
+    volumes: list[SubjectVolumes] = []
+    failed: list[str] = []
+    grid = None
+    for subject in subjects:
+        for session in sessions_of[subject]:
+            sid = subject_session_id(subject, session)
+            try:
+                vol, grid = preprocess_subject(cfg, layout, subject, session, grid)
+                volumes.append(vol)
+                LOGGER.info("%s: preprocessed for training", sid)
+            except Exception as err:  # one subject never stops the others
+                failed.append(sid)
+                _report_failure(cfg, subject, sid, err)
+                if cfg.stop_on_first_crash:
+                    LOGGER.error("stopping at the first failure (--stop-on-first-crash)")
+                    return exit_codes.PARTICIPANT_FAILED
+    if len({v.subject for v in volumes}) < 2:
+        LOGGER.error("training needs at least two participants with a %s image; %d usable "
+                     "(failed: %s)", cfg.moving_modality, len(volumes),
+                     ", ".join(failed) or "none")  # fmt: skip
+        return exit_codes.PARTICIPANT_FAILED if failed else exit_codes.NO_FILES
+
+    moving, fixed, template = training_records(volumes)
+    write_record_list(train_dir / "moving.tsv", moving)
+    if fixed is not None:
+        write_record_list(train_dir / "fixed.tsv", fixed)
+    selection = {
+        "subjects": sorted(subject_session_id(v.subject, v.session) for v in volumes),
+        "reference": cfg.reference, "modalities": [cfg.moving_modality, cfg.fixed_modality],
+        "pairs": "between subjects" if template is None else "to the reference",
+        "grid": {"shape": list(grid[0]), "spacing": list(grid[1])},
+    }  # fmt: skip
+    bundle = models / f"{name}.safetensors"
+    LOGGER.info("training %s on %d subject-session(s), pairs %s; state in %s", name,
+                len(volumes), selection["pairs"], train_dir)  # fmt: skip
+    try:
+        check_selection(train_dir, selection)
+        out = train(
+            moving, fixed, tcfg, train_dir, template=template,
+            modalities=(cfg.moving_modality, cfg.fixed_modality), progress=True,
+            stop_after=cfg.train.get("stop_after"), bundle_path=bundle,
+            normalization=normalization_description(),
+        )  # fmt: skip
+    except ValueError as err:
+        LOGGER.error("%s", err)
+        return exit_codes.USAGE
+    summary = {
+        "model": name, "loss": tcfg.loss, "moving -> fixed":
+        f"{cfg.moving_modality} -> {cfg.fixed_modality}", "reference": cfg.reference,
+        "subject-sessions": ", ".join(selection["subjects"]), "pairs": selection["pairs"],
+        "grid": f"{'x'.join(map(str, grid[0]))} at "
+        f"{'x'.join(f'{s:g}' for s in grid[1])} mm",
+        "steps": f"{tcfg.steps} registration, {tcfg.autoencoder.steps} autoencoder",
+        "network": f"ch={tcfg.regnet.ch}, ts={tcfg.regnet.ts}, lambda in "
+        f"{list(tcfg.lambda_range)}", "device": tcfg.device, "seed": tcfg.seed,
+    }  # fmt: skip
+    if out is None:
+        write_training_report(train_dir, train_dir / "report.html",
+                              title=f"{name} (in progress)", summary=summary)  # fmt: skip
+        LOGGER.info("stopped early (--stop-after); run the same command again to resume from "
+                    "%s", train_dir / "checkpoints")  # fmt: skip
+        return exit_codes.PARTICIPANT_FAILED if failed else exit_codes.OK
+    summary["last validation"] = ", ".join(f"{k} {v:.4g}" for k, v in out.last_val.items()) or "-"
+    summary["bundle"] = str(bundle)
+    report = write_training_report(train_dir, models / f"{name}.html", title=name,
+                                   summary=summary)  # fmt: skip
+    LOGGER.info("model bundle %s (sidecar %s, report %s)", bundle, out.sidecar, report)
+    if failed:
+        LOGGER.error("%d failed: %s (see sub-*/log/); the model was trained on the others",
+                     len(failed), ", ".join(failed))  # fmt: skip
+        return exit_codes.PARTICIPANT_FAILED
+    return exit_codes.OK

@@ -1,0 +1,206 @@
+"""``contrareg-bids BIDS OUT train`` on tiny real data: the participant preprocessing, a
+(tiny) training run on the CPU, the bundle with its sidecar and report in ``OUT/models``,
+resuming, and ``participant`` picking the trained bundle up (sharing the work directory).
+
+The subjects are ICBM 2009c at 4 mm under random smooth deformations (as in
+``test_participant_e2e``); the reference is the 4 mm ICBM template of ``tiny_templateflow``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.ndimage import binary_dilation
+
+from contrareg_bids.cli import exit_codes
+from contrareg_bids.cli.parser import parse_args
+from contrareg_bids.cli.run import main
+from contrareg_bids.config import RunConfig
+from contrareg_bids.io import templates
+from tests.bids_factory import make_bids_dataset
+from tests.test_participant_e2e import label_img, write_labels_derivatives
+
+TPL = "ICBMTest"
+#: Tiny training: ch=8, 2 autoencoder steps, 4 registration steps (seconds on a CPU).
+TINY = ["--sloppy", "--nprocs", "1", "--reference", TPL, "--ch", "8", "--ts", "3",
+        "--ae-steps", "2", "--train-steps", "4", "--val-fraction", "0.3"]  # fmt: skip
+NAME = "contrareg_T2w-T1w_mcr"
+
+
+def run(bids: Path, out: Path, work: Path, level: str, *options, home: Path) -> int:
+    argv = [str(bids), str(out), level, "-w", str(work), *map(str, options)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEMPLATEFLOW_HOME", str(home))
+        mp.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
+        templates.reset_clients()
+        try:
+            return main(argv)
+        finally:
+            templates.reset_clients()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, icbm_small, icbm_subjects) -> tuple[Path, Path]:
+    """Three subjects (T1w, T2w, age) and their label maps as derivatives."""
+    tmp = tmp_path_factory.mktemp("train_bids")
+    aff = icbm_small["affine"]
+    subjects = {f"0{i + 1}": {"T1w": s["t1w"], "T2w": s["t2w"], "age": 40}
+                for i, s in enumerate(icbm_subjects[:3])}  # fmt: skip
+    bids = make_bids_dataset(tmp / "bids", subjects, affine=aff)
+    labels = write_labels_derivatives(
+        tmp / "labels", {f"0{i + 1}": label_img(s, aff) for i, s in enumerate(icbm_subjects[:3])}
+    )
+    return bids, labels
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, dataset, tiny_templateflow):
+    """``train`` stopped after 2 of 4 steps (``--stop-after``), then the same command again:
+    the second run resumes from the checkpoint and writes the bundle. Records both logs."""
+    bids, labels = dataset
+    tmp = tmp_path_factory.mktemp("train")
+    out, work = tmp / "out", tmp / "work"
+    opts = [*TINY, "--derivatives", f"labels={labels}"]
+    logs = []
+    handler = _Capture(logs)
+    logger = logging.getLogger("contrareg_bids")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        rc1 = run(bids, out, work, "train", *opts, "--stop-after", "2", home=tiny_templateflow)
+        first = list(logs)
+        logs.clear()
+        rc2 = run(bids, out, work, "train", *opts, home=tiny_templateflow)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return {"rc": (rc1, rc2), "logs": (first, list(logs)), "out": out, "work": work,
+            "bids": bids, "labels": labels}  # fmt: skip
+
+
+class _Capture(logging.Handler):
+    def __init__(self, sink: list[str]):
+        super().__init__(logging.INFO)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+def test_stopped_run_writes_no_bundle_and_resumes(trained):
+    assert trained["rc"] == (0, 0)
+    first, second = trained["logs"]
+    assert any("stopped early (--stop-after)" in m for m in first)
+    # the second run starts from the checkpoint of the first (step 2), not from 0
+    resumed = [m for m in second if m.startswith("registration: resuming")]
+    assert len(resumed) == 1 and resumed[0].endswith("at step 2"), second
+    train_dir = trained["work"] / "train" / NAME
+    with (train_dir / "train.csv").open() as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh)]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # no step logged twice
+
+
+def test_bundle_sidecar_and_report(trained):
+    from contrareg_bids.io.bundle import load_model
+
+    models = trained["out"] / "models"
+    assert sorted(p.name for p in models.iterdir()) == [
+        f"{NAME}.html", f"{NAME}.json", f"{NAME}.safetensors",
+    ]  # fmt: skip
+    bundle = load_model(models / f"{NAME}.safetensors")
+    md = bundle.metadata
+    assert md.modalities == {"moving": "T2w", "fixed": "T1w"}
+    assert md.training_steps == 4 and md.loss == "mcr"
+    assert tuple(md.grid.shape) == (37, 46, 39)  # the reference grid (4 mm ICBM)
+    assert md.normalization["method"] == "percentile"
+    assert bundle.regnet is not None and set(bundle.autoencoders) == {"T1w", "T2w"}
+    sidecar = json.loads((models / f"{NAME}.json").read_text())
+    assert sidecar["file"] == f"{NAME}.safetensors"
+    assert sidecar["metadata"]["extra"]["train_config"]["regnet"]["ch"] == 8
+    assert "val_dice" in sidecar["metadata"]["extra"]["validation"]  # labels were given
+    page = (models / f"{NAME}.html").read_text()
+    assert page.count("<svg") >= 3  # loss, validation, autoencoders
+    assert "Validation Dice" in page and "Registration loss" in page
+    assert not re.search(r"<script|(src|href)=[\"']?https?:", page)  # self-contained
+    assert "sub-01, sub-02, sub-03" in page
+
+
+def test_training_inputs_listed_for_contrareg_train(trained):
+    """The preprocessed volumes are listed as contrareg-train TSVs (e.g. for torchrun)."""
+    from contrareg_bids.training.pipeline import read_record_list
+
+    train_dir = trained["work"] / "train" / NAME
+    moving = read_record_list(train_dir / "moving.tsv")
+    fixed = read_record_list(train_dir / "fixed.tsv")
+    assert [r.subject for r in moving] == ["01", "02", "03"] == [r.subject for r in fixed]
+    import nibabel as nib
+
+    img = nib.load(str(moving[0].image))
+    assert img.shape == (37, 46, 39)
+    arr = np.asanyarray(img.dataobj)
+    assert 0 <= arr.min() and arr.max() <= 1 + 1e-6
+    mask = np.asanyarray(nib.load(str(moving[0].mask)).dataobj) > 0
+    # skull-stripped: nothing outside the brain mask, give or take the linear interpolation
+    # of the image against the nearest-neighbour one of the mask (a voxel or two)
+    assert arr[~binary_dilation(mask, iterations=3)].max() == 0
+    assert moving[0].labels is not None and fixed[0].image != moving[0].image
+
+
+def test_participant_uses_the_newest_bundle_and_the_work_dir(trained, tiny_templateflow, caplog):
+    """``participant`` without ``--model`` takes ``OUT/models/<name>.safetensors``, says so,
+    and reuses the preprocessing nodes ``train`` ran (same ``-w``)."""
+    n4 = trained["work"] / "sub_01_wf" / "n4_moving" / "result_n4_moving.pklz"
+    before = n4.stat().st_mtime_ns
+    caplog.set_level(logging.INFO, logger="contrareg_bids")
+    rc = run(trained["bids"], trained["out"], trained["work"], "participant", "--sloppy",
+             "--nprocs", "1", "--reference", TPL, "--participant-label", "01",
+             home=tiny_templateflow)  # fmt: skip
+    assert rc == exit_codes.OK
+    bundle = trained["out"] / "models" / f"{NAME}.safetensors"
+    assert f"using the newest model bundle in {bundle.parent}: {bundle}" in caplog.text
+    assert n4.stat().st_mtime_ns == before
+    anat = trained["out"] / "sub-01" / "anat"
+    assert (anat / f"sub-01_from-T2w_to-{TPL}_mode-image_xfm.h5").is_file()
+
+
+def test_train_options_reach_the_config(tmp_path):
+    from contrareg_bids.training.config import TrainConfig, sloppy_config
+    from contrareg_bids.workflows.train import build_train_config
+
+    (tmp_path / "bids").mkdir()
+    base = [str(tmp_path / "bids"), str(tmp_path / "out"), "train"]
+
+    def cfg(*extra):
+        return build_train_config(RunConfig.from_args(parse_args([*base, *extra])))
+
+    assert cfg().updated(seed=0, device="auto") == TrainConfig()  # the paper's defaults
+    sloppy = cfg("--sloppy", "--n-gpus", "0", "--random-seed", "3")
+    assert sloppy == sloppy_config(seed=3, device="cpu")
+    c = cfg("--loss", "mi", "--train-steps", "7", "--ae-steps", "5", "--ch", "12", "--ts", "4",
+            "--lambda-range", "0.1", "0.5", "--batch-size", "2", "--val-fraction", "0.2",
+            "--lr", "1e-3")  # fmt: skip
+    assert (c.loss, c.steps, c.autoencoder.steps, c.regnet.ch, c.regnet.ts) == ("mi", 7, 5, 12, 4)
+    assert (c.lambda_range, c.batch_size, c.val_fraction, c.lr) == ((0.1, 0.5), 2, 0.2, 1e-3)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--lambda-range", "0.6", "0.2"], "lambda_range must satisfy"),
+        (["--loss", "ssd"], "loss must start with"),
+        (["--train-steps", "0"], "--train-steps must be positive"),
+    ],
+)
+def test_bad_train_options_are_2(tmp_path, caplog, options, message):
+    bids = make_bids_dataset(tmp_path / "bids", {"01": {"T2w": np.ones((4, 4, 4))}})
+    rc = main([str(bids), str(tmp_path / "out"), "train", "-w", str(tmp_path / "w"), *options])
+    assert rc == exit_codes.USAGE
+    assert message in caplog.text
+    assert not (tmp_path / "out").exists()
