@@ -161,9 +161,14 @@ class TrainConfig:
 
 
 def sloppy_config(**changes) -> TrainConfig:
-    """A CPU-sized preset for demos and tests: small network, few steps, few negatives."""
+    """A CPU-sized preset for demos and tests: small network, few steps, few negatives.
+
+    The learning rate is 20x the paper's 5e-5, which is meant for 1e5 steps: in a few hundred
+    steps the network must move much further per step (1e-3 is what the demo data needed).
+    """
     base = TrainConfig(
         steps=300,
+        lr=1e-3,
         num_negatives=256,
         val_every=100,
         checkpoint_every=100,
