@@ -253,3 +253,22 @@ def test_validation_set_reaches_val_pairs_with_one_held_out_subject():
     ds = validation_set(recs[:1], recs, None, sloppy_config(val_pairs=4))
     assert len(ds) == 4
     assert {ds[i]["fixed_id"] for i in range(4)} <= {"s1", "s2", "s3", "s4", "s5"}
+
+
+def test_hypernetwork_gets_its_own_learning_rate(icbm_pair, tmp_path):
+    """``hypernet_lr`` reaches the optimizer groups of the hypernetwork (and only them)."""
+    from contrareg_bids.training.checkpoint import load_checkpoint
+
+    img = icbm_pair["t1w"][16:32, 24:40, 20:36]
+    recs = [VolumeRecord(img, "a"), VolumeRecord(img[::-1].copy(), "b")]
+    cfg = sloppy_config(
+        loss="mi", steps=1, lr=1e-3, hypernet_lr=5e-5, val_every=1000, num_workers=0,
+        regnet={"ch": 4, "depth": 2},
+    )  # fmt: skip
+    ds = PairDataset(recs, recs, seed=0)
+    _, _, result = train_registration(ds, cfg, tmp_path, progress=False)
+    groups = load_checkpoint(result.checkpoint, "cpu")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [1e-3, 5e-5, 5e-5, 1e-3]
+    assert sloppy_config(lr=2e-3).effective_hypernet_lr == 2e-3
+    with pytest.raises(ValueError, match="learning rates"):
+        sloppy_config(hypernet_lr=0.0)

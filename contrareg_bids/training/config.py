@@ -53,6 +53,10 @@ class TrainConfig:
     """Registration training: paper defaults (Dey et al., MICCAI 2022) where it gives them.
 
     ``alpha=None`` means the method's value: 0.1 for CR/mCR, 1 for the baselines.
+    ``hypernet_lr=None`` trains the hypernetwork at ``lr``; a smaller value keeps the FiLM
+    scales and shifts steady when ``lr`` is raised for short runs (each FiLM output sums
+    the Adam updates of a whole row of projection weights, so it moves much faster than
+    any single weight does).
     ``lambda_range`` is where lambda ~ U is drawn with the hypernetwork; without it
     (``regnet.hypernet=False``) ``regnet.fixed_lambda`` is used at every step.
     """
@@ -60,6 +64,7 @@ class TrainConfig:
     loss: str = "mcr"
     steps: int = 100_000
     lr: float = 5e-5
+    hypernet_lr: float | None = None
     batch_size: int = 1
     alpha: float | None = None
     lambda_range: tuple[float, float] = (0.0, 1.0)
@@ -97,6 +102,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or (self.hypernet_lr is not None and self.hypernet_lr <= 0):
+            raise ValueError(f"learning rates must be > 0, got {self.lr}, {self.hypernet_lr}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -107,6 +114,10 @@ class TrainConfig:
     @property
     def variants(self) -> frozenset[str]:
         return parse_loss(self.loss)[1]
+
+    @property
+    def effective_hypernet_lr(self) -> float:
+        return self.lr if self.hypernet_lr is None else self.hypernet_lr
 
     @property
     def effective_alpha(self) -> float:

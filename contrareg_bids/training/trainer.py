@@ -290,8 +290,11 @@ def train_registration(
         autoencoders = {k: v.to(dev) for k, v in autoencoders.items()}
     objective = RegistrationObjective(cfg, autoencoders, heads).to(dev)
     module: nn.Module = _TrainModule(net, objective)
+    net_groups = net.param_groups()
+    for group in net_groups[1:]:  # the hypernetwork's groups (see ContraRegNet.param_groups)
+        group["lr"] = cfg.effective_hypernet_lr
     opt = torch.optim.Adam(
-        [*net.param_groups(), {"params": list(objective.heads.parameters()), "weight_decay": 0.0}],
+        [*net_groups, {"params": list(objective.heads.parameters()), "weight_decay": 0.0}],
         lr=cfg.lr,
     )
     gen = seeded_generator(cfg.seed, 1, ctx.rank)
