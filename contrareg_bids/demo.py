@@ -30,10 +30,12 @@ from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
 
 LOGGER = logging.getLogger("contrareg_bids.demo")
 
-#: Registration training steps of the demo (the long part; tune here or with ``--steps``).
-DEMO_STEPS = 300
+#: Registration training steps of the demo (the long part; tune here or with ``--steps``):
+#: with 150 the train stage took 7 min 21 s (about 4 min of it these steps) of the 8 min
+#: demo on 2 shared CPU cores (docs/getting-started.md).
+DEMO_STEPS = 150
 #: Autoencoder pretraining steps per modality (``--ae-steps``).
-DEMO_AE_STEPS = 150
+DEMO_AE_STEPS = 60
 #: Simulated subjects (``--subjects``); the last :data:`DEMO_HELD_OUT` are never trained on.
 DEMO_SUBJECTS = 8
 DEMO_HELD_OUT = 2
@@ -42,13 +44,13 @@ DEMO_MM = 3
 #: Post-menstrual age written to participants.tsv (the app reads it; sub-01 needs none).
 DEMO_AGE_WEEKS = 40
 #: Regularisation weight of the held-out registrations (the participant's ``--lambda``).
-DEMO_LAMBDA = 0.1
+DEMO_LAMBDA = 0.05
 #: The reference: a participant, so that its brain mask and labels come from the
 #: derivatives (an image path would carry no labels, hence no Dice).
 DEMO_REFERENCE = "sub-01"
 #: Training options given to the train level on top of ``--sloppy`` (tune here).
 DEMO_TRAIN_OPTIONS: tuple[str, ...] = (
-    "--lr", "5e-4", "--lambda-range", "0", "0.5", "--ch", "16", "--ts", "5",
+    "--lr", "1e-3", "--lambda-range", "0", "0.5", "--ch", "16", "--ts", "5",
     "--val-fraction", "0",
 )  # fmt: skip
 #: Where the app writes, relative to ``OUT`` (BIDS convention: inside the dataset).
@@ -157,7 +159,19 @@ def write_bids_dataset(
     """Write ``n_subjects`` simulated subjects as a BIDS dataset under ``root`` (T1w, T2w,
     participants.tsv with ``age_weeks``) and their brain masks and CerebrA label maps as
     the derivatives dataset ``root/derivatives/labels`` (what ``--derivatives`` reads).
-    Returns the participant labels (``01``, ``02``, ...)."""
+    Returns the participant labels (``01``, ``02``, ...). A dataset written before with the
+    same settings (``code/contrareg-bids-demo.json``) is kept as it is: rewritten files
+    would differ (gzip time stamps), and the app's content hashes would redo its work; one
+    with other settings is refused (the training folder would not match it either)."""
+    ids = [f"{i + 1:02d}" for i in range(n_subjects)]
+    settings = {"subjects": n_subjects, "seed": seed, "voxel_mm": factor, "age_weeks": age_weeks}
+    stamp = root / "code" / "contrareg-bids-demo.json"
+    if stamp.is_file():
+        before = json.loads(stamp.read_text())
+        if before == settings:
+            return ids
+        raise RuntimeError(f"{root} holds a demo dataset made with other settings ({before}); "
+                           "give another output folder")  # fmt: skip
     base = load_icbm(factor)
     aff = base["affine"]
     rng = np.random.default_rng(seed)
@@ -176,7 +190,6 @@ def write_bids_dataset(
         "BIDSVersion": "1.9.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "contrareg-bids-demo"}],
     })  # fmt: skip
-    ids = [f"{i + 1:02d}" for i in range(n_subjects)]
     for sid in ids:
         subj = simulate_subject(base, rng)
         anat = root / f"sub-{sid}" / "anat"
@@ -191,6 +204,7 @@ def write_bids_dataset(
         "participant_id": {"Description": "participant label"},
         "age_weeks": {"Description": "post-menstrual age at scan", "Units": "weeks"},
     })  # fmt: skip
+    _write_json(stamp, settings)
     return ids
 
 
@@ -236,14 +250,14 @@ def run_demo(
     loss: str = "mcr",
     seed: int = 0,
     device: str = "auto",
-    progress: bool = True,
     lam: float = DEMO_LAMBDA,
     mm: int = DEMO_MM,
+    nthreads: int | None = None,
 ) -> dict:
     """Simulate a BIDS dataset, run ``train``, ``participant`` (held-out subjects) and
     ``group`` through the CLI; write and return ``OUT/demo_results.json``. Running it again
-    on the same ``OUT`` resumes (same work directory, training checkpoints)."""
-    del progress  # the app logs its own progress; --quiet lowers the log level
+    on the same ``OUT`` resumes (same work directory, training checkpoints). ``nthreads``:
+    threads of each step (default: the CPUs this process may use, at most 8)."""
     if n_subjects - n_test < 2 or n_test < 1:
         raise RuntimeError(f"--subjects {n_subjects}: need at least two subjects to train on "
                            f"and one held out ({n_test} held out)")  # fmt: skip
@@ -257,7 +271,7 @@ def run_demo(
     ids = write_bids_dataset(bids, n_subjects, seed, factor=mm)
     times["simulate"] = time.perf_counter() - t0
     train_ids, test_ids = ids[:-n_test], ids[-n_test:]
-    threads = str(min(_threads(), 8))
+    threads = str(nthreads or min(_threads(), 8))
     common = ["-w", str(work), "--sloppy", "--reference", DEMO_REFERENCE, "--derivatives",
               f"labels={labels}", "--random-seed", str(seed), "--device", device, "--nprocs",
               "1", "--omp-nthreads", threads]  # fmt: skip
@@ -327,6 +341,16 @@ def format_results(res: dict) -> list[str]:
     return lines
 
 
+def _quiet_nipype() -> None:
+    """Nipype's workflow log at WARNING: every workflow copies the global config and
+    re-applies its logging levels when it runs, so the setting goes there."""
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    nipype_config.set("logging", "workflow_level", "WARNING")
+    nipype_logging.update_logging(nipype_config)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="contrareg-bids-demo", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="output folder (BIDS dataset, outputs, results)")
@@ -337,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"simulated subjects (the last {DEMO_HELD_OUT} held out)")  # fmt: skip
     p.add_argument("--lambda", dest="lam", type=float, default=DEMO_LAMBDA,
                    help="regularisation weight of the held-out registrations")  # fmt: skip
+    p.add_argument("--voxel-mm", type=int, default=DEMO_MM,
+                   help="voxel size (mm) of the simulated subjects")  # fmt: skip
+    p.add_argument("--nthreads", type=int, default=None,
+                   help="threads (default: all CPUs; 1 on a busy machine)")  # fmt: skip
     p.add_argument("--loss", default="mcr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -344,13 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s")  # fmt: skip
+    _quiet_nipype()  # one line per node and per step would drown the demo's own lines
     if args.quiet:
-        for name in ("contrareg_bids", "nipype.workflow"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("contrareg_bids").setLevel(logging.WARNING)
     try:
         res = run_demo(args.out, args.subjects, DEMO_HELD_OUT, args.steps, args.ae_steps,
-                       args.loss, args.seed, args.device, progress=not args.quiet,
-                       lam=args.lam)  # fmt: skip
+                       args.loss, args.seed, args.device, lam=args.lam, mm=args.voxel_mm,
+                       nthreads=args.nthreads)  # fmt: skip
     except RuntimeError as err:
         print(f"contrareg-bids-demo: error: {err}", file=sys.stderr)
         return 1

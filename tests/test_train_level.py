@@ -170,6 +170,29 @@ def test_participant_uses_the_newest_bundle_and_the_work_dir(trained, tiny_templ
     assert (anat / f"sub-01_from-T2w_to-{TPL}_mode-image_xfm.h5").is_file()
 
 
+def test_train_then_participant_then_group(trained, tiny_templateflow):
+    """The three levels in a row through the CLI, as a lab runs them: ``participant`` (the
+    bundle ``train`` wrote, the subjects' labels) then ``group`` over its metrics."""
+    out = trained["out"]
+    rc = run(trained["bids"], out, trained["work"], "participant", "--sloppy", "--nprocs", "1",
+             "--reference", TPL, "--participant-label", "02", "03", "--derivatives",
+             f"labels={trained['labels']}", home=tiny_templateflow)  # fmt: skip
+    assert rc == exit_codes.OK
+    rc = run(trained["bids"], out, trained["work"], "group", "--participant-label", "02", "03",
+             home=tiny_templateflow)  # fmt: skip
+    assert rc == exit_codes.OK
+    lines = (out / "group_metrics.tsv").read_text().strip().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, ln.split("\t"), strict=True)) for ln in lines[1:]]
+    assert [r["subject"] for r in rows] == ["02", "03"]
+    for r in rows:
+        assert r["method"] == "contrareg" and r["session"] == "n/a"
+        assert 0 <= float(r["mean_dice_affine"]) <= 1 and 0 <= float(r["mean_dice"]) <= 1
+        assert float(r["folding_percent"]) >= 0
+    page = (out / "group.html").read_text()
+    assert '<a href="sub-02.html">sub-02</a>' in page and (out / "sub-03.html").is_file()
+
+
 def test_train_options_reach_the_config(tmp_path):
     from contrareg_bids.training.config import TrainConfig, sloppy_config
     from contrareg_bids.workflows.train import build_train_config

@@ -269,6 +269,6 @@ def test_hypernetwork_gets_its_own_learning_rate(icbm_pair, tmp_path):
     _, _, result = train_registration(ds, cfg, tmp_path, progress=False)
     groups = load_checkpoint(result.checkpoint, "cpu")["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == [1e-3, 5e-5, 5e-5, 1e-3]
-    assert sloppy_config(lr=2e-3).effective_hypernet_lr == 2e-3
+    assert TrainConfig(lr=2e-3).effective_hypernet_lr == 2e-3
     with pytest.raises(ValueError, match="learning rates"):
         sloppy_config(hypernet_lr=0.0)

@@ -18,8 +18,8 @@ COLUMNS_HELP = {
     "folding_percent": "Voxels of the model grid where the forward warp folds (det J <= 0), %",
     "std_log_jacobian": "Standard deviation of log det J of the forward warp in the brain",
     "mean_dice": "Mean Dice of the given subject labels vs the reference labels in subject space",
-    "mean_dice_affine": "Mean Dice as mean_dice (same labels), the reference labels carried into "
-    "the subject by the affine pre-alignment only (nearest neighbour): the baseline",
+    "mean_dice_affine": "Mean Dice as mean_dice (same labels, same label interpolation), the "
+    "reference labels carried into the subject by the affine pre-alignment only: the baseline",
     "lambda": "Regularisation weight used",
     "lambda_selection": "'auto': lambda chosen per subject under a folding budget",
     "lambda_max_folding": "Folding budget of --lambda auto (% voxels, forward and inverse)",
@@ -115,11 +115,20 @@ class RegistrationMetrics(SimpleInterface):
 
 
 def affine_only_dice(
-    subject_labels, reference_dseg: str, affine: str, grid: str, labels: list[int]
+    subject_labels,
+    reference_dseg: str,
+    affine: str,
+    grid: str,
+    labels: list[int],
+    interpolation: str = "label",
 ) -> float:
     """Mean Dice of ``subject_labels`` (an array on ``grid``) and the reference labels carried
-    onto ``grid`` by the INVERSE of the reference -> subject ``affine`` alone (nearest
-    neighbour), over ``labels``: what the deformable step adds is measured against this."""
+    onto ``grid`` by the INVERSE of the reference -> subject ``affine`` alone, over
+    ``labels``: what the deformable step adds is measured against this.
+
+    ``interpolation`` defaults to the one that makes ``mean_dice`` (one-hot linear,
+    ``"label"``): nearest neighbour scores about 0.007 lower on the 3 mm demo subjects, a
+    gain that an unchanged (identity) warp would otherwise be credited with."""
     import numpy as np
 
     from ..io.transforms import (
@@ -138,7 +147,7 @@ def affine_only_dice(
     inverse = read_ants_affine(affine).GetInverse()
     out = resample_image(load_labels(reference_dseg),
                          reference_image(grid_img.affine, grid_img.shape[:3]), inverse,
-                         "nearest")  # fmt: skip
+                         interpolation)  # fmt: skip
     moved = array_from_image(out).astype(np.int64)
     dices = dice_per_label(np.asarray(subject_labels), moved, labels=labels)
     return float(np.nanmean(list(dices.values())))

