@@ -30,12 +30,10 @@ from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
 
 LOGGER = logging.getLogger("contrareg_bids.demo")
 
-#: Registration training steps of the demo (the long part; tune here or with ``--steps``):
-#: with 150 the train stage took 7 min 21 s (about 4 min of it these steps) of the 8 min
-#: demo on 2 shared CPU cores (docs/getting-started.md).
-DEMO_STEPS = 150
-#: Autoencoder pretraining steps per modality (``--ae-steps``).
-DEMO_AE_STEPS = 60
+#: Registration training steps of the demo (the long part; tune here or with ``--steps``).
+DEMO_STEPS = 300
+#: Autoencoder pretraining steps per modality (``--ae-steps``; 32^3 crops, see sloppy_config).
+DEMO_AE_STEPS = 150
 #: Simulated subjects (``--subjects``); the last :data:`DEMO_HELD_OUT` are never trained on.
 DEMO_SUBJECTS = 8
 DEMO_HELD_OUT = 2

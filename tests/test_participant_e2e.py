@@ -550,10 +550,11 @@ def test_unknown_level_is_17(e2e, tmp_path, capsys):
 
 
 def test_missing_model_is_2(e2e, tmp_path, tiny_templateflow, caplog, capsys):
-    rc = run_app(e2e.bids, tmp_path / "out", tmp_path / "work", home=tiny_templateflow)
+    rc = run_app(e2e.bids, tmp_path / "out", tmp_path / "work", "--reference", TPL,
+                 home=tiny_templateflow)  # fmt: skip
     assert rc == exit_codes.USAGE
     assert "no model bundle" in caplog.text
-    rc = run_app(e2e.bids, tmp_path / "out", tmp_path / "work", "--model",
+    rc = run_app(e2e.bids, tmp_path / "out", tmp_path / "work", "--reference", TPL, "--model",
                  tmp_path / "nope.safetensors", home=tiny_templateflow)  # fmt: skip
     assert rc == exit_codes.USAGE
     assert "nope.safetensors does not exist" in capsys.readouterr().err
