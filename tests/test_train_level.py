@@ -227,3 +227,40 @@ def test_bad_train_options_are_2(tmp_path, caplog, options, message):
     assert rc == exit_codes.USAGE
     assert message in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_killed_train_resumes_not_restarts(trained, tiny_templateflow):
+    """``train`` killed (SIGKILL) after its first checkpoint, then the same command again: the
+    second run resumes from that checkpoint (preprocessing reused from the work dir) and
+    writes the bundle; the training log holds every step once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    name = "killed"
+    cmd = [sys.executable, "-m", "contrareg_bids.cli.run", str(trained["bids"]),
+           str(trained["out"]), "train", "-w", str(trained["work"]), *TINY[:-6],
+           "--loss", "ngf", "--train-steps", "150", "--val-fraction", "0",
+           "--derivatives", f"labels={trained['labels']}", "--model-name", name]  # fmt: skip
+    env = {**os.environ, "TEMPLATEFLOW_HOME": str(tiny_templateflow),
+           "TEMPLATEFLOW_AUTOUPDATE": "0", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    ckpt = trained["work"] / "train" / name / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "train ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    bundle = trained["out"] / "models" / f"{name}.safetensors"
+    assert not bundle.exists()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    found = re.search(r"resuming from \S+ at step (\d+)", res.stderr)
+    assert found and int(found.group(1)) >= 100, res.stderr[-3000:]
+    assert bundle.exists()
+    log = trained["work"] / "train" / name / "train.csv"
+    steps = [int(r.split(",")[0]) for r in log.read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) and steps[-1] == 150
