@@ -232,23 +232,19 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
     wf.run(plugin=plugin, plugin_args=plugin_args)
 
 
-def run_participant_level(cfg: RunConfig) -> int:
-    """Process every selected subject-session; exit code 0, 1 (some failed), 2, 16 or 18."""
+def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
+    """The pybids layout, the selected participants and their sessions, with the reference
+    checked once for all subjects; or, after logging why, the exit code of the run (16 bad
+    dataset, 18 unknown participant/session, 2 unusable reference)."""
     from ..io.bids import (
         InvalidDatasetError,
         NoMatchError,
         make_layout,
         select_participants,
         select_sessions,
-        subject_session_id,
     )
     from ..io.templates import TemplateError
 
-    cfg.seed_everything()
-    from ..reports.subject import run_reports_only, write_subject_report
-
-    if cfg.reports_only:  # rebuild the HTML pages from the outputs on disk; run nothing
-        return run_reports_only(cfg)
     try:
         layout = make_layout(cfg.bids_dir, validate=not cfg.skip_bids_validation)
     except InvalidDatasetError as err:
@@ -265,6 +261,22 @@ def run_participant_level(cfg: RunConfig) -> int:
     except TemplateError as err:
         LOGGER.error("--reference %s cannot be used: %s", cfg.reference, err)
         return exit_codes.USAGE
+    return layout, subjects, sessions_of
+
+
+def run_participant_level(cfg: RunConfig) -> int:
+    """Process every selected subject-session; exit code 0, 1 (some failed), 2, 16 or 18."""
+    from ..io.bids import subject_session_id
+
+    cfg.seed_everything()
+    from ..reports.subject import run_reports_only, write_subject_report
+
+    if cfg.reports_only:  # rebuild the HTML pages from the outputs on disk; run nothing
+        return run_reports_only(cfg)
+    opened = open_inputs(cfg)
+    if isinstance(opened, int):
+        return opened
+    layout, subjects, sessions_of = opened
     model = None
     if cfg.registration == "contrareg":
         model = cfg.model or newest_model(cfg.output_dir)

@@ -271,20 +271,12 @@ def check_selection(train_dir: Path, selection: dict) -> None:
 def run_train_level(cfg: RunConfig) -> int:
     """Preprocess the selected subject-sessions and train; exit code 0, 1 (some subjects
     failed; the model was trained on the others), 2, 16, 18 or 75."""
-    from ..io.bids import (
-        InvalidDatasetError,
-        NoMatchError,
-        make_layout,
-        select_participants,
-        select_sessions,
-        subject_session_id,
-    )
-    from ..io.templates import TemplateError
+    from ..io.bids import subject_session_id
     from ..processing.normalize import normalization_description
     from ..processing.threads import limit_threads
     from ..training.pipeline import train
     from ..training.report import write_training_report
-    from .base import _gpu_available, _report_failure, check_reference, write_dataset_description
+    from .base import _gpu_available, _report_failure, open_inputs, write_dataset_description
 
     cfg.seed_everything()
     try:
@@ -292,22 +284,10 @@ def run_train_level(cfg: RunConfig) -> int:
     except ValueError as err:
         LOGGER.error("%s", err)
         return exit_codes.USAGE
-    try:
-        layout = make_layout(cfg.bids_dir, validate=not cfg.skip_bids_validation)
-    except InvalidDatasetError as err:
-        LOGGER.error("%s", err)
-        return exit_codes.BIDS_VALIDATION
-    try:
-        subjects = select_participants(layout, cfg.participant_label)
-        sessions_of = select_sessions(layout, subjects, cfg.session_label)
-    except NoMatchError as err:
-        LOGGER.error("%s", err)
-        return exit_codes.NO_FILES
-    try:
-        check_reference(cfg, layout)
-    except TemplateError as err:
-        LOGGER.error("--reference %s cannot be used: %s", cfg.reference, err)
-        return exit_codes.USAGE
+    opened = open_inputs(cfg)
+    if isinstance(opened, int):
+        return opened
+    layout, subjects, sessions_of = opened
     if not _gpu_available(cfg):
         LOGGER.error("--device %s: CUDA is not available here; run on a GPU node, or use "
                      "--device auto or cpu", cfg.device)  # fmt: skip
