@@ -44,6 +44,8 @@ def _make_home(root: Path) -> Path:
       zero-byte placeholder (listed, not fetched).
     * ``Flat``: no cohorts, two resolutions.
     * ``Kid``: cohorts with postnatal ages in months.
+    * ``Unc``: named like UNCInfant, whose brain mask is ``label-brain_mask`` (no desc),
+      next to a ``label-BrainCerebellumExtraction_mask``.
     """
     tiny = root / "tpl-Tiny"
     cohorts = {str(c): {"age": [a], "units": "weeks"} for c, a in ((1, 30), (2, 35), (3, 40))}
@@ -77,6 +79,15 @@ def _make_home(root: Path) -> Path:
     for c in (1, 2):
         _nii(kid / f"cohort-{c}" / f"tpl-Kid_cohort-{c}_T1w.nii.gz")
         _nii(kid / f"cohort-{c}" / f"tpl-Kid_cohort-{c}_desc-brain_mask.nii.gz")
+
+    unc = root / "tpl-Unc"
+    unc.mkdir()
+    (unc / "template_description.json").write_text(
+        json.dumps({"Name": "Unc", "cohort": {"1": {"age": [0, 1], "units": "months"}}})
+    )
+    _nii(unc / "cohort-1" / "tpl-Unc_cohort-1_T1w.nii.gz")
+    _nii(unc / "cohort-1" / "tpl-Unc_cohort-1_label-BrainCerebellumExtraction_mask.nii.gz")
+    _nii(unc / "cohort-1" / "tpl-Unc_cohort-1_label-brain_mask.nii.gz", dtype=np.uint8)
     return root
 
 
@@ -189,6 +200,18 @@ def test_resolution_consistent_and_no_cohorts(tf_home):
         get_template_files("Flat", 1)
 
 
+def test_label_brain_mask_when_no_desc_brain_mask(tf_home):
+    # UNCInfant ships ``label-brain_mask``; the extraction mask beside it is not the brain mask
+    files = get_template_files("Unc", 1)
+    assert files["mask"].name == "tpl-Unc_cohort-1_label-brain_mask.nii.gz"
+    # where both exist, desc-brain wins (MNIInfant, dhcpVol)
+    (tf_home / "tpl-Tiny/cohort-1/tpl-Tiny_cohort-1_label-brain_mask.nii.gz").write_bytes(
+        (tf_home / "tpl-Tiny/cohort-1/tpl-Tiny_cohort-1_desc-brain_mask.nii.gz").read_bytes()
+    )
+    tpl.reset_clients()
+    assert get_template_files("Tiny", 1)["mask"].name == "tpl-Tiny_cohort-1_desc-brain_mask.nii.gz"
+
+
 def test_cohort_checks(tf_home):
     with pytest.raises(TemplateError, match=r"has cohorts 1\.\.3: choose one"):
         get_template_files("Tiny")
@@ -262,7 +285,7 @@ def test_home_set_before_first_import_subprocess(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"[1, 2, 3] {home}/tpl-Tiny/cohort-2/tpl-Tiny_cohort-2_T1w.nii.gz"
-    assert lines[1] == "['Flat', 'Kid', 'Tiny']"
+    assert lines[1] == "['Flat', 'Kid', 'Tiny', 'Unc']"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -461,7 +461,8 @@ def get_template_files(
 ) -> dict[str, Path]:
     """Files of one template (cohort) from the TemplateFlow cache.
 
-    Keys: ``"image"`` (``modality``, no ``desc``), ``"mask"`` (``desc-brain_mask``), and when
+    Keys: ``"image"`` (``modality``, no ``desc``), ``"mask"`` (``desc-brain_mask``, else
+    ``label-brain_mask`` as UNCInfant names it), and when
     available ``"dseg"`` (``desc-<dseg_desc>_dseg``, else the first dseg) and ``"dseg_tsv"``
     (its label table). Mask and dseg are taken at the resolution of the image (the first
     ``res-*`` unless ``resolution`` is given), so all files share one grid. Files listed but
@@ -518,6 +519,10 @@ def get_template_files(
 
     mask_query = {**base, **res_query, "suffix": "mask", "desc": "brain", "extension": _NIFTI_EXT}
     masks = _ls(client, template, **mask_query)
+    if not masks:  # UNCInfant names its brain mask ``label-brain_mask``
+        label_query = {**mask_query, "desc": Query.NONE, "label": "brain"}
+        if masks := _ls(client, template, **label_query):
+            mask_query = label_query
     got = None
     if masks:
         got = _materialise(client, template, masks[0], mask_query, download=download)
