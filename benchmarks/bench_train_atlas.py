@@ -447,13 +447,27 @@ def comparison_text(affine: dict, best: dict, rows: dict) -> str:
     for key, rs in rows.items():
         dice = [r["dice"] for r in rs]
         sd = [r["sdlogj"] for r in rs]
-        if max(dice) - min(dice) < 0.01:
+        # flat in Dice AND in smoothness: a curve whose std log|J| halves does respond
+        if max(dice) - min(dice) < 0.01 and max(sd) - min(sd) < 0.2 * max(sd):
             parts.append(
                 f"{METHOD_NAMES.get(key, key)} barely responds to lambda: over the sweep its "
                 f"Dice spans {min(dice):.3f}-{max(dice):.3f} and std log|J| "
                 f"{min(sd):.3f}-{max(sd):.3f}, so at this training length the hypernetwork "
                 "conditioning has not been learned (lambda = 1 should give an identity-like "
                 "warp)."
+            )
+        elif dice[-1] > dice[0]:
+            parts.append(
+                f"{METHOD_NAMES.get(key, key)} responds to lambda: from lambda "
+                f"{rs[0]['lambda']:g} to {rs[-1]['lambda']:g} its Dice goes {dice[0]:.3f} -> "
+                f"{dice[-1]:.3f} and std log|J| {sd[0]:.3f} -> {sd[-1]:.3f}, so its smoothest "
+                "warps are its best here."
+            )
+        else:
+            parts.append(
+                f"{METHOD_NAMES.get(key, key)} responds to lambda: from lambda "
+                f"{rs[0]['lambda']:g} to {rs[-1]['lambda']:g} its Dice goes {dice[0]:.3f} -> "
+                f"{dice[-1]:.3f} and std log|J| {sd[0]:.3f} -> {sd[-1]:.3f}."
             )
     return " ".join(parts)
 
