@@ -272,3 +272,26 @@ def test_hypernetwork_gets_its_own_learning_rate(icbm_pair, tmp_path):
     assert TrainConfig(lr=2e-3).effective_hypernet_lr == 2e-3
     with pytest.raises(ValueError, match="learning rates"):
         sloppy_config(hypernet_lr=0.0)
+
+
+def test_progress_is_log_lines_when_stderr_is_not_a_terminal(monkeypatch, caplog):
+    """SLURM output and redirected logs get a line every ~5 % of the run, not tqdm redraws."""
+    import io
+    import logging
+
+    from contrareg_bids.training import trainer
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a file, as under sbatch
+    bar = trainer._progress(100, 40, "registration mcr", enabled=True)
+    assert isinstance(bar, trainer.LogProgress)
+    with caplog.at_level(logging.INFO, logger="contrareg_bids.training"):
+        for _ in range(60):
+            bar.set_postfix(loss="0.5000", it_s="3.00")
+            bar.update(1)
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 12  # steps 45, 50, ..., 100
+    assert lines[0].startswith("registration mcr: step 45/100, loss 0.5000, ")
+    assert lines[-1].startswith("registration mcr: step 100/100")
+    assert sys.stderr.getvalue() == ""
+    assert trainer._progress(10, 0, "x", enabled=False).disable  # off stays off

@@ -106,9 +106,39 @@ class CsvLog:
             )
 
 
+class LogProgress:
+    """Progress for log files (SLURM output, ``> train.log``): about ``lines`` INFO lines per
+    run instead of a bar whose carriage-return redraws pile up into one endless line."""
+
+    def __init__(self, total: int, initial: int, desc: str, lines: int = 20):
+        self.total, self.n, self.desc = total, initial, desc
+        self.every = max(1, total // lines)
+        self.postfix: dict[str, str] = {}
+        self._n0, self._t0 = initial, time.perf_counter()
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = values
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n % self.every and self.n != self.total:
+            return
+        rate = (self.n - self._n0) / max(time.perf_counter() - self._t0, 1e-9)
+        extra = "".join(f", {k} {v}" for k, v in self.postfix.items() if k != "it_s")
+        LOGGER.info("%s: step %d/%d%s, %.2f it/s", self.desc, self.n, self.total, extra, rate)
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(total: int, initial: int, desc: str, enabled: bool):
+    """A tqdm bar on a terminal, :class:`LogProgress` lines when stderr is not one."""
+    import sys
+
     from tqdm.auto import tqdm
 
+    if enabled and not sys.stderr.isatty():
+        return LogProgress(total, initial, desc)
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
@@ -174,8 +204,8 @@ def train_autoencoder(
         loss.backward()
         opt.step()
         step += 1
-        bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.update(1)
         log.write(step=step, loss=loss.item(), l1=l1.item(), ncc=lncc.item(),
                   time_s=time.perf_counter() - t0)  # fmt: skip
         if step % 100 == 0 or step == end:
