@@ -295,3 +295,34 @@ def test_progress_is_log_lines_when_stderr_is_not_a_terminal(monkeypatch, caplog
     assert lines[-1].startswith("registration mcr: step 100/100")
     assert sys.stderr.getvalue() == ""
     assert trainer._progress(10, 0, "x", enabled=False).disable  # off stays off
+
+
+def test_suppretrain_variant_trains_end_to_end_without_autograd_warnings(tmp_path):
+    """``mcr+suppretrain``: autoencoders and heads pretrained jointly on the aligned
+    same-subject pairs, then registration; the bundle carries the pretrained heads. The
+    pretraining log must not convert a graph-attached tensor to a float (torch warns)."""
+    import warnings
+
+    from contrareg_bids.training.pipeline import train
+
+    rng = np.random.default_rng(3)
+    moving, fixed = [], []
+    for i in range(3):
+        img, mask = _blob_volume(rng)
+        moving.append(VolumeRecord(image=img, subject=str(i), mask=mask))
+        fixed.append(VolumeRecord(image=np.where(mask > 0, 1 - img, 0), subject=str(i), mask=mask))
+    cfg = sloppy_config(
+        loss="mcr+suppretrain", steps=2, lr=1e-3, num_negatives=16, val_every=1000,
+        checkpoint_every=1000, log_every=1, num_workers=0, device="cpu",
+        regnet={"ch": 4, "depth": 2}, autoencoder={"steps": 3, "crop": 16},
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = train(moving, fixed, cfg, tmp_path / "run", progress=False)
+    grad_warnings = [str(w.message) for w in caught if "requires_grad" in str(w.message)]
+    assert not grad_warnings, grad_warnings
+    log = (tmp_path / "run" / "autoencoders" / "suppretrain" / "loss.csv").read_text()
+    assert len(log.splitlines()) == 1 + 3
+    bundle = load_model(out.bundle)
+    assert bundle.metadata.loss == "mcr+suppretrain"
+    assert set(bundle.heads) == {"T2w", "T1w"}

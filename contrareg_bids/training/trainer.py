@@ -511,7 +511,7 @@ def pretrain_supervised(
             opt.step()
             step += 1
             bar.update(1)
-            log.write(step=step, loss=loss.item(), nce=nce.item(), recon=float(recon))
+            log.write(step=step, loss=loss.item(), nce=nce.item(), recon=float(recon.detach()))
             if step % 100 == 0 or step == acfg.steps:
                 save_checkpoint(
                     ckpt_path, optimizer=opt.state_dict(), generator=gen.get_state(), step=step,
