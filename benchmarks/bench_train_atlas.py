@@ -48,6 +48,8 @@ HEADING = "## Training on the development atlas (CPU, reduced size)"
 REPO = Path(__file__).resolve().parents[1]
 METHOD_NAMES = {
     "mcr": "mCR",
+    "mcr+suppretrain": "mCR+SupPretrain",
+    "cr+suppretrain": "CR+SupPretrain",
     "cr": "CR",
     "mi": "MI",
     "localmi": "LocalMI",
@@ -284,11 +286,11 @@ def step_times(run_dir: Path) -> dict[str, float]:
         "train_s": float(rows[-1]["time_s"]),
     }
     ae_s = 0.0
-    for role in ("moving", "fixed"):
+    for role in ("moving", "fixed", "suppretrain"):
         p = run_dir / "autoencoders" / role / "loss.csv"
         if p.exists():
             ae_rows = list(csv.DictReader(p.open()))
-            if ae_rows:
+            if ae_rows and ae_rows[-1].get("time_s"):
                 ae_s += float(ae_rows[-1]["time_s"])
     out["ae_s"] = ae_s
     val = run_dir / "val.csv"
@@ -323,7 +325,8 @@ def interleaved_step_times(args, methods, mov: dict, fix: dict, repeats: int = 8
         cfg = make_config(args, loss)
         torch.manual_seed(0)
         net = ContraRegNet(cfg.regnet)
-        aes = {"moving": Autoencoder(), "fixed": Autoencoder()} if loss in ("mcr", "cr") else None
+        contrastive = cfg.base_loss in ("mcr", "cr")  # also their variants (mcr+mi, ...)
+        aes = {"moving": Autoencoder(), "fixed": Autoencoder()} if contrastive else None
         objective = RegistrationObjective(cfg, aes)
         gen = torch.Generator().manual_seed(0)
 

@@ -323,6 +323,7 @@ def test_suppretrain_variant_trains_end_to_end_without_autograd_warnings(tmp_pat
     assert not grad_warnings, grad_warnings
     log = (tmp_path / "run" / "autoencoders" / "suppretrain" / "loss.csv").read_text()
     assert len(log.splitlines()) == 1 + 3
+    assert log.splitlines()[0] == "step,loss,nce,recon,time_s"  # timed like the AE logs
     bundle = load_model(out.bundle)
     assert bundle.metadata.loss == "mcr+suppretrain"
     assert set(bundle.heads) == {"T2w", "T1w"}

@@ -493,10 +493,11 @@ def pretrain_supervised(
     if step < acfg.steps:
         ds = PairDataset(moving, fixed, same_subject=True, crop=acfg.crop, seed=cfg.seed)
         loader = _loader(ds, acfg.batch_size, cfg.seed, step, acfg.steps, ctx, cfg.num_workers)
-        log = CsvLog(out_dir / "loss.csv", ["step", "loss", "nce", "recon"], step)
+        log = CsvLog(out_dir / "loss.csv", ["step", "loss", "nce", "recon", "time_s"], step)
         bar = _progress(acfg.steps, step, "suppretrain", progress)
         for m in (*aes.values(), *heads.values()):
             m.train()
+        t0 = time.perf_counter()
         for batch in loader:
             batch = _to_device(batch, dev)
             i1, i2 = batch["fixed"], batch["moving"]
@@ -511,7 +512,8 @@ def pretrain_supervised(
             opt.step()
             step += 1
             bar.update(1)
-            log.write(step=step, loss=loss.item(), nce=nce.item(), recon=float(recon.detach()))
+            log.write(step=step, loss=loss.item(), nce=nce.item(), recon=float(recon.detach()),
+                      time_s=time.perf_counter() - t0)  # fmt: skip
             if step % 100 == 0 or step == acfg.steps:
                 save_checkpoint(
                     ckpt_path, optimizer=opt.state_dict(), generator=gen.get_state(), step=step,
