@@ -118,7 +118,7 @@ def main(argv=None) -> int:
             d["zoom"] = zoom
         for bundle in extra.bundles:
             dice, rms = bundle_same_cohort(bundle, data, held, extra.lam)
-            name = bundle.parent.name.split("_")[0]
+            name = bundle.parent.name  # the run: loss, steps, lr, ..., hypernetwork lr
             print(f"| {name} (lambda {extra.lam:g}) T2w -> T1w | {dice:.4f} | {rms:.2f} |")
 
     from contrareg_bids.metrics import mean_dice

@@ -317,3 +317,48 @@ def test_select_sessions(tmp_path):
     assert select_sessions(layout, ["01", "02"], ["ses-2"]) == {"01": ["2"], "02": []}
     with pytest.raises(NoMatchError, match="not found: 2"):
         select_sessions(layout, ["02"], ["2"])
+
+
+def test_gpu_out_of_memory_exits_75_so_a_scheduler_requeues(tmp_path, monkeypatch):
+    """A CUDA out-of-memory error is not the data's fault: when it is every failure, exit 75
+    (EX_TEMPFAIL, what workflows/slurm_participant.sh requeues on); any other failure among
+    them keeps exit 1. A CPU machine cannot run out of GPU memory, so the subject's run
+    raises torch's own OutOfMemoryError here."""
+    import nibabel as nib
+    import torch
+
+    from contrareg_bids.workflows import base
+
+    bids = make_bids_dataset(
+        tmp_path / "bids",
+        {s: {"T1w": make_volume(), "T2w": make_volume(), "age": 40} for s in ("01", "02")},
+    )
+    ref = tmp_path / "ref_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(make_volume(), np.eye(4)), str(ref))
+    causes = {}
+
+    def run_subject(cfg, layout, subject, session, model):
+        raise causes[subject]
+
+    monkeypatch.setattr(base, "run_subject", run_subject)
+
+    def run(out):
+        return main([str(bids), str(tmp_path / out), "participant", "--registration", "ants",
+                     "--reference", str(ref), "-w", str(tmp_path / f"w-{out}")])  # fmt: skip
+
+    oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
+    causes.update({"01": torch.OutOfMemoryError(oom), "02": torch.OutOfMemoryError(oom)})
+    assert run("all-oom") == exit_codes.EX_TEMPFAIL
+    assert oom in (tmp_path / "all-oom/sub-01/log/error-sub-01.txt").read_text()
+    causes["02"] = ValueError("sub-02: T2w is empty")
+    assert run("mixed") == exit_codes.PARTICIPANT_FAILED
+
+
+def test_gpu_out_of_memory_is_recognised_through_a_nipype_crash_file():
+    from contrareg_bids.workflows.base import is_gpu_out_of_memory
+
+    node_error = RuntimeError("Workflow did not execute cleanly. Check log for details")
+    crash_line = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.50 GiB"
+    assert is_gpu_out_of_memory(node_error, crash_line)
+    assert not is_gpu_out_of_memory(node_error, "ValueError: the T2w is empty")
+    assert not is_gpu_out_of_memory(MemoryError("Unable to allocate 3.2 GiB for an array"))

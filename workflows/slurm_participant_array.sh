@@ -68,7 +68,8 @@ set +e
     "$SIF" "${app[@]}" "$@"
 rc=$?
 set -e
-# 75: CUDA was demanded (--device cuda) but is not available on this node; try once more.
+# 75: CUDA was demanded (--device cuda) but is not available on this node, or the GPU ran
+# out of memory; try once more (the work folder keeps what finished).
 if [[ $rc -eq 75 && "${SLURM_RESTART_COUNT:-0}" -lt 1 ]]; then
     scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
 fi

@@ -305,6 +305,7 @@ def run_participant_level(cfg: RunConfig) -> int:
 
     limit_threads(cfg.omp_nthreads or default_threads(cfg.nprocs))
     failed: list[str] = []
+    out_of_gpu_memory: list[str] = []
     for subject in subjects:
         sessions = sessions_of[subject]
         if not sessions:
@@ -318,21 +319,40 @@ def run_participant_level(cfg: RunConfig) -> int:
                 write_subject_report(cfg, subject, session, started)
             except Exception as err:  # one subject never stops the others
                 failed.append(sid)
-                _report_failure(cfg, subject, sid, err)
+                if is_gpu_out_of_memory(err, _report_failure(cfg, subject, sid, err)):
+                    out_of_gpu_memory.append(sid)
                 write_subject_report(cfg, subject, session, started, status="failed")
                 if cfg.stop_on_first_crash:
                     LOGGER.error("stopping at the first failure (--stop-on-first-crash)")
+                    if out_of_gpu_memory:
+                        return exit_codes.EX_TEMPFAIL
                     return exit_codes.PARTICIPANT_FAILED
     if failed:
         LOGGER.error("%d failed: %s (see sub-*/log/)", len(failed), ", ".join(failed))
+        if out_of_gpu_memory == failed:  # nothing wrong with the data: retry elsewhere
+            LOGGER.error(
+                "every failure was the GPU running out of memory: exit %d so that a scheduler "
+                "can requeue on a GPU with more memory (or rerun with --device cpu)",
+                exit_codes.EX_TEMPFAIL,
+            )  # fmt: skip
+            return exit_codes.EX_TEMPFAIL
         return exit_codes.PARTICIPANT_FAILED
     return exit_codes.OK
+
+
+def is_gpu_out_of_memory(err: BaseException, message: str = "") -> bool:
+    """True for a CUDA out-of-memory error, raised here or inside a Nipype node (then only
+    the crash file's last line, ``message``, tells)."""
+    name = type(err).__name__
+    text = f"{err} {message}"
+    return name == "OutOfMemoryError" or "OutOfMemoryError" in text or "CUDA out of memory" in text
 
 
 _NODE_FAILURES = ("Workflow did not execute cleanly", "Exception raised while executing Node")
 
 
-def _report_failure(cfg: RunConfig, subject: str, sid: str, err: Exception) -> None:
+def _report_failure(cfg: RunConfig, subject: str, sid: str, err: Exception) -> str:
+    """Write ``sub-X/log/error-<sid>.txt`` and log the cause; return the cause's message."""
     log_dir = cfg.output_dir / f"sub-{subject}" / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     message = str(err)
@@ -348,3 +368,4 @@ def _report_failure(cfg: RunConfig, subject: str, sid: str, err: Exception) -> N
         f"{sid}: {message}\n\n" + "".join(traceback.format_exception(err))
     )
     LOGGER.error("%s failed: %s", sid, message)
+    return message

@@ -276,7 +276,13 @@ def run_train_level(cfg: RunConfig) -> int:
     from ..processing.threads import limit_threads
     from ..training.pipeline import train
     from ..training.report import write_training_report
-    from .base import _gpu_available, _report_failure, open_inputs, write_dataset_description
+    from .base import (
+        _gpu_available,
+        _report_failure,
+        is_gpu_out_of_memory,
+        open_inputs,
+        write_dataset_description,
+    )
 
     cfg.seed_everything()
     try:
@@ -353,6 +359,13 @@ def run_train_level(cfg: RunConfig) -> int:
     except ValueError as err:
         LOGGER.error("%s", err)
         return exit_codes.USAGE
+    except Exception as err:
+        if not is_gpu_out_of_memory(err):
+            raise
+        LOGGER.error("training %s: the GPU ran out of memory (%s); the run resumes from its "
+                     "last checkpoint in %s: rerun on a GPU with more memory, or lower "
+                     "--batch-size", name, err, train_dir / "checkpoints")  # fmt: skip
+        return exit_codes.EX_TEMPFAIL
     summary = {
         "model": name, "loss": tcfg.loss, "moving -> fixed":
         f"{cfg.moving_modality} -> {cfg.fixed_modality}", "reference": cfg.reference,
