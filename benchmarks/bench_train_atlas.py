@@ -226,6 +226,7 @@ def make_config(args: argparse.Namespace, loss: str):
         device="cpu",
         seed=args.seed,
         num_negatives=args.num_negatives,
+        tau=args.tau,
         val_every=max(1, args.steps // 4),
         val_pairs=8,
         checkpoint_every=max(1, min(500, args.steps)),
@@ -241,6 +242,7 @@ def run_name(args: argparse.Namespace, loss: str) -> str:
         f"{loss}_s{args.steps}_lr{args.lr:g}_ch{args.ch}d{args.depth}_neg{args.num_negatives}"
         f"_ae{args.ae_steps}c{args.ae_crop}_seed{args.seed}"
         + (f"_hlr{args.hypernet_lr:g}" if args.hypernet_lr is not None else "")
+        + (f"_tau{args.tau:g}" if args.tau != 0.007 else "")
     )
 
 
@@ -526,6 +528,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ch", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--num-negatives", type=int, default=256)
+    p.add_argument("--tau", type=float, default=0.007, help="PatchNCE temperature (paper 0.007)")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers")
     p.add_argument(
         "--threads",

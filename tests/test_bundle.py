@@ -367,6 +367,14 @@ def test_future_format_version(saved, tmp_path):
     _refused(out, "invalid bundle format_version")
 
 
+def test_format_1_bundles_are_refused_with_a_retrain_message(saved, tmp_path):
+    path, _, _ = saved
+    out = _rewrite(
+        path, tmp_path / "old.safetensors", meta_fn=lambda m: m.update(format_version="1")
+    )
+    _refused(out, "format version 1 was written by an older", "retrain")
+
+
 class _Evil:
     """Unpickling this object would create a marker file."""
 

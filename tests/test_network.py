@@ -44,10 +44,9 @@ def test_lambda_changes_output_through_film():
     torch.nn.init.normal_(net.flow.weight, 0, 0.05)
     mov, fix = _pair()
     a = net.velocity(mov, fix, 0.0)
-    torch.testing.assert_close(a, net.velocity(mov, fix, 1.0))  # projections start at zero
-    for proj in net.hypernet.projections:
-        torch.nn.init.normal_(proj.weight, 0, 0.1)
-    assert (net.velocity(mov, fix, 0.0) - net.velocity(mov, fix, 1.0)).abs().max() > 1e-4
+    # small non-zero projections: lambda matters from the start, but only a little
+    diff = (a - net.velocity(mov, fix, 1.0)).abs().max()
+    assert 1e-5 < diff < 0.5 * a.abs().max()
     batch = torch.cat([mov, mov]), torch.cat([fix, fix])
     v = net.velocity(*batch, torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(v[:1], net.velocity(mov, fix, 0.0), atol=1e-5, rtol=1e-4)
@@ -62,6 +61,21 @@ def test_gradients_reach_unet_flow_and_hypernet():
     assert net.flow.weight.grad.abs().sum() > 0
     assert net.unet.encoder[0].conv.weight.grad.abs().sum() > 0
     assert net.hypernet.projections[0].weight.grad.abs().sum() > 0
+
+
+def test_lambda_embedding_gets_gradient_at_step_zero():
+    """Zero-initialised FiLM projections left the embedding MLP without any gradient, so
+    the lambda conditioning could not start to learn."""
+    torch.manual_seed(0)
+    net = ContraRegNet(ch=8, depth=2)
+    mov, fix = _pair()
+    out = net(mov, fix, torch.full((1,), 0.3))
+    ((out.moved - fix) ** 2).mean().backward()
+    for layer in net.hypernet.embed:
+        if isinstance(layer, torch.nn.Linear):
+            assert layer.weight.grad.abs().sum() > 0
+    # lambda's direct path into the projections (the last input column) is trained too
+    assert net.hypernet.projections[0].weight.grad[:, -1].abs().sum() > 0
 
 
 def test_param_groups_give_projection_weight_decay():
@@ -135,13 +149,57 @@ def test_autoencoder_features_and_mask_grid():
         (12, 12, 12),
     ]
     assert all(torch.equal(a, b) for a, b in zip(ae.features(x), feats, strict=True))
+
+
+def _linearised(ae: Autoencoder) -> Autoencoder:
+    """The autoencoder with positive constant kernels, no norm, no activation: every
+    feature cell is a symmetric positive filter of the input, centred where the cell is."""
+    for block in ae.blocks:
+        torch.nn.init.constant_(block.conv.weight, 1.0)
+        torch.nn.init.zeros_(block.conv.bias)
+        block.norm = torch.nn.Identity()
+        block.act = torch.nn.Identity()
+    return ae
+
+
+def test_feature_geometry_matches_an_impulse_response_through_the_real_autoencoder():
+    """Cell centres of every feature layer (the receptive field's centroid) are where
+    ``feature_geometry`` says, not at the blocks ``[f j, f (j + 1))``."""
+    ae = _linearised(Autoencoder()).double()
+    assert ae.feature_geometry == (
+        (1.0, 0.0), (2.0, 0.0), (4.0, 0.0), (8.0, 0.0), (4.0, -2.0), (2.0, -3.0),
+    )  # fmt: skip
+    x = torch.rand(1, 1, 64, 64, 64, dtype=torch.float64, requires_grad=True)
+    feats = ae.features(x)
+    axis_pos = torch.arange(64, dtype=torch.float64)
+    for (stride, offset), f in zip(ae.feature_geometry, feats, strict=True):
+        n = f.shape[2]
+        for j in (n // 2 - 1, n // 2):  # interior cells (no border clamping)
+            (g,) = torch.autograd.grad(f[0, 0, j, n // 2, n // 2], x, retain_graph=True)
+            w = g[0, 0].abs().sum(dim=(1, 2))
+            centroid = float((w * axis_pos).sum() / w.sum())
+            assert centroid == pytest.approx(stride * j + offset, abs=1e-6)
+
+
+def test_mask_to_feature_grid_follows_the_real_cell_centres():
+    ae = Autoencoder()
+    x = torch.rand(1, 1, 19, 24, 17)
+    feats = ae.features(x)
     mask = torch.zeros(1, 1, 19, 24, 17)
-    mask[0, 0, 18, 0, 0] = 1  # a single voxel near the far corner of axis 0
-    for f in feats:
-        m = mask_to_feature_grid(mask, f.shape[2:])
-        assert m.shape[2:] == f.shape[2:]
-        factor = 24 // f.shape[2]
-        assert m.sum() == 1 and m[0, 0, 18 // factor, 0, 0] == 1
+    mask[0, 0, 9, 12, 8] = 1  # one interior voxel
+    for (stride, offset), f in zip(ae.feature_geometry, feats, strict=True):
+        m = mask_to_feature_grid(mask, f.shape[2:], stride, offset)[0, 0]
+        assert m.shape == f.shape[2:]
+        cells = m.nonzero().tolist()
+        assert cells, (stride, offset)
+        radius = np.ceil(stride / 2) if stride > 1 else 0
+        for c in cells:  # every foreground cell is centred within `radius` of the voxel
+            centre = np.array(c) * stride + offset
+            assert np.all(np.abs(np.round(centre) - [9, 12, 8]) <= radius)
+    # a cell centred outside the image (before voxel 0 at the upsampled layers) is background
+    full = torch.ones(1, 1, 19, 24, 17)
+    m5 = mask_to_feature_grid(full, feats[5].shape[2:], *ae.feature_geometry[5])
+    assert m5[0, 0, 0].sum() == 0 and m5[0, 0, 2, 2:10, 2:10].all() and m5[0, 0, 2, :, 10:].sum() == 0
 
 
 def test_register_arrays_matches_forward_and_warps_labels(rng):

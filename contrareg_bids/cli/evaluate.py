@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..evaluation.sweep import FOLD_LIMIT, PAPER_LAMBDAS
+from ..evaluation.sweep import FOLD_LIMIT, PAPER_LAMBDAS, SYN_ITERATIONS
 
 
 def _unit_float(value: str) -> float:
@@ -48,7 +48,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambdas", type=_unit_float, nargs="+", default=list(PAPER_LAMBDAS),
                    metavar="L", help="lambda values (default: the paper's 17)")  # fmt: skip
     p.add_argument("--ants", action="store_true", help="add ANTs SyN (Mattes MI) rows")
-    p.add_argument("--ants-iterations", type=int, nargs="+", default=[40, 20, 0],
+    p.add_argument("--ants-iterations", type=int, nargs="+", default=list(SYN_ITERATIONS),
                    metavar="N", help="SyN iterations per level")  # fmt: skip
     p.add_argument("--labels", type=int, nargs="+", metavar="L",
                    help="labels Dice averages over (default: the fixed map's)")  # fmt: skip

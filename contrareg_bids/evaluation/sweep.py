@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..processing.register import SYN_ITERATIONS
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -264,7 +266,7 @@ def run_sweep(
     lambdas: Sequence[float] = PAPER_LAMBDAS,
     names: Sequence[str] | None = None,
     ants: bool = False,
-    ants_iterations: Sequence[int] = (40, 20, 0),
+    ants_iterations: Sequence[int] = SYN_ITERATIONS,
     device: str | None = None,
     labels: Sequence[int] | None = None,
     fold_limit: float = FOLD_LIMIT,

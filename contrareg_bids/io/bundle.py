@@ -11,7 +11,7 @@ and, in the safetensors metadata (a ``dict[str, str]``):
 
 =====================  =====================================================================
 ``format``             ``"contrareg-bids-bundle"``
-``format_version``     ``"1"`` (:data:`FORMAT_VERSION`)
+``format_version``     ``"2"`` (:data:`FORMAT_VERSION`)
 ``contrareg_bids``     the JSON document of :class:`BundleMetadata`
 ``metadata_sha256``    sha256 of that JSON document (UTF-8)
 ``payload_sha256``     sha256 of the tensors (:func:`payload_sha256`: sorted names, dtypes,
@@ -67,8 +67,9 @@ __all__ = [
 ]
 
 FORMAT_NAME = "contrareg-bids-bundle"
-#: Newest bundle layout this version writes and reads.
-FORMAT_VERSION = 1
+#: Newest bundle layout this version writes and reads. Version 2: the FiLM projections of
+#: the lambda hypernetwork take ``[embedding, lambda]`` (version 1 took the embedding only).
+FORMAT_VERSION = 2
 
 _KEY_FORMAT = "format"
 _KEY_VERSION = "format_version"
@@ -859,6 +860,12 @@ def _read_metadata(header: _Header) -> tuple[BundleMetadata, int]:
         )
     if version < 1:
         raise BundleError(f"{path}: invalid bundle format_version {version}")
+    if version < FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format version {version} was written by an older contrareg-bids "
+            f"whose lambda hypernetwork this {__version__} no longer runs (format "
+            f"{FORMAT_VERSION}); retrain the model with this version"
+        )
     doc = meta.get(_KEY_DOC)
     if doc is None:
         raise BundleError(f"{path}: bundle metadata {_KEY_DOC!r} is missing")

@@ -11,13 +11,14 @@ Choices made here (the paper leaves them open):
 - **Per-sample mean.** The cross-entropy is averaged over the sampled locations (and the
   batch), then summed over layers; the paper writes a sum over locations, which only
   rescales the loss by the number of samples (absorbed by ``alpha`` in the objective).
-- **Mask resize (mCR).** The image-resolution foreground mask is resized to each layer's grid
-  with *max* pooling: a coarse cell is foreground when any voxel it covers is. Unlike
-  nearest-neighbour subsampling this never drops thin structures (cortex, ventricles) at the
-  coarse layers; the price is a foreground dilated by at most one cell per layer.
-  :class:`ContrastiveSimilarity` first pads the mask like the autoencoder pads its input (at
-  the end of each axis, to a multiple of ``ae.multiple`` when the autoencoder has that
-  attribute), so every feature cell pools exactly the image voxels it was computed from.
+- **Mask resize (mCR).** A coarse cell is foreground when any image voxel near its centre
+  is (max pooling): unlike nearest-neighbour subsampling this never drops thin structures
+  (cortex, ventricles) at the coarse layers; the price is a foreground dilated by about half
+  a cell. :class:`ContrastiveSimilarity` maps the mask with the autoencoder's real geometry
+  (``ae.feature_geometry``: strided convolutions and upsamplings put cell centres up to 1.75
+  cells away from the blocks ``[f i, f (i + 1))``; see
+  :func:`~contrareg_bids.nn.autoencoder.mask_to_feature_grid`). For other autoencoders it pads
+  the mask like the autoencoder pads its input and block-pools it (:func:`resize_mask`).
   :class:`PatchNCELoss` also accepts ready-made per-layer masks.
 - **Empty masks.** When a layer's resized mask holds fewer than 2 foreground cells for an
   item (no negatives possible), that item samples the whole grid at that layer, i.e. falls
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contrareg_bids.nn.autoencoder import mask_to_feature_grid
 from contrareg_bids.nn.heads import ProjectionHeads
 
 from ._checks import check_finite, check_mask, check_pair, check_volume, full_precision
@@ -295,6 +297,20 @@ def _pad_like_autoencoder(mask: torch.Tensor, ae: nn.Module) -> torch.Tensor:
     return F.pad(mask, pads) if any(pads) else mask
 
 
+def _feature_masks(
+    mask: torch.Tensor, ae: nn.Module, feats: list[torch.Tensor]
+) -> torch.Tensor | list[torch.Tensor]:
+    """The image mask on every feature grid of ``ae``: with its real geometry when the
+    autoencoder declares ``feature_geometry``, else padded for :func:`resize_mask`."""
+    geometry = getattr(ae, "feature_geometry", None)
+    if geometry is None or len(geometry) != len(feats):
+        return _pad_like_autoencoder(mask, ae)
+    return [
+        mask_to_feature_grid(mask, f.shape[2:], stride, offset)
+        for f, (stride, offset) in zip(feats, geometry, strict=True)
+    ]
+
+
 class ContrastiveSimilarity(nn.Module):
     """Image-level contrastive similarity ``d12(fixed || moved)`` of ContraReg.
 
@@ -443,10 +459,10 @@ class ContrastiveSimilarity(nn.Module):
         # re-assert the freeze: a parent's requires_grad_()/train() bypasses our overrides
         self._freeze()
         m = check_mask(mask, fixed) if self.masked else None
-        if m is not None:
-            m = _pad_like_autoencoder(m, self.ae_fixed)
         feats_f = self._features(self.ae_fixed, fixed, "fixed")
         feats_m = self._features(self.ae_moved, moved, "moved")
+        if m is not None:
+            m = _feature_masks(m, self.ae_fixed, feats_f)
         feats_e = None
         m_e = None
         if external is not None:
@@ -460,7 +476,7 @@ class ContrastiveSimilarity(nn.Module):
             if self.masked:
                 m_e = check_mask(external_mask, external, "external_mask", "external")
                 if m_e is not None:
-                    m_e = _pad_like_autoencoder(m_e, self.ae_moved)
+                    m_e = _feature_masks(m_e, self.ae_moved, feats_e)
         elif external_mask is not None:
             raise ValueError("external_mask given without external")
         return self.nce(

@@ -8,6 +8,7 @@ first six blocks are the multi-scale features sampled by PatchNCE.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -73,6 +74,8 @@ class Autoencoder(nn.Module):
         self.feature_channels: tuple[int, ...] = tuple(f for f, _ in blocks[:n_feature_layers])
         downs = sum(1 for _, r in blocks if r < 0)
         self.multiple = 2**downs
+        #: ``(stride, offset)`` of each feature layer's cells in image voxels
+        self.feature_geometry = block_geometry(blocks)[:n_feature_layers]
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         pads = []
@@ -103,23 +106,49 @@ class Autoencoder(nn.Module):
         return feats
 
 
-def mask_to_feature_grid(mask: torch.Tensor, feature_shape: Sequence[int], multiple: int = 8):
-    """Resize a foreground mask ``(N, 1, X, Y, Z)`` onto a feature map's grid.
+def block_geometry(blocks: Sequence[tuple[int, int]]) -> tuple[tuple[float, float], ...]:
+    """Where each block's cells sit in the image: ``(stride, offset)`` per block, cell ``j``
+    centred on image voxel ``stride * j + offset`` (along every axis).
 
-    The autoencoder pads its input at the END of each axis up to a multiple of ``multiple``
-    before the first block, so feature voxel ``i`` of a map ``f`` times coarser covers image
-    voxels ``[i*f, (i+1)*f)``. The mask is padded the same way, then max-pooled by ``f``: a
-    feature voxel counts as foreground when any voxel under it is (thin structures survive).
+    A 3x3x3 stride-2 convolution with padding 1 centres output ``i`` on input ``2 i``; a x2
+    trilinear upsampling (``align_corners=False``) puts output ``j`` at input ``j / 2 - 0.25``.
+    So the coarse layers are *not* the blocks ``[f i, f (i + 1))`` one would assume: at the
+    default blocks the centres lie 0.4 to 1.75 cells before them (an impulse test in
+    ``tests/test_network.py`` checks these numbers on the real module).
     """
-    pads = []
-    for s in reversed(mask.shape[2:]):
-        pads += [0, (-s) % multiple]
-    m = F.pad(mask.float(), pads) if any(pads) else mask.float()
-    factors = [ps // fs for ps, fs in zip(m.shape[2:], feature_shape, strict=True)]
-    if any(f < 1 for f in factors):
-        raise ValueError(
-            f"feature_shape {tuple(feature_shape)} is finer than mask {tuple(m.shape)}"
-        )
-    if all(f == 1 for f in factors):
-        return m[..., : feature_shape[0], : feature_shape[1], : feature_shape[2]]
-    return F.max_pool3d(m, kernel_size=factors, stride=factors)
+    stride, offset, out = 1.0, 0.0, []
+    for _, resample in blocks:
+        if resample < 0:
+            stride *= 2.0
+        elif resample > 0:
+            offset -= stride / 4.0
+            stride /= 2.0
+        out.append((stride, offset))
+    return tuple(out)
+
+
+def mask_to_feature_grid(
+    mask: torch.Tensor, feature_shape: Sequence[int], stride: float = 1.0, offset: float = 0.0
+) -> torch.Tensor:
+    """A foreground mask ``(N, 1, X, Y, Z)`` on a feature map's grid, with the real geometry.
+
+    Cell ``j`` (centred on image voxel ``stride * j + offset``, :func:`block_geometry`) is
+    foreground when any image voxel within ``ceil(stride / 2)`` of its centre is: thin
+    structures survive at coarse layers, and a cell whose centre falls outside the image (the
+    autoencoder's padding, the border shift of the upsampled layers) is background.
+    Returns float32 {0, 1} ``(N, 1, *feature_shape)``.
+    """
+    m = (mask.detach().float() > 0.5).float()
+    radius = int(math.ceil(stride / 2.0)) if stride > 1 else 0
+    if radius:
+        m = F.max_pool3d(m, 2 * radius + 1, stride=1, padding=radius)
+    out = m
+    for axis, n in enumerate(feature_shape):
+        centres = torch.round(stride * torch.arange(int(n), dtype=torch.float64) + offset).long()
+        size = m.shape[2 + axis]
+        inside = (centres >= 0) & (centres < size)
+        out = out.index_select(2 + axis, centres.clamp(0, size - 1).to(m.device))
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = int(n)
+        out = out * inside.to(m.device, m.dtype).reshape(shape)
+    return out

@@ -153,18 +153,24 @@ def contrareg_register(
     return RegResult(fwd, inv, moved, fixed_moved, "contrareg", lam, search_json)
 
 
+#: SyN iterations per level (coarse to fine). antspyx's default ``(40, 20, 0)`` runs no
+#: full-resolution iteration; with these, same-modality SyN on the development atlas gains
+#: 3-5x more over affine alignment. The baseline we compare with is the strong one.
+SYN_ITERATIONS: tuple[int, int, int] = (100, 70, 50)
+
+
 def ants_syn_register(
     moving_path: PathLike,
     fixed_path: PathLike,
     out_dir: PathLike = ".",
     *,
     seed: int | None = None,
-    iterations: Sequence[int] = (40, 20, 0),
+    iterations: Sequence[int] = SYN_ITERATIONS,
     transform_type: str = "SyN",
     metric: str = "mattes",
     prefix: str = "",
 ) -> RegResult:
-    """The ANTs baseline: antspyx ``SyN`` (affine stage + SyN, Mattes MI, antspyx defaults).
+    """The ANTs baseline: antspyx ``SyN`` (affine stage + SyN, Mattes MI, :data:`SYN_ITERATIONS`).
 
     ``iterations`` are SyN's per-level iterations (antspyx ``reg_iterations``; fewer for quick
     tests). The forward transforms (warp and affine) are composed by ``antsApplyTransforms``

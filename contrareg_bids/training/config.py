@@ -59,6 +59,8 @@ class TrainConfig:
     any single weight does).
     ``lambda_range`` is where lambda ~ U is drawn with the hypernetwork; without it
     (``regnet.hypernet=False``) ``regnet.fixed_lambda`` is used at every step.
+    ``reg_scale`` multiplies ``L_reg``; None calibrates it at the start of training so that
+    the two terms' gradients balance at lambda = 0.5 (``training/calibration.py``).
     """
 
     loss: str = "mcr"
@@ -68,6 +70,7 @@ class TrainConfig:
     batch_size: int = 1
     alpha: float | None = None
     lambda_range: tuple[float, float] = (0.0, 1.0)
+    reg_scale: float | None = None
     num_negatives: int = 1024
     tau: float = 0.007
     mi_bins: int = 48
@@ -104,6 +107,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or (self.hypernet_lr is not None and self.hypernet_lr <= 0):
             raise ValueError(f"learning rates must be > 0, got {self.lr}, {self.hypernet_lr}")
+        if self.reg_scale is not None and not self.reg_scale > 0:
+            raise ValueError(f"reg_scale must be > 0 (or None to calibrate), got {self.reg_scale}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 

@@ -11,7 +11,15 @@ autoencoders and heads the other way round. Choices of ours, documented here:
 - ``+extnegs`` takes the external negatives from the previous training step's images
   (another subject with high probability: pairs are drawn at random).
 - mCR's foreground is the union of the fixed mask and the moving mask warped with the
-  same field (nearest); without masks in the data the image support (> 0) stands in.
+  same field (nearest); without masks in the data the image support (> 0) stands in. The
+  baselines (MI, LocalMI, MIND, NGF) get the same union mask: about 80 % of a neonatal grid
+  is background, and unmasked the zero bin dominates MI's joint histogram.
+- ``L_reg`` is multiplied by ``reg_scale``: the paper does not say how its terms are
+  normalised, and with a voxel-mean diffusion penalty the two gradients balance only at
+  lambda ~ 0.999, so lambda would do nothing over most of [0, 1]. ``reg_scale`` is set at the
+  start of training by :func:`~contrareg_bids.training.calibration.calibrate_reg_scale`
+  (gradient-norm ratio of the two terms at a reference deformation, so that they balance
+  at lambda = 0.5) unless the configuration fixes it.
 """
 
 from __future__ import annotations
@@ -82,6 +90,8 @@ class RegistrationObjective(nn.Module):
         self.variants = cfg.variants
         self.alpha = cfg.effective_alpha
         self.regularizer = Diffusion()
+        #: weight of ``L_reg`` relative to ``alpha * L_sim`` (see the module docstring)
+        self.reg_scale = 1.0 if cfg.reg_scale is None else float(cfg.reg_scale)
         self.contrastive = self.base in ("cr", "mcr")
         if self.contrastive:
             if not autoencoders or set(autoencoders) != {"moving", "fixed"}:
@@ -115,15 +125,15 @@ class RegistrationObjective(nn.Module):
     ) -> torch.Tensor:
         """``0.5 * (d12 + d21)`` already scaled by alpha (and with ``+mi`` added)."""
         fixed, moving = batch["fixed"], batch["moving"]
-        if not self.contrastive:
-            d12 = self.sim(fixed, out.moved)
-            d21 = self.sim(moving, out.fixed_moved)
-            return 0.5 * (d12 + d21) * self.alpha
         fixed_fg = foreground(batch, "fixed")
         moving_fg = foreground(batch, "moving")
         with torch.no_grad():
             mask12 = torch.maximum(fixed_fg, warp(moving_fg, out.forward_disp, mode="nearest"))
             mask21 = torch.maximum(moving_fg, warp(fixed_fg, out.inverse_disp, mode="nearest"))
+        if not self.contrastive:
+            d12 = self.sim(fixed, out.moved, mask=mask12)
+            d21 = self.sim(moving, out.fixed_moved, mask=mask21)
+            return 0.5 * (d12 + d21) * self.alpha
         ext12 = ext21 = None
         if "extnegs" in self.variants:
             if self._external is not None:
@@ -133,7 +143,9 @@ class RegistrationObjective(nn.Module):
         d21 = self.sim21(moving, out.fixed_moved, mask=mask21, external=ext21, generator=generator)
         sim = 0.5 * (d12 + d21) * self.alpha
         if self.mi is not None:
-            sim = sim + 0.5 * (self.mi(fixed, out.moved) + self.mi(moving, out.fixed_moved))
+            sim = sim + 0.5 * (
+                self.mi(fixed, out.moved, mask=mask12) + self.mi(moving, out.fixed_moved, mask=mask21)
+            )
         return sim
 
     def forward(
@@ -143,7 +155,7 @@ class RegistrationObjective(nn.Module):
         lam: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-item ``(1 - lambda) * sim + lambda * reg`` averaged over the batch.
+        """Per-item ``(1 - lambda) * sim + lambda * reg_scale * reg`` averaged over the batch.
 
         Similarities are batch means, so with a batch of several lambdas the weights use
         the batch-mean lambda for the similarity; the regulariser is weighted per item.
@@ -151,5 +163,5 @@ class RegistrationObjective(nn.Module):
         sim = self.similarity(batch, out, generator)
         reg_items = torch.stack([self.regularizer(v[None]) for v in out.velocity])
         lam = lam.reshape(-1).float()
-        total = (1.0 - lam).mean() * sim + (lam * reg_items).mean()
+        total = (1.0 - lam).mean() * sim + self.reg_scale * (lam * reg_items).mean()
         return {"loss": total, "sim": sim.detach(), "reg": reg_items.mean().detach()}

@@ -253,6 +253,7 @@ def train(
                 "num_negatives": cfg.num_negatives,
                 "tau": cfg.tau,
                 "mi_bins": cfg.mi_bins,
+                "reg_scale": objective.reg_scale,
             },
             lambda_range=tuple(cfg.lambda_range),
             training_steps=result.step,

@@ -290,6 +290,37 @@ def validate(
     return res
 
 
+#: training pairs the regulariser's scale is calibrated on
+CALIBRATION_PAIRS = 4
+
+
+def _calibrate(
+    objective: RegistrationObjective,
+    train_set: Dataset,
+    cfg: TrainConfig,
+    dev: torch.device,
+    ctx: ddp.DistContext,
+) -> float:
+    """``reg_scale`` from the first training pairs (:mod:`.calibration`); every rank computes
+    the same value (same pairs, same seeds)."""
+    from torch.utils.data import default_collate
+
+    from .calibration import calibrate_reg_scale
+
+    batches = (
+        _to_device(default_collate([train_set[(0, i)]]), dev)
+        for i in range(min(CALIBRATION_PAIRS, len(train_set)))
+    )
+    res = calibrate_reg_scale(objective, batches, cfg.regnet.ts, cfg.seed, dev)
+    if ctx.is_main:
+        LOGGER.info(
+            "regulariser scale %.4g (gradient-norm ratios %s at std log|J| %.2f): the terms "
+            "balance at lambda 0.5", res["reg_scale"],
+            ", ".join(f"{r:.3g}" for r in res["ratios"]), res["reference_std_log_jac"],
+        )  # fmt: skip
+    return res["reg_scale"]
+
+
 def train_registration(
     train_set: Dataset,
     cfg: TrainConfig,
@@ -339,12 +370,15 @@ def train_registration(
             )
         net.load_state_dict(state["net"])
         objective.heads.load_state_dict(state["heads"])
+        objective.reg_scale = float(state.get("reg_scale", objective.reg_scale))
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         set_rng_state(state["rng"])
         gen.set_state(state["generators"][min(ctx.rank, len(state["generators"]) - 1)])
         if ctx.is_main:
             LOGGER.info("registration: resuming from %s at step %d", ckpt_path, step)
+    elif cfg.reg_scale is None:
+        objective.reg_scale = _calibrate(objective, train_set, cfg, dev, ctx)
     if cfg.compile:  # in place: parameter names (checkpoints, bundles) stay the same
         net.unet.compile()
     if ctx.distributed:
@@ -376,6 +410,7 @@ def train_registration(
         save_checkpoint(
             ckpt_path, net=net.state_dict(), heads=objective.heads.state_dict(),
             optimizer=opt.state_dict(), step=step, generators=gens, config=cfg.to_json(),
+            reg_scale=objective.reg_scale,
         )  # fmt: skip
         LOGGER.info("checkpoint step %d written by rank %d: %s", step, ctx.rank, ckpt_path)
         if on_checkpoint is not None:
