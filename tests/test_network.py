@@ -199,7 +199,9 @@ def test_mask_to_feature_grid_follows_the_real_cell_centres():
     # a cell centred outside the image (before voxel 0 at the upsampled layers) is background
     full = torch.ones(1, 1, 19, 24, 17)
     m5 = mask_to_feature_grid(full, feats[5].shape[2:], *ae.feature_geometry[5])
-    assert m5[0, 0, 0].sum() == 0 and m5[0, 0, 2, 2:10, 2:10].all() and m5[0, 0, 2, :, 10:].sum() == 0
+    assert (
+        m5[0, 0, 0].sum() == 0 and m5[0, 0, 2, 2:10, 2:10].all() and m5[0, 0, 2, :, 10:].sum() == 0
+    )
 
 
 def test_register_arrays_matches_forward_and_warps_labels(rng):

@@ -327,3 +327,42 @@ def test_suppretrain_variant_trains_end_to_end_without_autograd_warnings(tmp_pat
     bundle = load_model(out.bundle)
     assert bundle.metadata.loss == "mcr+suppretrain"
     assert set(bundle.heads) == {"T2w", "T1w"}
+
+
+def _deformed_pair(icbm_pair):
+    t1 = icbm_pair["t1w"][16:48, 24:64, 20:52]
+    t2 = icbm_pair["t2w"][16:48, 24:64, 20:52]
+    rng = np.random.default_rng(0)
+    v = np.stack([gaussian_filter(rng.standard_normal(t2.shape), 6) for _ in range(3)])
+    v = torch.from_numpy((v / np.abs(v).max() * 3.0).astype(np.float32))[None]
+    t2_def = warp(torch.from_numpy(t2)[None, None], integrate_velocity(v, 7))[0, 0].numpy()
+    return t2_def, t1
+
+
+def _lambda_response(icbm_pair, tmp_path, reg_scale):
+    """std log|J| at lambda 0 and 1 of a tiny lambda-conditioned MI model."""
+    from contrareg_bids.metrics import std_log_jacobian
+
+    mov, fix = _deformed_pair(icbm_pair)
+    ds = PairDataset(
+        [VolumeRecord(image=mov, subject="a")], [VolumeRecord(image=fix, subject="b")]
+    )
+    cfg = sloppy_config(
+        loss="mi", steps=80, lr=2e-3, hypernet_lr=2e-3, reg_scale=reg_scale, val_every=1000,
+        checkpoint_every=1000, regnet={"ch": 8, "depth": 2}, num_workers=0,
+    )  # fmt: skip
+    net, objective, _ = train_registration(ds, cfg, tmp_path / f"run{reg_scale}", progress=False)
+    net.eval()
+    m, f = (torch.from_numpy(a)[None, None] for a in (mov, fix))
+    with torch.no_grad():
+        sd = [std_log_jacobian(net(m, f, lam).forward_disp[0].numpy()) for lam in (0.0, 1.0)]
+    return sd, objective.reg_scale
+
+
+def test_lambda_controls_smoothness_once_the_regulariser_is_calibrated(icbm_pair, tmp_path):
+    """With the voxel-mean diffusion term at scale 1 the similarity outweighs it at every
+    lambda < 0.99 and the trained model's warps hardly change with lambda; the calibrated
+    scale makes lambda = 1 markedly smoother than lambda = 0."""
+    (sd0, sd1), scale = _lambda_response(icbm_pair, tmp_path, None)
+    print("calibrated: reg_scale", scale, "std log|J| at lambda 0 / 1:", sd0, sd1)
+    assert scale > 5 and sd1 < 0.5 * sd0

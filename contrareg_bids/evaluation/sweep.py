@@ -230,17 +230,23 @@ def _ras_spacing_affine(affine: np.ndarray) -> np.ndarray:
     return np.diag([*np.linalg.norm(np.asarray(affine)[:3, :3], axis=0), 1.0])
 
 
-def _ants_pair(
-    data: _Loaded, work: Path, seed: int | None, iterations: Sequence[int]
+def ants_forward_field(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    affine: np.ndarray,
+    work: Path,
+    seed: int | None = None,
+    iterations: Sequence[int] = SYN_ITERATIONS,
 ) -> tuple[np.ndarray, float]:
-    """ANTs SyN (:func:`~contrareg_bids.processing.register.ants_syn_register`) on the pair;
-    returns the forward field in voxels and the registration time."""
+    """ANTs SyN (:func:`~contrareg_bids.processing.register.ants_syn_register`) of two
+    arrays on one grid; returns the forward field in voxels and the registration time."""
     from ..io.transforms import read_displacement_nifti, write_nifti
     from ..processing.register import ants_syn_register
 
-    affine = _ras_spacing_affine(data.affine)
-    mov = write_nifti(data.moving, affine, work / "moving.nii.gz", dtype=np.float32)
-    fix = write_nifti(data.fixed, affine, work / "fixed.nii.gz", dtype=np.float32)
+    affine = _ras_spacing_affine(affine)
+    work.mkdir(parents=True, exist_ok=True)
+    mov = write_nifti(moving, affine, work / "moving.nii.gz", dtype=np.float32)
+    fix = write_nifti(fixed, affine, work / "fixed.nii.gz", dtype=np.float32)
     t0 = time.perf_counter()
     res = ants_syn_register(mov, fix, work / "out", seed=seed, iterations=iterations)
     seconds = time.perf_counter() - t0
@@ -248,7 +254,14 @@ def _ants_pair(
     return disp.astype(np.float32), seconds
 
 
-def _warp_labels(labels: np.ndarray, disp: np.ndarray) -> np.ndarray:
+def _ants_pair(
+    data: _Loaded, work: Path, seed: int | None, iterations: Sequence[int]
+) -> tuple[np.ndarray, float]:
+    return ants_forward_field(data.moving, data.fixed, data.affine, work, seed, iterations)
+
+
+def warp_label_map(labels: np.ndarray, disp: np.ndarray) -> np.ndarray:
+    """Labels ``(X, Y, Z)`` through a forward field ``(3, X, Y, Z)`` in voxels (one-hot linear)."""
     import torch
 
     from ..nn.integrate import warp_labels
@@ -327,7 +340,7 @@ def run_sweep(
             if ants:
                 with tempfile.TemporaryDirectory(prefix="contrareg-eval-") as tmp:
                     disp, seconds = _ants_pair(data, Path(tmp), seed, ants_iterations)
-                moved = _warp_labels(data.moving_labels, disp)
+                moved = warp_label_map(data.moving_labels, disp)
                 scores = evaluate_pair(moved, data.fixed_labels, disp, data.fixed_mask, labels)
                 rows.append(
                     {"method": ANTS_METHOD, "lambda": None, "pair": pname, **scores,

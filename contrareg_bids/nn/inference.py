@@ -15,6 +15,7 @@ import torch
 
 from .integrate import integrate_velocity, warp, warp_labels
 from .model import ContraRegNet
+from .refine import RefineSettings, refine_velocity
 
 
 @dataclass
@@ -62,12 +63,20 @@ def register_arrays(
     device: str | torch.device | None = "cpu",
     moving_labels: np.ndarray | None = None,
     amp: bool = False,
+    refine: RefineSettings | None = None,
+    objective: torch.nn.Module | None = None,
+    moving_mask: np.ndarray | None = None,
+    fixed_mask: np.ndarray | None = None,
 ) -> InferenceResult:
     """Register ``moving`` to ``fixed`` (same grid) at regularisation weight ``lam``.
 
     ``lam`` is required for a lambda-conditioned network and ignored otherwise. Optional
     ``moving_labels`` are warped with the forward field (one-hot linear). ``amp`` runs the
     U-Net under autocast (bf16 on CPU, fp16 on CUDA); integration and warping stay float32.
+    ``refine`` with ``steps > 0`` optimises the predicted velocity on this pair with
+    ``objective`` (the bundle's, :func:`~contrareg_bids.training.objective.objective_from_bundle`)
+    at ``lam`` before integrating (:mod:`.refine`); optional brain masks restrict its
+    similarity as in training.
     """
     mov = _as_volume("moving", moving)
     fix = _as_volume("fixed", fixed)
@@ -87,13 +96,26 @@ def register_arrays(
     param = next(net.parameters())
     if param.device != dev:
         net.to(dev)
+    refining = refine is not None and refine.steps > 0
+    if refining and objective is None:
+        raise ValueError("refine needs the objective to optimise (objective_from_bundle)")
+    mov, fix = mov.to(dev), fix.to(dev)
     try:
         with torch.inference_mode():
-            mov, fix = mov.to(dev), fix.to(dev)
             amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp):
                 v = net.velocity(mov, fix, lam)
             v = v.float()
+        if refining:
+            masks = [
+                None if m is None else _as_volume(name, m).gt(0.5).float().to(dev)
+                for name, m in (("moving_mask", moving_mask), ("fixed_mask", fixed_mask))
+            ]
+            v = refine_velocity(
+                v.clone(), mov, fix, objective, 0.0 if lam is None else float(lam),
+                net.config.ts, refine, net.config.int_downsize, *masks,
+            )  # fmt: skip
+        with torch.inference_mode():
             fwd = integrate_velocity(v, net.config.ts, net.config.int_downsize)
             inv = integrate_velocity(-v, net.config.ts, net.config.int_downsize)
             del v

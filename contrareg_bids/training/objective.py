@@ -144,7 +144,8 @@ class RegistrationObjective(nn.Module):
         sim = 0.5 * (d12 + d21) * self.alpha
         if self.mi is not None:
             sim = sim + 0.5 * (
-                self.mi(fixed, out.moved, mask=mask12) + self.mi(moving, out.fixed_moved, mask=mask21)
+                self.mi(fixed, out.moved, mask=mask12)
+                + self.mi(moving, out.fixed_moved, mask=mask21)
             )
         return sim
 
@@ -165,3 +166,22 @@ class RegistrationObjective(nn.Module):
         lam = lam.reshape(-1).float()
         total = (1.0 - lam).mean() * sim + self.reg_scale * (lam * reg_items).mean()
         return {"loss": total, "sim": sim.detach(), "reg": reg_items.mean().detach()}
+
+
+def objective_from_bundle(bundle) -> RegistrationObjective:
+    """The training objective of a model bundle (its similarity with the bundle's frozen
+    autoencoders and trained heads, and its calibrated regulariser scale), for instance
+    optimisation at test time."""
+    md = bundle.metadata
+    train_cfg = dict((md.extra or {}).get("train_config") or {})
+    cfg = TrainConfig.from_dict(train_cfg) if train_cfg else TrainConfig(loss=md.loss)
+    reg_scale = (md.loss_params or {}).get("reg_scale", cfg.reg_scale)
+    cfg = cfg.updated(reg_scale=None if reg_scale is None else float(reg_scale))
+    roles = md.modalities
+    aes = heads = None
+    if cfg.base_loss in ("cr", "mcr"):
+        aes = {role: bundle.autoencoders[mod] for role, mod in roles.items()}
+        if bundle.heads:
+            heads = {role: bundle.heads[mod] for role, mod in roles.items()}
+    objective = RegistrationObjective(cfg, aes, heads)
+    return objective.to(next(bundle.regnet.parameters()).device)
