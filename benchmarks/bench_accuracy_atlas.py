@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_atlas import TISSUES, atlas_file, load_cohort, log  # noqa: E402
+from bench_train_atlas import TISSUES, atlas_file, load_cohort, log
 
 FOLD_LIMIT = 0.5
 

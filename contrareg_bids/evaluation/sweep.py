@@ -23,14 +23,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from ..processing.register import SYN_ITERATIONS
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import __version__
 from ..metrics import folding_percent, mean_dice, std_log_jacobian
+from ..processing.register import SYN_ITERATIONS
 from .plots import plot_sweep
 from .table import (
     ROW_COLUMNS,

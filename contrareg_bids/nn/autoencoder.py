@@ -139,7 +139,7 @@ def mask_to_feature_grid(
     Returns float32 {0, 1} ``(N, 1, *feature_shape)``.
     """
     m = (mask.detach().float() > 0.5).float()
-    radius = int(math.ceil(stride / 2.0)) if stride > 1 else 0
+    radius = math.ceil(stride / 2.0) if stride > 1 else 0
     if radius:
         m = F.max_pool3d(m, 2 * radius + 1, stride=1, padding=radius)
     out = m
