@@ -28,6 +28,10 @@ class ConfigError(ValueError):
     """A run that cannot start as configured (maps to exit code 2)."""
 
 
+#: test-time refinement steps when the user does not say (``--refine-steps``)
+DEFAULT_REFINE_STEPS = 0
+
+
 @dataclass
 class RunConfig:
     bids_dir: Path
@@ -48,6 +52,8 @@ class RunConfig:
     lam: float | str = 0.1
     #: folding budget (% voxels of each warp) of ``lam = "auto"``
     max_folding: float = 0.5
+    #: test-time refinement steps of each subject's warp (``nn/refine.py``)
+    refine_steps: int = DEFAULT_REFINE_STEPS
     random_seed: int = 0
     nprocs: int | None = None
     omp_nthreads: int | None = None
@@ -85,6 +91,7 @@ class RunConfig:
             fixed_modality=args.fixed_modality,
             lam=args.lam,
             max_folding=0.5 if getattr(args, "max_folding", None) is None else args.max_folding,
+            refine_steps=getattr(args, "refine_steps", DEFAULT_REFINE_STEPS),
             random_seed=args.random_seed,
             nprocs=args.nprocs,
             omp_nthreads=(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +100,29 @@ def test_baseline_similarities_only_see_the_union_foreground(loss):
     a = sim(fixed * mask, moving * mask)
     b = sim(fixed * mask + noise, moving * mask + noise.flip(2))
     assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+
+
+def test_contraregister_node_refines_through_nipype(tmp_path, tiny_bundle, icbm_small):
+    """``refine_steps`` reaches the registration node (as --refine-steps does at the
+    participant level): the refined field differs from the network's, both are valid."""
+    from contrareg_bids.interfaces.registration import ContraRegister
+    from contrareg_bids.io.transforms import read_displacement_nifti, write_nifti
+
+    aff = icbm_small["affine"]
+    mov = write_nifti(icbm_small["t2w"], aff, tmp_path / "mov.nii.gz", dtype=np.float32)
+    fix = write_nifti(icbm_small["t1w"], aff, tmp_path / "fix.nii.gz", dtype=np.float32)
+    fields = {}
+    for steps in (0, 5):
+        run_dir = tmp_path / f"node{steps}"
+        run_dir.mkdir()
+        node = ContraRegister(moving=str(mov), fixed=str(fix), model=str(tiny_bundle),
+                              lam=0.2, device="cpu", refine_steps=steps)  # fmt: skip
+        cwd = Path.cwd()
+        try:
+            os.chdir(run_dir)
+            res = node.run()
+        finally:
+            os.chdir(cwd)
+        fields[steps], _ = read_displacement_nifti(res.outputs.forward_field)
+    assert np.isfinite(fields[5]).all()
+    assert np.abs(fields[5] - fields[0]).max() > 1e-3

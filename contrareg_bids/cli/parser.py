@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from .. import __version__
+from ..config import DEFAULT_REFINE_STEPS
 
 LEVELS = ("participant", "group", "train")
 
@@ -50,6 +51,16 @@ def _lambda(value: str) -> float | str:
     if not 0.0 <= lam <= 1.0:
         raise argparse.ArgumentTypeError(f"--lambda must be in [0, 1], got {lam}")
     return lam
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
 
 
 def _percent(value: str) -> float:
@@ -149,6 +160,15 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PCT",
         help="folding budget of --lambda auto, %% voxels of each warp (default 0.5)",
+    )
+    g.add_argument(
+        "--refine-steps",
+        type=_non_negative_int,
+        default=DEFAULT_REFINE_STEPS,
+        metavar="N",
+        help="after the network, optimise each subject's warp for N steps with the model's "
+        "own similarity and regulariser at the chosen lambda (test-time refinement; "
+        "0 = off; default %(default)s)",
     )
     g.add_argument("--random-seed", type=int, default=0)
 

@@ -38,6 +38,10 @@ class _ContraRegInputSpec(ThreadedInputSpec):
         0.5, usedefault=True, desc="folding budget (% voxels, both warps) of auto_lambda"
     )
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda, cuda:N")
+    refine_steps = traits.Int(
+        0, usedefault=True, desc="test-time refinement steps with the bundle's objective"
+    )
+    seed = traits.Int(0, usedefault=True, desc="sampling seed of the refinement")
     use_gpu = traits.Bool(
         False, usedefault=True, desc="ask Nipype's MultiProc for a GPU slot (n_gpu_procs)"
     )
@@ -70,6 +74,7 @@ class ContraRegister(SimpleInterface):
         res = contrareg_register(
             self.inputs.moving, self.inputs.fixed, self.inputs.model, lam,
             device, os.getcwd(), max_folding=self.inputs.max_folding,
+            refine_steps=self.inputs.refine_steps, seed=self.inputs.seed,
         )  # fmt: skip
         self._results.update(
             forward_field=str(res.forward_field), inverse_field=str(res.inverse_field),

@@ -95,6 +95,8 @@ def contrareg_register(
     prefix: str = "",
     amp: bool = False,
     max_folding: float = 0.5,
+    refine_steps: int = 0,
+    seed: int = 0,
 ) -> RegResult:
     """Run a trained ContraReg network (a model bundle) on a pair on the model grid.
 
@@ -108,6 +110,10 @@ def contrareg_register(
     forward and inverse warps fold at most ``max_folding`` % of voxels
     (:func:`~contrareg_bids.processing.lambda_search.choose_lambda`); the search trace is
     written to ``lambda_search.json`` and the chosen lambda is ``RegResult.lam``.
+
+    ``refine_steps > 0`` refines the network's velocity on this pair with the bundle's own
+    objective at the chosen lambda (:mod:`contrareg_bids.nn.refine`; after the search when
+    ``lam="auto"``).
     """
     from ..io.bundle import ModelBundle, load_model
     from ..nn.inference import register_arrays
@@ -142,8 +148,18 @@ def contrareg_register(
             f"lambda {lam} is outside the range the model was trained on [{lo}, {hi}]",
             stacklevel=2,
         )
-    if search_json is None:
-        res = register_arrays(bundle.regnet, moving, fixed, lam, device, amp=amp)
+    if search_json is None or refine_steps > 0:
+        refine = objective = None
+        if refine_steps > 0:
+            from ..nn.refine import RefineSettings
+            from ..training.objective import objective_from_bundle
+
+            refine = RefineSettings(steps=refine_steps, seed=seed)
+            objective = objective_from_bundle(bundle)
+        res = register_arrays(
+            bundle.regnet, moving, fixed, lam, device, amp=amp, refine=refine,
+            objective=objective,
+        )  # fmt: skip
     fwd, inv, moved, fixed_moved = _outputs(out_dir, prefix)
     affine = fix_img.affine  # one grid: the moving grid's affine is the same
     write_displacement_nifti(res.forward_disp, affine, fwd)

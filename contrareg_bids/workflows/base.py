@@ -211,6 +211,7 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
         subj=subj, ref=ref, output_dir=cfg.output_dir, registration=cfg.registration,
         model=model, grid_shape=shape, grid_spacing=spacing, lam=cfg.lam, device=cfg.device,
         max_folding=cfg.max_folding, use_gpu=bool(cfg.n_gpus), seed=cfg.random_seed,
+        refine_steps=cfg.refine_steps,
         sloppy=cfg.sloppy,
         omp_nthreads=cfg.omp_nthreads or default_threads(cfg.nprocs),
         bids_dir=cfg.bids_dir,

@@ -94,6 +94,7 @@ def init_subject_registration_wf(
     grid_spacing: tuple[float, float, float] | None = None,
     lam: float | str = 0.1,
     max_folding: float = 0.5,
+    refine_steps: int = 0,
     device: str = "auto",
     use_gpu: bool = False,
     seed: int = 0,
@@ -109,7 +110,8 @@ def init_subject_registration_wf(
     ``reports`` adds the QC reportlets (``sub-X/figures/``, :mod:`.reports`).
     ``omp_nthreads`` is the threads (and MultiProc slots) of each multi-threaded node.
     ``lam="auto"`` chooses lambda per subject under the ``max_folding`` % budget; the
-    chosen lambda and the search trace go to the metrics TSV/JSON.
+    chosen lambda and the search trace go to the metrics TSV/JSON. ``refine_steps`` refines
+    each subject's warp with the bundle's objective (:mod:`contrareg_bids.nn.refine`).
     """
     wf = pe.Workflow(name=name)
     auto_lambda = lam == "auto"
@@ -176,7 +178,7 @@ def init_subject_registration_wf(
         register = pe.Node(
             ContraRegister(model=str(model), lam=0.1 if auto_lambda else lam,
                            auto_lambda=auto_lambda, max_folding=max_folding, device=device,
-                           use_gpu=use_gpu),
+                           use_gpu=use_gpu, refine_steps=refine_steps, seed=seed),
             name="register", n_procs=1,
         )  # fmt: skip
     else:
