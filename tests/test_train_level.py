@@ -264,3 +264,29 @@ def test_killed_train_resumes_not_restarts(trained, tiny_templateflow):
     log = trained["work"] / "train" / name / "train.csv"
     steps = [int(r.split(",")[0]) for r in log.read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == 150
+
+
+def test_model_spacing_trains_on_a_coarser_grid_and_outputs_stay_native(
+    tmp_path, dataset, tiny_templateflow
+):
+    """``--model-spacing 8`` on 4 mm data: the bundle's grid covers the reference's field of
+    view at 8 mm (half the voxels per axis), and the participant level still writes the
+    subject in reference space at the reference's own 4 mm grid."""
+    import nibabel as nib
+
+    from contrareg_bids.io.bundle import describe_bundle
+
+    bids, labels = dataset
+    out, work = tmp_path / "out", tmp_path / "work"
+    rc = run(bids, out, work, "train", *TINY, "--model-spacing", "8", home=tiny_templateflow)
+    assert rc == exit_codes.OK
+    info = describe_bundle(out / "models" / f"{NAME}.safetensors")["metadata"]
+    ref = nib.load(str(tiny_templateflow / f"tpl-{TPL}" / f"tpl-{TPL}_T1w.nii.gz"))
+    assert tuple(info["grid"]["spacing"]) == (8.0, 8.0, 8.0)
+    assert tuple(info["grid"]["shape"]) == tuple(-(-s * 4 // 8) for s in ref.shape)
+    rc = run(bids, out, work, "participant", "--sloppy", "--nprocs", "1", "--reference", TPL,
+             "--participant-label", "02", home=tiny_templateflow)  # fmt: skip
+    assert rc == exit_codes.OK
+    in_ref = next((out / "sub-02" / "anat").glob("*space-*_T2w.nii.gz"))
+    img = nib.load(str(in_ref))
+    assert img.shape == ref.shape and np.allclose(img.affine, ref.affine, atol=1e-4)

@@ -63,6 +63,16 @@ def _non_negative_int(value: str) -> int:
     return n
 
 
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {x}")
+    return x
+
+
 def _percent(value: str) -> float:
     try:
         pct = float(value)
@@ -199,6 +209,14 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, metavar="N")
     g.add_argument("--val-fraction", type=float, metavar="F", help="subjects held out")
     g.add_argument("--lr", type=float, metavar="LR", help="learning rate")
+    g.add_argument(
+        "--model-spacing",
+        type=_positive_float,
+        metavar="MM",
+        help="voxel size of the model grid (default: the reference's own). Training and "
+        "inference run on that grid over the reference's field of view; transforms and "
+        "outputs stay at native resolution (e.g. 1.7 for 0.86 mm neonates: 8x fewer voxels)",
+    )
     g.add_argument(
         "--stop-after",
         type=int,

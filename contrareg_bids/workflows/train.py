@@ -176,7 +176,9 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
         moving_modality=cfg.moving_modality,
         derivatives=find_subject_derivatives(cfg.derivatives, subject, session),
     )  # fmt: skip
-    shape, spacing = grid if grid is not None else reference_grid(ref.image)
+    shape, spacing = (
+        grid if grid is not None else reference_grid(ref.image, cfg.train.get("model_spacing"))
+    )
     wf = init_train_inputs_wf(
         subj=subj, ref=ref, output_dir=cfg.output_dir, grid_shape=shape, grid_spacing=spacing,
         seed=cfg.random_seed, sloppy=cfg.sloppy, bids_dir=cfg.bids_dir,
@@ -207,14 +209,21 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
     ), (tuple(shape), tuple(spacing))  # fmt: skip
 
 
-def reference_grid(image: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Shape and spacing of the reference image: the model grid of a new model."""
+def reference_grid(
+    image: Path, spacing: float | None = None
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """The model grid of a new model: the reference image's shape and spacing, or with
+    ``spacing`` (mm, isotropic) the shape that covers the same field of view at that size
+    (``--model-spacing``: a coarser grid a CPU can train on)."""
     import nibabel as nib
     import numpy as np
 
     img = nib.load(str(image))
-    spacing = tuple(float(s) for s in np.linalg.norm(img.affine[:3, :3], axis=0))
-    return tuple(int(s) for s in img.shape[:3]), spacing
+    own = np.linalg.norm(img.affine[:3, :3], axis=0)
+    if spacing is None:
+        return tuple(int(s) for s in img.shape[:3]), tuple(float(s) for s in own)
+    shape = np.ceil(np.asarray(img.shape[:3]) * own / spacing - 1e-6).astype(int)
+    return tuple(int(s) for s in shape), (float(spacing),) * 3
 
 
 # ------------------------------------------------------------------------------ records
