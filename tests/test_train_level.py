@@ -276,7 +276,7 @@ def test_model_spacing_trains_on_a_coarser_grid_and_outputs_stay_native(
 
     from contrareg_bids.io.bundle import describe_bundle
 
-    bids, labels = dataset
+    bids, _ = dataset
     out, work = tmp_path / "out", tmp_path / "work"
     rc = run(bids, out, work, "train", *TINY, "--model-spacing", "8", home=tiny_templateflow)
     assert rc == exit_codes.OK
