@@ -37,7 +37,8 @@ def convexadam_forward_field(
     (``moved(x) = moving(x + u(x))``, channel k along array axis k) and the seconds it took.
     """
     try:
-        with warnings.catch_warnings():  # the module switches every warning off on import
+        # the module switches every warning off on import: keep that inside this block
+        with warnings.catch_warnings():
             from convexAdam.convex_adam_MIND import convex_adam_pt
     except ImportError as err:
         raise ImportError(
@@ -47,13 +48,14 @@ def convexadam_forward_field(
 
     s = settings or ConvexAdamSettings()
     t0 = time.perf_counter()
-    disp = convex_adam_pt(
-        np.ascontiguousarray(fixed, dtype=np.float32),
-        np.ascontiguousarray(moving, dtype=np.float32),
-        mind_r=s.mind_r, mind_d=s.mind_d, lambda_weight=s.lambda_weight, grid_sp=s.grid_sp,
-        disp_hw=s.disp_hw, selected_niter=s.selected_niter, grid_sp_adam=s.grid_sp_adam,
-        ic=True, dtype=torch.float32, device=torch.device("cpu"),
-    )  # fmt: skip
+    with warnings.catch_warnings():  # its grid_sample calls warn about align_corners
+        warnings.simplefilter("ignore", UserWarning)
+        disp = convex_adam_pt(
+            np.ascontiguousarray(fixed, dtype=np.float32),
+            np.ascontiguousarray(moving, dtype=np.float32),
+            mind_r=s.mind_r, mind_d=s.mind_d, lambda_weight=s.lambda_weight, grid_sp=s.grid_sp,
+            disp_hw=s.disp_hw, selected_niter=s.selected_niter, grid_sp_adam=s.grid_sp_adam,
+            ic=True, dtype=torch.float32, device=torch.device("cpu"),
+        )  # fmt: skip
     seconds = time.perf_counter() - t0
-    warnings.resetwarnings()  # undo the module's global filterwarnings("ignore")
     return np.ascontiguousarray(np.moveaxis(disp, -1, 0), dtype=np.float32), seconds
