@@ -227,6 +227,7 @@ def make_config(args: argparse.Namespace, loss: str):
         seed=args.seed,
         num_negatives=args.num_negatives,
         tau=args.tau,
+        deform_augment=args.deform_augment,
         val_every=max(1, args.steps // 4),
         val_pairs=8,
         checkpoint_every=max(1, min(500, args.steps)),
@@ -243,6 +244,7 @@ def run_name(args: argparse.Namespace, loss: str) -> str:
         f"_ae{args.ae_steps}c{args.ae_crop}_seed{args.seed}"
         + (f"_hlr{args.hypernet_lr:g}" if args.hypernet_lr is not None else "")
         + (f"_tau{args.tau:g}" if args.tau != 0.007 else "")
+        + (f"_def{args.deform_augment:g}" if args.deform_augment else "")
     )
 
 
@@ -529,6 +531,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--num-negatives", type=int, default=256)
     p.add_argument("--tau", type=float, default=0.007, help="PatchNCE temperature (paper 0.007)")
+    p.add_argument("--deform-augment", type=float, default=0.0, help="TrainConfig.deform_augment")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers")
     p.add_argument(
         "--threads",

@@ -21,7 +21,8 @@ from . import __version__
 
 #: Command-line options of the train level (``contrareg_bids.workflows.train``).
 TRAIN_OPTIONS = ("model_name", "loss", "train_steps", "ae_steps", "ch", "ts", "lambda_range",
-                 "batch_size", "val_fraction", "lr", "stop_after", "model_spacing")  # fmt: skip
+                 "batch_size", "val_fraction", "lr", "stop_after", "model_spacing",
+                 "deform_augment")  # fmt: skip
 
 
 class ConfigError(ValueError):

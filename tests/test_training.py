@@ -366,3 +366,24 @@ def test_lambda_controls_smoothness_once_the_regulariser_is_calibrated(icbm_pair
     (sd0, sd1), scale = _lambda_response(icbm_pair, tmp_path, None)
     print("calibrated: reg_scale", scale, "std log|J| at lambda 0 / 1:", sd0, sd1)
     assert scale > 5 and sd1 < 0.5 * sd0
+
+
+def test_deform_augment_moves_images_masks_and_labels_together():
+    from contrareg_bids.training.trainer import deform_batch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros((1, 1, 24, 28, 20))
+    x[..., 8:16, 8:20, 6:14] = 1.0
+    labels = (x * 3).long()
+    batch = {"moving": x, "moving_mask": x, "moving_labels": labels, "fixed": x.clone(),
+             "fixed_mask": x, "fixed_labels": labels, "moving_has_mask": [True]}  # fmt: skip
+    out = deform_batch(batch, 3.0, 4.0, 5, g)
+    again = deform_batch(batch, 3.0, 4.0, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(out["moving"], again["moving"])  # a function of the generator
+    assert not torch.equal(out["moving"], x) and not torch.equal(out["moving"], out["fixed"])
+    assert out["moving_labels"].dtype == torch.long
+    assert set(out["moving_labels"].unique().tolist()) <= {0, 3}
+    # the mask and labels follow the image's own warp
+    inside = out["moving_mask"] > 0.5
+    assert (out["moving_labels"][inside] == 3).all()
+    assert out["moving"][inside].mean() > 0.8 and out["moving_has_mask"] == [True]

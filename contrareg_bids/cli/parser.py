@@ -63,6 +63,16 @@ def _non_negative_int(value: str) -> int:
     return n
 
 
+def _non_negative_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {x}")
+    return x
+
+
 def _positive_float(value: str) -> float:
     try:
         x = float(value)
@@ -209,6 +219,13 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, metavar="N")
     g.add_argument("--val-fraction", type=float, metavar="F", help="subjects held out")
     g.add_argument("--lr", type=float, metavar="LR", help="learning rate")
+    g.add_argument(
+        "--deform-augment",
+        type=_non_negative_float,
+        metavar="VOX",
+        help="warp every training image by its own random smooth deformation of at most VOX "
+        "voxels per step (default 0: off); for few or very similar subjects",
+    )
     g.add_argument(
         "--model-spacing",
         type=_positive_float,

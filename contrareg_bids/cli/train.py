@@ -59,6 +59,13 @@ def get_parser() -> argparse.ArgumentParser:
         "--fixed-lambda", type=float, help="train one network at this lambda (no hypernetwork)"
     )
     t.add_argument("--num-negatives", type=int)
+    t.add_argument("--tau", type=float, help="PatchNCE temperature (paper 0.007)")
+    t.add_argument("--reg-scale", type=float, help="fix the regulariser's scale (default: "
+                   "calibrated at the start of training)")  # fmt: skip
+    t.add_argument(
+        "--deform-augment", type=float, metavar="VOX",
+        help="random smooth deformation of each training image (<= VOX voxels)",
+    )  # fmt: skip
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--val-every", type=int)
     t.add_argument("--checkpoint-every", type=int)
@@ -82,6 +89,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         "num_negatives": args.num_negatives, "val_fraction": args.val_fraction,
         "val_every": args.val_every, "checkpoint_every": args.checkpoint_every,
         "seed": args.seed, "device": args.device, "num_workers": args.workers,
+        "tau": args.tau, "reg_scale": args.reg_scale, "deform_augment": args.deform_augment,
     }  # fmt: skip
     changes = {k: v for k, v in top.items() if v is not None}
     if args.lambda_range:

@@ -21,34 +21,16 @@ changes what is learned.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 
 from contrareg_bids.nn.integrate import integrate_velocity, warp
 from contrareg_bids.nn.model import RegistrationOutput
+from contrareg_bids.nn.synth import random_velocity
 
 #: std log|J| of the reference deformation
 REFERENCE_STD_LOG_JAC = 0.15
-
-
-def _gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``(N, C, X, Y, Z)`` (zero padding)."""
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = k.numel()
-        pad = [0] * 6
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        x = F.conv3d(F.pad(x, pad, mode="replicate"), k.reshape(shape).expand(c, 1, *shape[2:]),
-                     groups=c)  # fmt: skip
-    return x
 
 
 def log_jacobian_std(disp: torch.Tensor) -> float:
@@ -69,8 +51,7 @@ def reference_velocity(
 ) -> torch.Tensor:
     """A random smooth velocity ``(1, 3, X, Y, Z)`` whose exponential has the target
     std log|J| (within a few per cent: the scale is found by two secant steps)."""
-    noise = torch.randn((1, 3, *shape), generator=generator)
-    v = _gaussian_smooth(noise, max(1.0, min(shape) / 16.0)).to(device)
+    v = random_velocity(shape, max(1.0, min(shape) / 16.0), generator).to(device)
     scale = 1.0
     for _ in range(3):
         got = log_jacobian_std(integrate_velocity(v * scale, ts))

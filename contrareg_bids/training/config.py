@@ -61,6 +61,10 @@ class TrainConfig:
     (``regnet.hypernet=False``) ``regnet.fixed_lambda`` is used at every step.
     ``reg_scale`` multiplies ``L_reg``; None calibrates it at the start of training so that
     the two terms' gradients balance at lambda = 0.5 (``training/calibration.py``).
+    ``deform_augment`` > 0 warps each training image (with its mask and labels) by its own
+    random smooth diffeomorphism of that largest velocity (voxels; smoothing ``deform_sigma``
+    voxels) at every step: pairs then differ by more than the subjects do (few or
+    similar subjects, atlases), and the network learns a larger capture range.
     """
 
     loss: str = "mcr"
@@ -71,6 +75,8 @@ class TrainConfig:
     alpha: float | None = None
     lambda_range: tuple[float, float] = (0.0, 1.0)
     reg_scale: float | None = None
+    deform_augment: float = 0.0
+    deform_sigma: float = 4.0
     num_negatives: int = 1024
     tau: float = 0.007
     mi_bins: int = 48
@@ -109,6 +115,11 @@ class TrainConfig:
             raise ValueError(f"learning rates must be > 0, got {self.lr}, {self.hypernet_lr}")
         if self.reg_scale is not None and not self.reg_scale > 0:
             raise ValueError(f"reg_scale must be > 0 (or None to calibrate), got {self.reg_scale}")
+        if self.deform_augment < 0 or self.deform_sigma <= 0:
+            raise ValueError(
+                f"deform_augment must be >= 0 and deform_sigma > 0, got "
+                f"{self.deform_augment}, {self.deform_sigma}"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 

@@ -26,8 +26,9 @@ from contrareg_bids.losses import LocalNCC
 from contrareg_bids.metrics import folding_percent, mean_dice
 from contrareg_bids.nn.autoencoder import Autoencoder
 from contrareg_bids.nn.heads import ProjectionHeads
-from contrareg_bids.nn.integrate import warp_labels
+from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
 from contrareg_bids.nn.model import ContraRegNet
+from contrareg_bids.nn.synth import random_velocity
 
 from . import distributed as ddp
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
@@ -243,6 +244,24 @@ class _TrainModule(nn.Module):
         return self.objective(batch, out, lam, generator), out
 
 
+def deform_batch(
+    batch: dict, amplitude: float, sigma: float, ts: int, generator: torch.Generator
+) -> dict:
+    """Both sides of a training batch, each under its own random smooth diffeomorphism
+    (images linear, masks and labels nearest): ``TrainConfig.deform_augment``."""
+    out = dict(batch)
+    for side in ("moving", "fixed"):
+        image = batch[side]
+        v = random_velocity(image.shape[2:], sigma, generator, amplitude, image.shape[0])
+        disp = integrate_velocity(v.to(image.device), ts)
+        out[side] = warp(image, disp)
+        for key in (f"{side}_mask", f"{side}_labels"):
+            if isinstance(batch.get(key), torch.Tensor):
+                x = batch[key]
+                out[key] = warp(x.float(), disp, mode="nearest").to(x.dtype)
+    return out
+
+
 def sample_lambda(cfg: TrainConfig, n: int, generator: torch.Generator) -> torch.Tensor:
     """lambda ~ U[lo, hi] per item with the hypernetwork, else the fixed lambda."""
     if not cfg.regnet.hypernet:
@@ -427,6 +446,9 @@ def train_registration(
         t_last, s_last = t0, step
         for batch in loader:
             batch = _to_device(batch, dev)
+            if cfg.deform_augment > 0:
+                batch = deform_batch(batch, cfg.deform_augment, cfg.deform_sigma, cfg.regnet.ts,
+                                     gen)  # fmt: skip
             lam = sample_lambda(cfg, batch["moving"].shape[0], gen).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 losses, _ = module(batch, lam, gen)

@@ -59,7 +59,7 @@ def build_train_config(cfg: RunConfig):
     base = sloppy_config() if cfg.sloppy else TrainConfig()
     changes: dict = {"seed": cfg.random_seed, "device": training_device(cfg)}
     fields = {"loss": "loss", "train_steps": "steps", "lr": "lr", "batch_size": "batch_size",
-              "val_fraction": "val_fraction"}  # fmt: skip
+              "val_fraction": "val_fraction", "deform_augment": "deform_augment"}  # fmt: skip
     for key, field in fields.items():
         if opts.get(key) is not None:
             changes[field] = opts[key]
