@@ -138,13 +138,8 @@ def test_ddp_two_processes_gloo(tmp_path):
 
 
 def test_training_steps_lower_the_loss_on_a_real_pair(icbm_pair, tmp_path):
-    t1 = icbm_pair["t1w"][16:48, 24:64, 20:52]
-    t2 = icbm_pair["t2w"][16:48, 24:64, 20:52]
     # a 'second subject': the T2w under a smooth random diffeomorphism
-    rng = np.random.default_rng(0)
-    v = np.stack([gaussian_filter(rng.standard_normal(t2.shape), 6) for _ in range(3)])
-    v = torch.from_numpy((v / np.abs(v).max() * 3.0).astype(np.float32))[None]
-    t2_def = warp(torch.from_numpy(t2)[None, None], integrate_velocity(v, 7))[0, 0].numpy()
+    t2_def, t1 = _deformed_pair(icbm_pair)
     moving = [VolumeRecord(image=t2_def, subject="a")]
     fixed = [VolumeRecord(image=t1, subject="b")]
     cfg = sloppy_config(

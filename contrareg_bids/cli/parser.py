@@ -53,34 +53,27 @@ def _lambda(value: str) -> float | str:
     return lam
 
 
-def _non_negative_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
+def _bounded(kind: type, minimum: float, strict: bool):
+    """An argparse type: ``kind`` (int or float) at least ``minimum`` (above it if strict)."""
+
+    def convert(value: str):
+        try:
+            x = kind(value)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if (x <= minimum) if strict else (x < minimum):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>' if strict else '>='} {minimum}, got {x}"
+            )
+        return x
+
+    return convert
 
 
-def _non_negative_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {x}")
-    return x
-
-
-def _positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {x}")
-    return x
+_non_negative_int = _bounded(int, 0, strict=False)
+_non_negative_float = _bounded(float, 0.0, strict=False)
+_positive_float = _bounded(float, 0.0, strict=True)
 
 
 def _percent(value: str) -> float:
