@@ -228,6 +228,7 @@ def parse_args(argv=None):
     p.add_argument("--convexadam-grid-sp", type=int, default=3,
                    help="also run ConvexAdam at this control spacing (voxels); its default 6 "
                         "is meant for ~1-2 mm grids")  # fmt: skip
+    p.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs of a set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="results JSON")
@@ -258,7 +259,7 @@ def main(argv=None) -> int:
     affine = nib.load(ref / f"cohort-{args.held_out[0]}_T1w.nii.gz").affine
     results = {}
     for set_name in args.sets:
-        pairs = sets[set_name]
+        pairs = sets[set_name][: args.max_pairs]
         log(f"{set_name}: {len(pairs)} pairs")
         rows = run_set(args, pairs, bundles, affine)
         summary = summarise(rows)

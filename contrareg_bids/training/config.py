@@ -61,6 +61,10 @@ class TrainConfig:
     (``regnet.hypernet=False``) ``regnet.fixed_lambda`` is used at every step.
     ``reg_scale`` multiplies ``L_reg``; None calibrates it at the start of training so that
     the two terms' gradients balance at lambda = 0.5 (``training/calibration.py``).
+    ``head_warmup`` (CR/mCR only): the first steps train only the projection heads on the
+    pairs as they are; ``reg_scale`` is calibrated after them (random heads do not prefer
+    alignment). Counted within ``steps``, and at most a fifth of them
+    (:attr:`effective_head_warmup`).
     ``deform_augment`` > 0 warps each training image (with its mask and labels) by its own
     random smooth diffeomorphism of that largest velocity (voxels; smoothing ``deform_sigma``
     voxels) at every step: pairs then differ by more than the subjects do (few or
@@ -75,6 +79,7 @@ class TrainConfig:
     alpha: float | None = None
     lambda_range: tuple[float, float] = (0.0, 1.0)
     reg_scale: float | None = None
+    head_warmup: int = 1000
     deform_augment: float = 0.0
     deform_sigma: float = 4.0
     num_negatives: int = 1024
@@ -115,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"learning rates must be > 0, got {self.lr}, {self.hypernet_lr}")
         if self.reg_scale is not None and not self.reg_scale > 0:
             raise ValueError(f"reg_scale must be > 0 (or None to calibrate), got {self.reg_scale}")
+        if self.head_warmup < 0:
+            raise ValueError(f"head_warmup must be >= 0, got {self.head_warmup}")
         if self.deform_augment < 0 or self.deform_sigma <= 0:
             raise ValueError(
                 f"deform_augment must be >= 0 and deform_sigma > 0, got "
@@ -134,6 +141,11 @@ class TrainConfig:
     @property
     def effective_hypernet_lr(self) -> float:
         return self.lr if self.hypernet_lr is None else self.hypernet_lr
+
+    @property
+    def effective_head_warmup(self) -> int:
+        """Head warm-up steps of CR/mCR: ``head_warmup``, at most a fifth of ``steps``."""
+        return min(self.head_warmup, self.steps // 5)
 
     @property
     def effective_alpha(self) -> float:
@@ -204,6 +216,7 @@ def sloppy_config(**changes) -> TrainConfig:
         lr=1e-3,
         hypernet_lr=5e-4,
         num_negatives=256,
+        head_warmup=50,
         val_every=100,
         checkpoint_every=100,
         amp=False,

@@ -27,7 +27,7 @@ from contrareg_bids.metrics import folding_percent, mean_dice
 from contrareg_bids.nn.autoencoder import Autoencoder
 from contrareg_bids.nn.heads import ProjectionHeads
 from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
-from contrareg_bids.nn.model import ContraRegNet
+from contrareg_bids.nn.model import ContraRegNet, RegistrationOutput
 from contrareg_bids.nn.synth import random_velocity
 
 from . import distributed as ddp
@@ -239,9 +239,21 @@ class _TrainModule(nn.Module):
         self.net = net
         self.objective = objective
 
-    def forward(self, batch, lam, generator=None):
+    def forward(self, batch, lam, generator=None, heads_only: bool = False):
+        if heads_only:
+            return head_warmup_losses(self.objective, batch, generator), None
         out = self.net(batch["moving"], batch["fixed"], lam)
         return self.objective(batch, out, lam, generator), out
+
+
+def head_warmup_losses(objective: RegistrationObjective, batch: dict, generator) -> dict:
+    """The similarity of the pair as it is (zero velocity): trains only the projection
+    heads, so that CR/mCR pull towards alignment before the regulariser is calibrated and
+    the network starts to learn (``TrainConfig.head_warmup``)."""
+    zero = torch.zeros_like(batch["moving"]).expand(-1, 3, -1, -1, -1)
+    out = RegistrationOutput(batch["moving"], batch["fixed"], zero, zero, zero)
+    sim = objective.similarity(batch, out, generator)
+    return {"loss": sim, "sim": sim.detach(), "reg": torch.zeros(())}
 
 
 def deform_batch(
@@ -330,11 +342,15 @@ def _calibrate(
         _to_device(default_collate([train_set[(0, i)]]), dev)
         for i in range(min(CALIBRATION_PAIRS, len(train_set)))
     )
-    res = calibrate_reg_scale(objective, batches, cfg.regnet.ts, cfg.seed, dev)
+    try:
+        res = calibrate_reg_scale(objective, batches, cfg.regnet.ts, cfg.seed, dev)
+    except ValueError as err:
+        LOGGER.warning("%s: training with reg_scale 1 (lambda will matter little)", err)
+        return 1.0
     if ctx.is_main:
         LOGGER.info(
-            "regulariser scale %.4g (gradient-norm ratios %s at std log|J| %.2f): the terms "
-            "balance at lambda 0.5", res["reg_scale"],
+            "regulariser scale %.4g (pull ratios %s at std log|J| %.2f): the terms balance "
+            "at lambda 0.5", res["reg_scale"],
             ", ".join(f"{r:.3g}" for r in res["ratios"]), res["reference_std_log_jac"],
         )  # fmt: skip
     return res["reg_scale"]
@@ -396,14 +412,16 @@ def train_registration(
         gen.set_state(state["generators"][min(ctx.rank, len(state["generators"]) - 1)])
         if ctx.is_main:
             LOGGER.info("registration: resuming from %s at step %d", ckpt_path, step)
-    elif cfg.reg_scale is None:
+    warmup = cfg.effective_head_warmup if objective.contrastive else 0
+    if step == 0 and warmup == 0 and cfg.reg_scale is None:
         objective.reg_scale = _calibrate(objective, train_set, cfg, dev, ctx)
     if cfg.compile:  # in place: parameter names (checkpoints, bundles) stay the same
         net.unet.compile()
     if ctx.distributed:
         module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
+            module, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=step < warmup,  # the network sits out the warm-up
+        )  # fmt: skip
     columns = ["step", "loss", "sim", "reg", "lambda", "it_per_s", "time_s"]
     log = CsvLog(out_dir / "train.csv", columns, step) if ctx.is_main else None
     val_columns = ["step", "val_sim", "val_folding_percent", "val_dice"]
@@ -451,7 +469,8 @@ def train_registration(
                                      gen)  # fmt: skip
             lam = sample_lambda(cfg, batch["moving"].shape[0], gen).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                losses, _ = module(batch, lam, gen)
+                # during the head warm-up only the heads learn, on the pair as it is
+                losses, _ = module(batch, lam, gen, heads_only=step < warmup)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step + 1}: {losses}")
@@ -459,6 +478,8 @@ def train_registration(
             loss.backward()
             opt.step()
             step += 1
+            if step == warmup and cfg.reg_scale is None:  # calibrate with warmed-up heads
+                objective.reg_scale = _calibrate(objective, train_set, cfg, dev, ctx)
             if step % cfg.log_every == 0 or step == end:
                 now = time.perf_counter()
                 rate = (step - s_last) / max(now - t_last, 1e-9)
