@@ -38,9 +38,18 @@ def test_forward_and_inverse_are_inverse_of_each_other():
     assert res.abs().max() < 0.05 * out.forward_disp.abs().max()
 
 
-def test_lambda_changes_output_through_film():
+def test_lambda_shrink_makes_lambda_one_the_identity():
     torch.manual_seed(0)
     net = ContraRegNet(ch=8, depth=2)
+    torch.nn.init.normal_(net.flow.weight, 0, 0.05)
+    mov, fix = _pair()
+    assert net.velocity(mov, fix, 1.0).abs().max() == 0
+    assert net.velocity(mov, fix, 0.0).abs().max() > 0
+
+
+def test_lambda_changes_output_through_film():
+    torch.manual_seed(0)
+    net = ContraRegNet(ch=8, depth=2, lambda_shrink=False)
     torch.nn.init.normal_(net.flow.weight, 0, 0.05)
     mov, fix = _pair()
     a = net.velocity(mov, fix, 0.0)

@@ -22,6 +22,13 @@ class RegNetConfig:
     Defaults follow the paper's ch=64 model: ``ts=5`` squarings, hypernetwork of 4x128.
     ``fixed_lambda`` (used only when ``hypernet`` is False) is recorded for provenance: without
     the hypernetwork the network is trained for that single lambda.
+
+    ``lambda_shrink`` (ours, not the paper's) multiplies the predicted velocity by
+    ``1 - lambda``. With the calibrated regulariser (``training/calibration.py``) the optimum
+    of a quadratic similarity is exactly ``(1 - lambda) v*``, so the network only has to learn
+    ``v*`` (and the FiLM hypernetwork the departures from that line): on the development
+    atlas, 500 CPU steps did not teach the FiLM layers alone to stop deforming at lambda = 1
+    (std log|J| 0.157 at lambda 0, 0.141 at lambda 1 for MI).
     """
 
     ch: int = 64
@@ -34,6 +41,7 @@ class RegNetConfig:
     hyper_depth: int = 4
     hyper_weight_decay: float = 1e-5
     fixed_lambda: float = 0.1
+    lambda_shrink: bool = True
     flow_init_std: float = 1e-5
     leaky_slope: float = 0.2
 
@@ -139,8 +147,11 @@ class ContraRegNet(nn.Module):
         if self.hypernet is not None:
             if lam is None:
                 raise ValueError("lam is required: this network is lambda-conditioned")
-            films = self.hypernet(as_lambda(lam, x.shape[0], x.device))
+            lam_t = as_lambda(lam, x.shape[0], x.device)
+            films = self.hypernet(lam_t)
         v = self.flow(self.unet(x, films))
+        if films is not None and self.config.lambda_shrink:
+            v = v * (1.0 - lam_t).to(v.dtype).reshape(-1, 1, 1, 1, 1)
         return v[..., : shape[0], : shape[1], : shape[2]]
 
     def forward(
