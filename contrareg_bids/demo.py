@@ -43,6 +43,10 @@ DEMO_MM = 3
 DEMO_AGE_WEEKS = 40
 #: Regularisation weight of the held-out registrations (the participant's ``--lambda``).
 DEMO_LAMBDA = 0.05
+#: Test-time refinement steps of the held-out registrations (``--refine-steps``): measured
+#: on this demo, 300 training steps alone gave 0.563 -> 0.563 Dice; with 30 refinement
+#: steps 0.563 -> 0.645 (no folding), for about a minute more.
+DEMO_REFINE_STEPS = 30
 #: The reference: a participant, so that its brain mask and labels come from the
 #: derivatives (an image path would carry no labels, hence no Dice).
 DEMO_REFERENCE = "sub-01"
@@ -249,6 +253,7 @@ def run_demo(
     seed: int = 0,
     device: str = "auto",
     lam: float = DEMO_LAMBDA,
+    refine_steps: int = DEMO_REFINE_STEPS,
     mm: int = DEMO_MM,
     nthreads: int | None = None,
 ) -> dict:
@@ -282,7 +287,8 @@ def run_demo(
     bundle = bundles[-1]
     t0 = time.perf_counter()
     _app([str(bids), str(derivs), "participant", *common, "--participant-label", *test_ids,
-          "--model", str(bundle), "--lambda", f"{lam:g}"], "participant")  # fmt: skip
+          "--model", str(bundle), "--lambda", f"{lam:g}", "--refine-steps",
+          str(refine_steps)], "participant")  # fmt: skip
     times["participant"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     _app([str(bids), str(derivs), "group", "--participant-label", *test_ids], "group")
@@ -307,6 +313,7 @@ def run_demo(
         "dataset": str(bids), "derivatives": str(labels), "output_dir": str(derivs),
         "reference": DEMO_REFERENCE, "train_subjects": [f"sub-{i}" for i in train_ids],
         "held_out": subjects, "mean": mean, "lambda": lam, "loss": loss, "steps": steps,
+        "refine_steps": refine_steps,
         "ae_steps": ae_steps, "voxel_mm": mm, "seed": seed, "seconds": times,
         "bundle": str(bundle), "training_report": str(bundle.with_suffix(".html")),
         "group_report": str(derivs / "group.html"),
@@ -359,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"simulated subjects (the last {DEMO_HELD_OUT} held out)")  # fmt: skip
     p.add_argument("--lambda", dest="lam", type=float, default=DEMO_LAMBDA,
                    help="regularisation weight of the held-out registrations")  # fmt: skip
+    p.add_argument("--refine-steps", type=int, default=DEMO_REFINE_STEPS,
+                   help="test-time refinement steps of the held-out registrations")  # fmt: skip
     p.add_argument("--voxel-mm", type=int, default=DEMO_MM,
                    help="voxel size (mm) of the simulated subjects")  # fmt: skip
     p.add_argument("--nthreads", type=int, default=None,
@@ -376,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = run_demo(args.out, args.subjects, DEMO_HELD_OUT, args.steps, args.ae_steps,
                        args.loss, args.seed, args.device, lam=args.lam, mm=args.voxel_mm,
-                       nthreads=args.nthreads)  # fmt: skip
+                       nthreads=args.nthreads, refine_steps=args.refine_steps)  # fmt: skip
     except RuntimeError as err:
         print(f"contrareg-bids-demo: error: {err}", file=sys.stderr)
         return 1
