@@ -698,7 +698,10 @@ def main(argv=None) -> int:
         f"one), hypernetwork lr {cfg.effective_hypernet_lr:g}; {cfg.num_negatives} negatives, "
         f"tau {cfg.tau}; alpha 0.1 (CR, mCR) / 1 (the others); "
         f"autoencoders: {cfg.autoencoder.steps} steps at crop {cfg.autoencoder.crop}, lr "
-        f"{cfg.autoencoder.lr:g} (CR and mCR only)"
+        f"{cfg.autoencoder.lr:g} (CR and mCR only); regulariser scale calibrated at a "
+        f"reference deformation (after {cfg.effective_head_warmup} heads-only steps for CR, "
+        f"mCR); deformation augmentation {cfg.deform_augment:g} voxels; velocity x "
+        "(1 - lambda)"
     )
     best_rows = [
         ["affine only", "-", f"{affine['dice']:.3f} ± {affine['dice_sd']:.3f}", "0", "0", "0"]
