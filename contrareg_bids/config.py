@@ -43,6 +43,9 @@ class RunConfig:
     session_label: list[str] | None = None
     bids_filters: dict | None = None
     derivatives: dict[str, Path] = field(default_factory=dict)
+    #: which subject label map to score (``*_desc-<labels_desc>_dseg``); None: see
+    #: :func:`~contrareg_bids.io.derivatives.find_subject_derivatives`
+    labels_desc: str | None = None
     skip_bids_validation: bool = False
     registration: str = "contrareg"
     model: Path | None = None
@@ -84,6 +87,7 @@ class RunConfig:
             session_label=args.session_label,
             bids_filters=args.bids_filter_file,
             derivatives={name: Path(p).absolute() for name, p in args.derivatives},
+            labels_desc=getattr(args, "labels_desc", None),
             skip_bids_validation=args.skip_bids_validation,
             registration=args.registration,
             model=Path(args.model).absolute() if args.model else None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from scipy import ndimage
 
 __all__ = [
     "DEFAULT_LOG_JACOBIAN_CLIP",
+    "LabelMatch",
     "dice30",
     "dice_per_label",
     "dice_percentile30",
@@ -35,6 +37,7 @@ __all__ = [
     "hd95",
     "hd95_per_label",
     "jacobian_determinant",
+    "label_correspondence",
     "mean_dice",
     "registration_metrics",
     "std_log_jacobian",
@@ -420,6 +423,74 @@ def hd95_per_label(
     if wanted is None:
         wanted = _default_labels(a, b)
     return {lab: _hd95_masks(in_a, in_b, sp) for lab, in_a, in_b in _label_masks(a, b, wanted)}
+
+
+# --------------------------------------------------------------------------- label schemes
+def _norm_name(name: str) -> str:
+    return " ".join(name.casefold().split())
+
+
+@dataclass(frozen=True)
+class LabelMatch:
+    """How a subject's label map compares with the reference's (:func:`label_correspondence`).
+
+    ``comparable`` False: no Dice (``how`` says why). ``mapping`` None: the values mean the
+    same structures as they are; else subject value -> reference value.
+    """
+
+    comparable: bool
+    how: str
+    mapping: dict[int, int] | None = None
+
+    def apply(self, labels: Any) -> np.ndarray:
+        """The subject's labels in the reference's values (unmatched labels become 0)."""
+        arr = _as_labels(labels, "labels")
+        if self.mapping is None:
+            return arr
+        out = np.zeros_like(arr)
+        for src, dst in self.mapping.items():
+            out[arr == src] = dst
+        return out
+
+
+def label_correspondence(
+    subject_table: dict[int, str] | None,
+    reference_table: dict[int, str] | None,
+    subject_desc: str | None,
+    reference_desc: str | None,
+) -> LabelMatch:
+    """Which subject label value means which reference label value, and how that is known.
+
+    Two label maps are only comparable when their values mean the same structures: label 1
+    is "CSF" in one scheme and "hippocampus" in another, and a Dice of the two is a wrong
+    number with nothing to show it. With both look-up tables (``dseg.tsv``) the labels are
+    matched by name (case and spacing ignored); without them, values are compared as they
+    are only when both maps carry the same ``desc`` (the same scheme by name).
+    """
+    if subject_table is not None and reference_table is not None:
+        ref_by_name: dict[str, int] = {}
+        for value, name in reference_table.items():
+            if value != 0:
+                ref_by_name.setdefault(_norm_name(name), value)
+        mapping = {
+            value: ref_by_name[_norm_name(name)]
+            for value, name in subject_table.items()
+            if value != 0 and _norm_name(name) in ref_by_name
+        }
+        if not mapping:
+            return LabelMatch(False, "no label name is shared by the two label tables")
+        if all(k == v for k, v in mapping.items()):
+            return LabelMatch(True, f"label tables agree on {len(mapping)} labels", mapping)
+        return LabelMatch(True, f"{len(mapping)} labels matched by name", mapping)
+    if subject_desc == reference_desc:
+        where = f"desc-{subject_desc}" if subject_desc else "no desc"
+        return LabelMatch(True, f"values compared as they are (both {where}, no dseg.tsv)")
+    sides = (("the subject's", subject_table), ("the reference's", reference_table))
+    missing = " and ".join(side for side, table in sides if table is None)
+    return LabelMatch(False, (
+        f"{missing} label map has no dseg.tsv and their desc differ (desc-{subject_desc} vs "
+        f"desc-{reference_desc}): cannot tell whether the values mean the same structures"
+    ))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- all together

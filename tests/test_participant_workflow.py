@@ -277,7 +277,8 @@ def _cfg(reference: str, **kw):
     from types import SimpleNamespace
 
     return SimpleNamespace(reference=reference, fixed_modality="T1w", bids_filters=None,
-                           derivatives=kw.pop("derivatives", {}), **kw)  # fmt: skip
+                           derivatives=kw.pop("derivatives", {}),
+                           labels_desc=kw.pop("labels_desc", None), **kw)  # fmt: skip
 
 
 def test_reference_template_resolution(tmp_path, monkeypatch):

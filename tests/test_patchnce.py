@@ -425,3 +425,28 @@ def test_contrastive_on_cuda_under_autocast(sim, dtype):
     assert torch.isfinite(moved.grad).all() and moved.grad.abs().sum() > 0
     # a CPU generator with CUDA data also works (indices drawn on CPU, then moved)
     assert torch.isfinite(sim(x, moved, mask, generator=torch.Generator().manual_seed(0)))
+
+
+def test_fixed_feature_cache_gives_the_same_loss_with_one_encoder_pass(sim):
+    """Instance optimisation keeps the fixed image: its features are computed once, the
+    loss and the gradient to the moved image are unchanged, and a changed image misses."""
+    fixed = torch.rand(1, 1, 16, 16, 16)
+    moved = torch.rand(1, 1, 16, 16, 16, requires_grad=True)
+    calls = []
+    hook = sim.ae_fixed.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    sim.eval()
+    ref = sim(fixed, moved, generator=torch.Generator().manual_seed(3))
+    (ref_grad,) = torch.autograd.grad(ref, moved)
+    assert len(calls) == 1
+    calls.clear()
+    with sim.cache_fixed_features():
+        for _ in range(3):
+            loss = sim(fixed, moved, generator=torch.Generator().manual_seed(3))
+            (grad,) = torch.autograd.grad(loss, moved)
+            assert torch.allclose(loss, ref) and torch.allclose(grad, ref_grad)
+        n_cached = len(calls)
+        fixed.add_(0.1)  # in place: the version counter changes, the cache misses
+        changed = sim(fixed, moved, generator=torch.Generator().manual_seed(3))
+    hook.remove()
+    assert n_cached == 1 and len(calls) == 2 and not torch.allclose(changed, ref)
+    assert sim._fixed_cache is None  # released on exit

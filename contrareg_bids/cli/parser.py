@@ -21,6 +21,14 @@ def _label(value: str) -> str:
     return label
 
 
+def _desc(value: str) -> str:
+    """``desc-aseg`` or ``aseg`` -> ``aseg``."""
+    label = value.removeprefix("desc-")
+    if not re.fullmatch(r"[A-Za-z0-9]+", label):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a BIDS desc label (letters, digits)")
+    return label
+
+
 def _derivative(value: str) -> tuple[str, Path]:
     name, sep, path = value.partition("=")
     if not sep or not name or not path:
@@ -139,6 +147,14 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH",
         default=[],
         help="precomputed derivatives (brain masks, label maps)",
+    )
+    g.add_argument(
+        "--labels-desc",
+        type=_desc,
+        metavar="DESC",
+        help="score the subject label map *_desc-DESC_dseg from --derivatives (default: the "
+        "one whose desc is the reference's, else the only one). Dice is computed only where "
+        "the two label tables (dseg.tsv) share names, or both maps have the same desc",
     )
     g.add_argument("--skip-bids-validation", action="store_true")
 

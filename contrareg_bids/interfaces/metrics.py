@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from nipype.interfaces.base import (
@@ -14,10 +15,14 @@ from nipype.interfaces.base import (
     traits,
 )
 
+LOGGER = logging.getLogger("contrareg_bids.metrics")
+
 COLUMNS_HELP = {
     "folding_percent": "Voxels of the model grid where the forward warp folds (det J <= 0), %",
     "std_log_jacobian": "Standard deviation of log det J of the forward warp in the brain",
     "mean_dice": "Mean Dice of the given subject labels vs the reference labels in subject space",
+    "label_matching": "How subject and reference label values were matched (dseg.tsv names, "
+    "or values under the same desc), or why no Dice was computed",
     "mean_dice_affine": "Mean Dice as mean_dice (same labels, same label interpolation), the "
     "reference labels carried into the subject by the affine pre-alignment only: the baseline",
     "lambda": "Regularisation weight used",
@@ -35,6 +40,8 @@ class _MetricsInputSpec(BaseInterfaceInputSpec):
     subject_labels = File(exists=True, desc="labels given for the subject (subject space)")
     reference_labels = File(exists=True, desc="reference labels warped into subject space")
     reference_dseg = File(exists=True, desc="reference labels in reference space")
+    subject_labels_tsv = File(exists=True, desc="label table (dseg.tsv) of subject_labels")
+    reference_labels_tsv = File(exists=True, desc="label table (dseg.tsv) of reference_dseg")
     affine = File(exists=True, desc="affine pre-alignment, reference -> subject points (ITK)")
     lam = traits.Float()
     method = traits.Str("contrareg", usedefault=True)
@@ -55,10 +62,6 @@ class RegistrationMetrics(SimpleInterface):
     output_spec = _MetricsOutputSpec
 
     def _run_interface(self, runtime):
-        import nibabel as nib
-        import numpy as np
-
-        from ..metrics import dice_per_label
         from ..processing.model_space import warp_quality
 
         mask = self.inputs.mask if isdefined(self.inputs.mask) else None
@@ -70,31 +73,7 @@ class RegistrationMetrics(SimpleInterface):
             row.update(lambda_search_columns(search))
         row.update(warp_quality(self.inputs.forward_field, mask))
         if isdefined(self.inputs.subject_labels) and isdefined(self.inputs.reference_labels):
-            ref_img = nib.load(self.inputs.reference_labels)
-            subj = self.inputs.subject_labels
-            subj_img = nib.load(subj)
-            if subj_img.shape[:3] != ref_img.shape[:3] or not np.allclose(
-                subj_img.affine, ref_img.affine, atol=1e-3
-            ):
-                # the given labels are stored as the user's image (any voxel order, maybe
-                # another grid); the warped reference labels are on the RAS subject grid
-                from ..io.transforms import apply_transform
-
-                subj = apply_transform(
-                    subj, self.inputs.reference_labels, None,
-                    os.path.join(os.getcwd(), "subject_labels_on_grid.nii.gz"), "nearest",
-                )  # fmt: skip
-            a = np.asarray(nib.load(str(subj)).dataobj).astype(np.int64)
-            b = np.asarray(ref_img.dataobj).astype(np.int64)
-            common = sorted(set(np.unique(a)) & set(np.unique(b)) - {0})
-            dices = dice_per_label(a, b, labels=common) if common else {}
-            row["mean_dice"] = float(np.nanmean(list(dices.values()))) if dices else float("nan")
-            if isdefined(self.inputs.reference_dseg) and isdefined(self.inputs.affine):
-                row["mean_dice_affine"] = affine_only_dice(
-                    a, self.inputs.reference_dseg, self.inputs.affine,
-                    self.inputs.reference_labels, common,
-                )  # fmt: skip
-            row.update({f"dice_{k}": v for k, v in dices.items()})
+            row.update(self._dice_columns())
         if isdefined(self.inputs.extra):
             row.update(self.inputs.extra)
         tsv = os.path.join(os.getcwd(), "metrics.tsv")
@@ -112,6 +91,60 @@ class RegistrationMetrics(SimpleInterface):
             json.dump(desc, fh, indent=2)
         self._results.update(out_tsv=tsv, out_json=js, metrics=row)
         return runtime
+
+    def _dice_columns(self) -> dict:
+        """Dice of the subject's labels and the warped reference labels, only where the two
+        schemes are known to mean the same structures (:func:`label_correspondence`)."""
+        import nibabel as nib
+        import numpy as np
+
+        from ..io.derivatives import entities, read_label_table
+        from ..metrics import dice_per_label, label_correspondence
+
+        inputs = self.inputs
+        ref_source = inputs.reference_dseg if isdefined(inputs.reference_dseg) else None
+        match = label_correspondence(
+            read_label_table(inputs.subject_labels_tsv)
+            if isdefined(inputs.subject_labels_tsv) else None,
+            read_label_table(inputs.reference_labels_tsv)
+            if isdefined(inputs.reference_labels_tsv) else None,
+            entities(inputs.subject_labels).get("desc"),
+            entities(ref_source).get("desc") if ref_source else None,
+        )  # fmt: skip
+        cols: dict = {"label_matching": match.how}
+        if not match.comparable:
+            LOGGER.warning(
+                "no Dice for %s against the reference labels %s: %s. Give label maps of the "
+                "same scheme (--labels-desc) or dseg.tsv tables with label names",
+                inputs.subject_labels, ref_source, match.how,
+            )  # fmt: skip
+            cols["mean_dice"] = float("nan")
+            return cols
+        ref_img = nib.load(inputs.reference_labels)
+        subj = inputs.subject_labels
+        subj_img = nib.load(subj)
+        if subj_img.shape[:3] != ref_img.shape[:3] or not np.allclose(
+            subj_img.affine, ref_img.affine, atol=1e-3
+        ):
+            # the given labels are stored as the user's image (any voxel order, maybe
+            # another grid); the warped reference labels are on the RAS subject grid
+            from ..io.transforms import apply_transform
+
+            subj = apply_transform(
+                subj, inputs.reference_labels, None,
+                os.path.join(os.getcwd(), "subject_labels_on_grid.nii.gz"), "nearest",
+            )  # fmt: skip
+        a = match.apply(np.asarray(nib.load(str(subj)).dataobj).astype(np.int64))
+        b = np.asarray(ref_img.dataobj).astype(np.int64)
+        common = sorted(set(np.unique(a)) & set(np.unique(b)) - {0})
+        dices = dice_per_label(a, b, labels=common) if common else {}
+        cols["mean_dice"] = float(np.nanmean(list(dices.values()))) if dices else float("nan")
+        if ref_source and isdefined(inputs.affine):
+            cols["mean_dice_affine"] = affine_only_dice(
+                a, ref_source, inputs.affine, inputs.reference_labels, common
+            )
+        cols.update({f"dice_{k}": v for k, v in dices.items()})
+        return cols
 
 
 def affine_only_dice(

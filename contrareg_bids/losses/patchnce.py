@@ -30,7 +30,8 @@ Choices made here (the paper leaves them open):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -382,7 +383,36 @@ class ContrastiveSimilarity(nn.Module):
         self.nce.check_finite_features = False
         self.masked = bool(masked)
         self.freeze_autoencoders = bool(freeze_autoencoders)
+        #: features of the last constant fixed image, when caching is on (see
+        #: :meth:`cache_fixed_features`): ``(key, features)``
+        self._fixed_cache: tuple[tuple, list[torch.Tensor]] | None = None
+        self._caching = False
         self._freeze()
+
+    @contextlib.contextmanager
+    def cache_fixed_features(self) -> Iterator[None]:
+        """Reuse the fixed image's features while the same constant tensor comes back.
+
+        At test time (instance optimisation) the fixed image never changes, yet every
+        step would run it through the frozen autoencoder again: a third of the step. Inside
+        this context its features are computed once. The key is the tensor's storage,
+        shape and version counter, so an in-place change or a new image misses the cache;
+        an image that requires grad (or unfrozen autoencoders) is never cached.
+        """
+        self._caching, self._fixed_cache = True, None
+        try:
+            yield
+        finally:
+            self._caching, self._fixed_cache = False, None
+
+    def _fixed_features(self, fixed: torch.Tensor) -> list[torch.Tensor]:
+        if not self._caching or fixed.requires_grad or not self.freeze_autoencoders:
+            return self._features(self.ae_fixed, fixed, "fixed")
+        key = (fixed.data_ptr(), tuple(fixed.shape), fixed.dtype, fixed._version)
+        if self._fixed_cache is None or self._fixed_cache[0] != key:
+            with torch.no_grad():
+                self._fixed_cache = (key, self._features(self.ae_fixed, fixed, "fixed"))
+        return self._fixed_cache[1]
 
     def _freeze(self) -> None:
         if self.freeze_autoencoders:
@@ -459,7 +489,7 @@ class ContrastiveSimilarity(nn.Module):
         # re-assert the freeze: a parent's requires_grad_()/train() bypasses our overrides
         self._freeze()
         m = check_mask(mask, fixed) if self.masked else None
-        feats_f = self._features(self.ae_fixed, fixed, "fixed")
+        feats_f = self._fixed_features(fixed)
         feats_m = self._features(self.ae_moved, moved, "moved")
         if m is not None:
             m = _feature_masks(m, self.ae_fixed, feats_f)

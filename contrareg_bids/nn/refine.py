@@ -13,6 +13,7 @@ sampled gradient is noisy voxel to voxel), optimised with Adam.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,12 @@ import torch.nn.functional as F
 
 from .integrate import integrate_velocity, warp
 from .model import RegistrationOutput
+
+
+def _constant_images(objective: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """The objective's cache for features of the unwarped images, when it has one."""
+    cache = getattr(objective, "constant_images", None)
+    return cache() if callable(cache) else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ def refine_velocity(
     try:
         for p in params:
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.enable_grad(), _constant_images(objective):
             for _ in range(settings.steps):
                 up = F.interpolate(delta, size=shape, mode="trilinear", align_corners=True)
                 v = v0 + up * settings.coarse  # delta in coarse voxels -> fine voxels

@@ -18,11 +18,14 @@ autoencoders and heads the other way round. Choices of ours, documented here:
   normalised, and with a voxel-mean diffusion penalty the two gradients balance only at
   lambda ~ 0.999, so lambda would do nothing over most of [0, 1]. ``reg_scale`` is set at the
   start of training by :func:`~contrareg_bids.training.calibration.calibrate_reg_scale`
-  (gradient-norm ratio of the two terms at a reference deformation, so that they balance
+  (the ratio of the two terms' pulls along a reference deformation, so that they balance
   at lambda = 0.5) unless the configuration fixes it.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -116,6 +119,16 @@ class RegistrationObjective(nn.Module):
             self.heads = nn.ModuleDict()
             self.sim = baseline_similarity(self.base, cfg)
         self._external: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @contextlib.contextmanager
+    def constant_images(self) -> Iterator[None]:
+        """Within this context the pair's images are constant (instance optimisation):
+        CR/mCR compute the features of each unwarped image once instead of every step."""
+        if not self.contrastive:
+            yield
+            return
+        with self.sim12.cache_fixed_features(), self.sim21.cache_fixed_features():
+            yield
 
     def similarity(
         self,

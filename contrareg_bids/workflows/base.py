@@ -96,10 +96,12 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
         who = f"sub-{spec.participant}" + (f"_ses-{spec.session}" if spec.session else "")
         if not images:
             raise SubjectError(f"--reference {who}: no {cfg.fixed_modality} image there")
-        derivs = find_subject_derivatives(cfg.derivatives, spec.participant, spec.session)
+        derivs = find_subject_derivatives(
+            cfg.derivatives, spec.participant, spec.session, labels_desc=cfg.labels_desc
+        )
         return ReferenceInputs(
             image=Path(images[0]), space=f"sub{spec.participant}", mask=derivs.get("mask"),
-            dseg=derivs.get("labels"), is_template=False,
+            dseg=derivs.get("labels"), dseg_tsv=derivs.get("labels_tsv"), is_template=False,
             description=f"{who} {cfg.fixed_modality}",
         )  # fmt: skip
     return ReferenceInputs(image=Path(spec.path), space="custom", is_template=False,
@@ -186,7 +188,7 @@ def _plugin(cfg: RunConfig) -> tuple[str, dict]:
 def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model: Path | None):
     """Build and run the workflow of one subject-session; raises on failure."""
     from ..io.bids import collect_anatomicals, subject_session_id
-    from ..io.derivatives import find_subject_derivatives
+    from ..io.derivatives import entities, find_subject_derivatives
 
     sid = subject_session_id(subject, session)
     anat = collect_anatomicals(layout, subject, session, cfg.bids_filters)
@@ -202,10 +204,13 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
             LOGGER.warning("%s: %d %s images; using %s", sid, len(paths), m, paths[0])
     ref = resolve_reference(cfg, layout, subject, session)
     shape, spacing = _grid(cfg, model, ref)
+    derivatives = find_subject_derivatives(
+        cfg.derivatives, subject, session, labels_desc=cfg.labels_desc,
+        prefer_desc=entities(ref.dseg.name).get("desc") if ref.dseg else None,
+    )  # fmt: skip
     subj = SubjectInputs(
         subject=subject, session=session, anat={m: p[0] for m, p in found.items()},
-        moving_modality=cfg.moving_modality,
-        derivatives=find_subject_derivatives(cfg.derivatives, subject, session),
+        moving_modality=cfg.moving_modality, derivatives=derivatives,
     )  # fmt: skip
     wf = init_subject_registration_wf(
         subj=subj, ref=ref, output_dir=cfg.output_dir, registration=cfg.registration,

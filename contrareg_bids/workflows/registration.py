@@ -277,6 +277,10 @@ def init_subject_registration_wf(
             wf.add_nodes([ds_tsv])
         if "labels" in subj.derivatives:
             metrics.inputs.subject_labels = str(subj.derivatives["labels"])
+            if "labels_tsv" in subj.derivatives:
+                metrics.inputs.subject_labels_tsv = str(subj.derivatives["labels_tsv"])
+            if ref.dseg_tsv is not None:
+                metrics.inputs.reference_labels_tsv = str(ref.dseg_tsv)
             # the affine-only baseline (mean_dice_affine): the same labels, no deformation
             metrics.inputs.reference_dseg = str(ref.dseg)
             wf.connect([
