@@ -46,6 +46,10 @@ class RunConfig:
     #: which subject label map to score (``*_desc-<labels_desc>_dseg``); None: see
     #: :func:`~contrareg_bids.io.derivatives.find_subject_derivatives`
     labels_desc: str | None = None
+    #: post-menstrual age (weeks) of every subject-session, instead of the BIDS tables
+    pma: float | None = None
+    #: postnatal age (months, term birth assumed) of every subject-session (nibabies' option)
+    age_months: float | None = None
     skip_bids_validation: bool = False
     registration: str = "contrareg"
     model: Path | None = None
@@ -88,6 +92,8 @@ class RunConfig:
             bids_filters=args.bids_filter_file,
             derivatives={name: Path(p).absolute() for name, p in args.derivatives},
             labels_desc=getattr(args, "labels_desc", None),
+            pma=getattr(args, "pma", None),
+            age_months=getattr(args, "age_months", None),
             skip_bids_validation=args.skip_bids_validation,
             registration=args.registration,
             model=Path(args.model).absolute() if args.model else None,

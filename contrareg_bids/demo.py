@@ -159,8 +159,8 @@ def write_bids_dataset(
     age_weeks: float = DEMO_AGE_WEEKS,
 ) -> list[str]:
     """Write ``n_subjects`` simulated subjects as a BIDS dataset under ``root`` (T1w, T2w,
-    participants.tsv with ``age_weeks``) and their brain masks and CerebrA label maps as
-    the derivatives dataset ``root/derivatives/labels`` (what ``--derivatives`` reads).
+    participants.tsv with the post-menstrual age ``pma``) and their brain masks and CerebrA
+    label maps as the derivatives dataset ``root/derivatives/labels`` (what ``--derivatives`` reads).
     Returns the participant labels (``01``, ``02``, ...). A dataset written before with the
     same settings (``code/contrareg-bids-demo.json``) is kept as it is: rewritten files
     would differ (gzip time stamps), and the app's content hashes would redo its work; one
@@ -200,11 +200,11 @@ def write_bids_dataset(
         der = labels_root / f"sub-{sid}" / "anat"
         _save(der / f"sub-{sid}_desc-brain_mask.nii.gz", subj["mask"], aff, np.uint8)
         _save(der / f"sub-{sid}_dseg.nii.gz", subj["labels"], aff, np.int16)
-    rows = ["participant_id\tage_weeks"] + [f"sub-{sid}\t{age_weeks:g}" for sid in ids]
+    rows = ["participant_id\tpma"] + [f"sub-{sid}\t{age_weeks:g}" for sid in ids]
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
     _write_json(root / "participants.json", {
         "participant_id": {"Description": "participant label"},
-        "age_weeks": {"Description": "post-menstrual age at scan", "Units": "weeks"},
+        "pma": {"Description": "post-menstrual age at scan", "Units": "weeks"},
     })  # fmt: skip
     _write_json(stamp, settings)
     return ids

@@ -87,7 +87,7 @@ def make_bids_dataset(
     *,
     sessions: bool = False,
     age_source: AgeSource = "participants",
-    age_column: str = "age_weeks",
+    age_column: str = "pma",
     age_units: str | None = None,
     affine: np.ndarray | None = None,
     name: str = "contrareg-bids test dataset",

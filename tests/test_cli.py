@@ -71,19 +71,26 @@ def test_derivatives_refused(bad, capsys):
 
 @pytest.mark.parametrize(
     ("value", "gb"),
-    [("8", 8.0), ("8GB", 8.0), ("8gb", 8.0), ("16G", 16.0), ("8000MB", 8000 / 1024),
-     ("512M", 0.5), (" 2.5 GB ", 2.5)],
+    [("8GB", 8.0), ("8gb", 8.0), ("16G", 16.0), ("8000MB", 8000 / 1024),
+     ("512M", 0.5), (" 2.5 GB ", 2.5), ("1T", 1024.0)],
 )  # fmt: skip
 def test_mem_units(value, gb):
     assert args("--mem", value).mem == pytest.approx(gb)
     assert args("--mem-gb", value).mem == pytest.approx(gb)
 
 
-@pytest.mark.parametrize("bad", ["lots", "8TB", "-1", ""])
+def test_bare_mem_is_megabytes_as_in_fmriprep():
+    """Regression: ``--mem 16000`` meant 16000 GB."""
+    assert args("--mem", "16000").mem == pytest.approx(16000 / 1024)
+    assert args("--mem-mb", "16000").mem == pytest.approx(16000 / 1024)
+    assert args("--mem-gb", "16").mem == 16.0
+
+
+@pytest.mark.parametrize("bad", ["lots", "8XB", "-1", "", "0"])
 def test_mem_refused(bad, capsys):
     with pytest.raises(SystemExit):
         args("--mem", bad)
-    assert "--mem takes" in capsys.readouterr().err
+    assert "expected a memory size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.0", "0.25", "1e-2"])

@@ -45,7 +45,7 @@ def test_bids_dataset_and_label_derivatives(run):
     masks = layout.get(desc="brain", suffix="mask", extension=".nii.gz", scope="derivatives")
     assert len(masks) == 4
     header, *rows = (bids / "participants.tsv").read_text().strip().splitlines()
-    assert header.split("\t") == ["participant_id", "age_weeks"]
+    assert header.split("\t") == ["participant_id", "pma"]
     assert [r.split("\t") for r in rows] == [[f"sub-0{i}", "40"] for i in range(1, 5)]
 
 

@@ -162,7 +162,7 @@ def test_bids_filters(flat_dataset):
 # ---------------------------------------------------------------------------------------------
 def test_age_from_participants(flat_dataset):
     layout = make_layout(flat_dataset)
-    assert get_age_weeks(layout, "01") == (40.5, "participants.tsv:age_weeks")
+    assert get_age_weeks(layout, "01") == (40.5, "participants.tsv:pma")
     assert get_age_weeks(flat_dataset, "sub-02")[0] == 38.0  # a path works too
 
     age, why = get_age_weeks(layout, "pt10")  # n/a
@@ -172,13 +172,13 @@ def test_age_from_participants(flat_dataset):
         require_age(layout, "pt10")
     message = str(err.value)
     assert "participants.tsv" in message and "sub-pt10/sub-pt10_scans.tsv (absent)" in message
-    assert "age_weeks, scan_age, pma, age" in message
+    assert "pma, pma_weeks, postmenstrual_age, scan_age, age_weeks" in message
 
 
 def test_age_from_sessions(session_dataset):
     assert get_age_weeks(session_dataset, "01", "1") == (
         35.0,
-        "sub-01/sub-01_sessions.tsv:age_weeks",
+        "sub-01/sub-01_sessions.tsv:pma",
     )
     assert get_age_weeks(session_dataset, "01", "ses-2")[0] == 43.0
     age, why = get_age_weeks(session_dataset, "01", "9")
@@ -231,20 +231,63 @@ def test_scans_before_sessions_before_participants(tmp_path):
 @pytest.mark.parametrize(
     ("units", "value", "weeks"),
     [
-        ("weeks", "40", 40.0),
-        ("days", "280", 40.0),
-        ("months", "9", 9 * 52.1775 / 12),
+        ("weeks", "4", 4.0),
+        ("days", "28", 4.0),
+        ("months", "3", 3 * 52.1775 / 12),
         ("years", "1", 52.1775),
-        ("Weeks", "38+3", 38 + 3 / 7),
+        ("Weeks", "2+3", 2 + 3 / 7),
     ],
 )
-def test_age_column_with_units(tmp_path, units, value, weeks):
+def test_age_column_is_postnatal_as_nibabies_reads_it(tmp_path, units, value, weeks):
+    """Regression: ``age`` (with its Units) was read as the post-menstrual age, so a
+    nibabies-style table (age 3, months) picked a 13-week cohort."""
     root = make_bids_dataset(
         tmp_path / "bids", {"01": {"T2w": VOL, "age": value}}, age_column="age", age_units=units
     )
     age, why = get_age_weeks(root, "01")
-    assert age == pytest.approx(weeks)
-    assert why.startswith("participants.tsv:age")
+    assert age == pytest.approx(40.0 + weeks)
+    assert why.startswith("participants.tsv:age [") and "term birth (40 weeks) assumed" in why
+
+
+def test_postnatal_age_columns_named_by_unit_and_birth_age(tmp_path):
+    root = tmp_path / "bids"
+    make_bids_dataset(root, {"01": {"T2w": VOL}, "02": {"T2w": VOL}}, age_source=None)
+    (root / "participants.tsv").write_text(
+        "participant_id\tage_months\tbirth_age\nsub-01\t2\t35\nsub-02\t1\tn/a\n"
+    )
+    age, why = get_age_weeks(root, "01")
+    assert age == pytest.approx(35 + 2 * 52.1775 / 12) and why.endswith("+ birth_age")
+    age, why = get_age_weeks(root, "02")
+    assert age == pytest.approx(40 + 52.1775 / 12) and "term birth" in why
+    # an explicit post-menstrual age in the same row wins
+    (root / "participants.tsv").write_text(
+        "participant_id\tage_weeks\tscan_age\nsub-01\t3\t41.5\nsub-02\t3\tn/a\n"
+    )
+    assert get_age_weeks(root, "01") == (41.5, "participants.tsv:scan_age")
+    assert get_age_weeks(root, "02")[0] == pytest.approx(43.0)
+
+
+def test_participants_table_with_a_session_column(tmp_path):
+    root = make_bids_dataset(
+        tmp_path / "bids", {"01": {"1": {"T2w": VOL}, "2": {"T2w": VOL}}}, sessions=True,
+        age_source=None,
+    )  # fmt: skip
+    (root / "participants.tsv").write_text(
+        "participant_id\tsession\tpma\nsub-01\tses-1\t38\nsub-01\t2\t44\n"
+    )
+    assert get_age_weeks(root, "01", "1") == (38.0, "participants.tsv:pma")
+    assert get_age_weeks(root, "01", "2")[0] == 44.0
+    age, why = get_age_weeks(root, "01", "3")
+    assert age is None and "no row for this participant" in why
+
+
+def test_age_given_on_the_command_line():
+    from contrareg_bids.io.bids import age_override
+
+    assert age_override(None, None) is None
+    assert age_override(41.0, None) == (41.0, "--pma")
+    weeks, why = age_override(None, 3)
+    assert weeks == pytest.approx(40 + 3 * 52.1775 / 12) and "postnatal" in why
 
 
 def test_age_without_units_is_not_guessed(tmp_path):
@@ -277,7 +320,7 @@ def test_week_columns_respect_sidecar_units(tmp_path):
 
 def test_bad_age_values(tmp_path):
     root = make_bids_dataset(tmp_path / "bids", {"01": {"T2w": VOL, "age": "forty"}})
-    with pytest.raises(BIDSError, match=r"participants.tsv, column 'age_weeks'.*'forty'"):
+    with pytest.raises(BIDSError, match=r"participants.tsv, column 'pma'.*'forty'"):
         get_age_weeks(root, "01")
     root = make_bids_dataset(tmp_path / "bids2", {"01": {"T2w": VOL, "age": -3}})
     with pytest.raises(BIDSError, match="not a positive age"):

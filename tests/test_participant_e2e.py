@@ -63,10 +63,16 @@ def run_app(bids, out, work, *options, home: Path) -> int:
 
 
 def write_labels_derivatives(root: Path, labels: dict[str, nib.Nifti1Image]) -> Path:
-    """A derivatives folder with ``sub-XX/anat/sub-XX_dseg.nii.gz`` per subject."""
+    """A derivatives folder with ``sub-XX/anat/sub-XX_dseg.nii.gz`` per subject and the
+    label table they inherit, ``dseg.tsv`` at its root (CerebrA values named as in the test
+    templates' tables, so Dice is computed against them)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(
         json.dumps({"Name": "labels", "BIDSVersion": "1.9.0", "DatasetType": "derivative"})
+    )
+    values = sorted({int(v) for img in labels.values() for v in np.unique(img.dataobj) if v})
+    (root / "dseg.tsv").write_text(
+        "index\tname\n" + "".join(f"{v}\tcerebra{v}\n" for v in values)
     )
     for sub, img in labels.items():
         path = root / f"sub-{sub}" / "anat" / f"sub-{sub}_dseg.nii.gz"

@@ -104,12 +104,27 @@ def _model_name(value: str) -> str:
     return value
 
 
+#: GB per unit (binary, as SLURM's --mem: 14400M is 14400/1024 GB)
+_MEMORY_UNITS_GB = {"K": 1.0 / 1024**2, "M": 1.0 / 1024, "G": 1.0, "T": 1024.0}
+
+
+def _memory(value: str, bare_unit: str) -> float:
+    """A memory size in GB from ``16000``, ``16000MB``, ``16G``, ``16GB``, ``1T``; a bare
+    number is in ``bare_unit`` (MB for ``--mem``, as fMRIPrep reads it)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KkMmGgTt]?)[Bb]?\s*", value)
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a memory size such as 16000 (MB), 16000MB or 16GB, got {value!r}"
+        )
+    return float(m.group(1)) * _MEMORY_UNITS_GB[m.group(2).upper() or bare_unit]
+
+
+def _memory_mb(value: str) -> float:
+    return _memory(value, "M")
+
+
 def _memory_gb(value: str) -> float:
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([GgMm]?)[Bb]?\s*", value)
-    if not m:
-        raise argparse.ArgumentTypeError(f"--mem takes e.g. 8, 8GB or 8000MB, got {value!r}")
-    number, unit = float(m.group(1)), m.group(2).upper()
-    return number / 1024 if unit == "M" else number
+    return _memory(value, "G")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -172,6 +187,21 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="TEMPLATE[:cohort-N] (cohort from age when omitted), sub-XX, or a path",
     )
+    ages = g.add_mutually_exclusive_group()
+    ages.add_argument(
+        "--pma",
+        type=_positive_float,
+        metavar="WEEKS",
+        help="post-menstrual age at scan of every subject-session, instead of the BIDS tables "
+        "(picks the template cohort)",
+    )
+    ages.add_argument(
+        "--age-months",
+        type=_non_negative_float,
+        metavar="MONTHS",
+        help="postnatal age of every subject-session, as nibabies' option (a term birth, 40 "
+        "weeks PMA, is assumed)",
+    )
     g.add_argument("--moving-modality", choices=("T1w", "T2w"), default="T2w")
     g.add_argument("--fixed-modality", choices=("T1w", "T2w"), default="T1w")
     g.add_argument(
@@ -205,7 +235,19 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("-w", "--work-dir", type=Path, metavar="DIR")
     g.add_argument("--nprocs", "--n-cpus", type=int, metavar="N")
     g.add_argument("--omp-nthreads", type=int, metavar="N")
-    g.add_argument("--mem", "--mem-gb", type=_memory_gb, metavar="GB")
+    g.add_argument(
+        "--mem",
+        "--mem-mb",
+        "--mem_mb",
+        dest="mem",
+        type=_memory_mb,
+        metavar="MB",
+        help="memory limit for the run, in MB as fMRIPrep reads it (16000), or with a unit "
+        "(16GB)",
+    )
+    g.add_argument(
+        "--mem-gb", dest="mem", type=_memory_gb, metavar="GB", help="the same limit, in GB"
+    )
     g.add_argument("--use-plugin", type=Path, metavar="FILE", help="Nipype plugin YAML")
     g.add_argument("--n-gpus", type=int, default=None, metavar="N")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")

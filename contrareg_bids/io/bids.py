@@ -10,14 +10,17 @@ Age (weeks, post-menstrual) is looked up, first hit wins, in
 
 1. ``sub-X[/ses-Y]/sub-X[_ses-Y]_scans.tsv``: the row of the scan file;
 2. ``sub-X/sub-X_sessions.tsv``: the row of the session;
-3. ``participants.tsv``: the row of the subject;
+3. ``participants.tsv``: the row of the subject (of the session, when the table has a
+   ``session``/``session_id`` column);
 
-from the columns :data:`WEEK_COLUMNS` (``age_weeks``, ``scan_age``, ``pma``: weeks, unless the
-sidecar gives other ``Units``) or ``age``, whose unit must be given by the sidecar JSON
-(``{"age": {"Units": "weeks"}}``; days, months and years are converted). ``age`` without
-units is never guessed: that source yields no age and the provenance says why. The ``age``
-column is taken as the post-menstrual age in its units: convert a postnatal age first (add
-the gestational age at birth). Week values may also be written ``38+2`` (38 weeks 2 days).
+or given on the command line (``--pma``, ``--age-months``). In a row, an explicit
+post-menstrual age (:data:`PMA_COLUMNS`: ``pma``, ``pma_weeks``, ``postmenstrual_age``,
+``scan_age``; weeks unless the sidecar gives ``Units``) wins. Otherwise the age is read as
+nibabies reads it, as the **postnatal** (chronological) age: ``age_weeks``, ``age_months``,
+``age_years`` (unit from the name) or ``age`` (unit from the sidecar JSON, never guessed),
+and becomes a PMA by adding the gestational age at birth (:data:`BIRTH_GA_COLUMNS`, weeks)
+or, without one, a term birth (40 weeks; the provenance says it was assumed). Week values
+may be written ``38+2`` (38 weeks 2 days).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .units import UNIT_ALIASES, WEEKS_PER
+from .units import TERM_WEEKS, UNIT_ALIASES, WEEKS_PER
 
 if TYPE_CHECKING:
     from bids import BIDSLayout
@@ -38,7 +41,9 @@ if TYPE_CHECKING:
 __all__ = [
     "AGE_COLUMNS",
     "ANAT_SUFFIXES",
-    "WEEK_COLUMNS",
+    "BIRTH_GA_COLUMNS",
+    "PMA_COLUMNS",
+    "POSTNATAL_COLUMNS",
     "BIDSError",
     "InvalidDatasetError",
     "NoMatchError",
@@ -52,10 +57,16 @@ __all__ = [
     "subject_session_id",
 ]
 
-#: Columns holding an age in weeks (unless the sidecar says otherwise), by priority.
-WEEK_COLUMNS = ("age_weeks", "scan_age", "pma")
-#: All accepted age columns, by priority; ``age`` needs ``Units`` in the sidecar.
-AGE_COLUMNS = (*WEEK_COLUMNS, "age")
+#: Post-menstrual age at scan, weeks unless the sidecar gives ``Units`` (by priority).
+PMA_COLUMNS = ("pma", "pma_weeks", "postmenstrual_age", "scan_age")
+#: Postnatal (chronological) age as nibabies reads it: the unit from the column's name, or
+#: for ``age`` from the sidecar (required).
+POSTNATAL_COLUMNS = {"age_weeks": "weeks", "age_months": "months", "age_years": "years",
+                     "age": None}  # fmt: skip
+#: Gestational age at birth (weeks unless the sidecar says), turning a postnatal age into PMA.
+BIRTH_GA_COLUMNS = ("birth_age", "gestational_age_at_birth", "ga_at_birth", "birth_ga")
+#: All accepted age columns, by priority.
+AGE_COLUMNS = (*PMA_COLUMNS, *POSTNATAL_COLUMNS)
 #: Anatomical modalities collected by :func:`collect_anatomicals`.
 ANAT_SUFFIXES = ("T1w", "T2w")
 
@@ -347,42 +358,81 @@ def _parse_age(raw: str, units: str, where: str) -> float | None:
                 f"{where}: age value {raw!r} is not a number; write a number (or 'n/a')."
             ) from None
     weeks = value * _WEEKS_PER[units]
-    if not weeks > 0 or weeks != weeks or weeks == float("inf"):
+    if not weeks >= 0 or weeks == float("inf"):  # 0: a postnatal age on the day of birth
         raise BIDSError(f"{where}: age {raw!r} ({units}) is not a positive age; fix the value.")
     return weeks
+
+
+def _column_weeks(
+    row: Mapping[str, str],
+    sidecar: Mapping[str, Any],
+    column: str,
+    default_units: str | None,
+    where: str,
+    sidecar_path: Path | None,
+) -> tuple[float | None, str | None, str | None]:
+    """(weeks, units, note on why nothing usable) of one column of one row."""
+    if column not in row or row[column].strip().lower() in _MISSING:
+        return None, None, None
+    units_raw = _column_units(sidecar, column) or default_units
+    if units_raw is None:
+        return (
+            None,
+            None,
+            (
+                f"{where}: column {column!r} has no units (no sidecar"
+                + (f" entry in {sidecar_path.name}" if sidecar_path else " JSON")
+                + f'); add {{"{column}": {{"Units": "months"}}}} (or days/weeks/years) to the '
+                "sidecar, or use a pma (post-menstrual weeks) or age_months column"
+            ),
+        )
+    units = _normalise_units(units_raw)
+    if units is None:
+        return (
+            None,
+            None,
+            (
+                f"{where}: column {column!r} has units {units_raw!r}, which are not one of "
+                "weeks/days/months/years"
+            ),
+        )
+    return _parse_age(row[column], units, f"{where}, column {column!r}"), units, None
 
 
 def _age_from_row(
     row: Mapping[str, str], sidecar: Mapping[str, Any], where: str, sidecar_path: Path | None
 ) -> tuple[float | None, str | None, str | None]:
-    """(weeks, column used, note on why nothing usable) for one table row."""
+    """(PMA weeks, how it was read, note on why nothing usable) for one table row."""
     note = None
-    for column in AGE_COLUMNS:
-        if column not in row or row[column].strip().lower() in _MISSING:
-            continue
-        units_raw = _column_units(sidecar, column)
-        if units_raw is None:
-            if column == "age":
-                note = (
-                    f"{where}: column 'age' has no units (no sidecar"
-                    + (f" entry in {sidecar_path.name}" if sidecar_path else " JSON")
-                    + '); add {"age": {"Units": "weeks"}} (or days/months/years) to the '
-                    "sidecar, or use an age_weeks/pma column"
-                )
-                continue
-            units_raw = "weeks"
-        units = _normalise_units(units_raw)
-        if units is None:
-            note = (
-                f"{where}: column {column!r} has units {units_raw!r}, which are not one of "
-                "weeks/days/months/years"
-            )
-            continue
-        weeks = _parse_age(row[column], units, f"{where}, column {column!r}")
+    for column in PMA_COLUMNS:
+        weeks, units, why = _column_weeks(row, sidecar, column, "weeks", where, sidecar_path)
         if weeks is not None:
-            label = column if units == "weeks" else f"{column} [{units}]"
-            return weeks, label, None
+            return weeks, column if units == "weeks" else f"{column} [{units}]", None
+        note = note or why
+    for column, units_of_name in POSTNATAL_COLUMNS.items():
+        weeks, units, why = _column_weeks(row, sidecar, column, units_of_name, where, sidecar_path)
+        note = note or why
+        if weeks is None:
+            continue
+        label = f"{column} [{units}, postnatal]"
+        for ga_column in BIRTH_GA_COLUMNS:
+            ga, _, ga_why = _column_weeks(row, sidecar, ga_column, "weeks", where, sidecar_path)
+            if ga is not None:
+                return ga + weeks, f"{label} + {ga_column}", None
+            note = note or ga_why
+        return TERM_WEEKS + weeks, f"{label} + term birth ({TERM_WEEKS:g} weeks) assumed", None
     return None, None, note
+
+
+def age_override(pma: float | None, age_months: float | None) -> tuple[float, str] | None:
+    """The age given on the command line (``--pma`` weeks, or nibabies' ``--age-months``,
+    postnatal, term birth assumed) as (PMA weeks, provenance), or None."""
+    if pma is not None:
+        return float(pma), "--pma"
+    if age_months is not None:
+        weeks = TERM_WEEKS + float(age_months) * _WEEKS_PER["months"]
+        return weeks, f"--age-months (postnatal; term birth, {TERM_WEEKS:g} weeks, assumed)"
+    return None
 
 
 def _age_sources(
@@ -409,6 +459,23 @@ def _age_sources(
     participants = [root / "participants.json"]
     sources.append(("participant", root / "participants.tsv", participants, "participant_id", sub))
     return sources
+
+
+def _rows_of_session(rows: list[dict[str, str]], session: str | None) -> list[dict[str, str]]:
+    """participants.tsv rows of one session when the table has a ``session`` (or
+    ``session_id``) column: that session's row, else the rows that name no session."""
+
+    def session_of(row: dict[str, str]) -> str:
+        value = row.get("session", row.get("session_id", "")) or ""
+        return "" if value.strip().lower() in _MISSING else _strip(value.strip(), "ses-")
+
+    if not any(session_of(r) for r in rows):
+        return rows
+    if session is not None:
+        own = [r for r in rows if session_of(r) == session]
+        if own:
+            return own
+    return [r for r in rows if not session_of(r)]
 
 
 def _scan_names(root: Path, tsv: Path, scan_path: str | os.PathLike[str]) -> set[str]:
@@ -455,6 +522,8 @@ def _find_age(
         else:
             prefix = id_value[:4]
             rows = [r for r in rows if _strip(r.get(id_column, ""), prefix) == id_value[4:]]
+            if kind == "participant":
+                rows = _rows_of_session(rows, session)
         if not rows:
             looked.append(f"{rel} (no row for this {kind})")
             continue

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
-from .units import UNIT_ALIASES, WEEKS_PER
+from .units import TERM_WEEKS, UNIT_ALIASES, WEEKS_PER
 
 if TYPE_CHECKING:
     from templateflow import TemplateFlowClient
@@ -64,8 +64,6 @@ DEFAULT_TEMPLATE = "dhcpVol"
 PMA_COHORT_TEMPLATES = frozenset({"dhcpVol", "dhcpSym", "dhcpAsym", "Serag2012"})
 #: Ages this far (weeks) outside the span of the cohorts are clamped with a warning.
 CLAMP_TOLERANCE_WEEKS = 0.5
-#: Term birth, to turn a template's postnatal cohort ages (months, years) into PMA weeks.
-TERM_WEEKS = 40.0
 
 _WEEKS_PER = WEEKS_PER
 _UNITS = UNIT_ALIASES

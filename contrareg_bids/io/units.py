@@ -10,3 +10,7 @@ UNIT_ALIASES = {
     **dict.fromkeys(("mo", "month", "months"), "months"),
     **dict.fromkeys(("y", "yr", "yrs", "year", "years"), "years"),
 }
+
+#: Post-menstrual age of a term birth: a postnatal age becomes a PMA by adding the
+#: gestational age at birth, this one when the data does not give it.
+TERM_WEEKS = 40.0

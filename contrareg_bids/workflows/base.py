@@ -62,7 +62,7 @@ def newest_model(output_dir: Path) -> Path | None:
 
 def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None):
     """The reference of one subject-session (template cohort from the age when needed)."""
-    from ..io.bids import collect_anatomicals, require_age
+    from ..io.bids import age_override, collect_anatomicals, require_age
     from ..io.derivatives import find_subject_derivatives
     from ..io.templates import (
         cohort_for_age,
@@ -75,7 +75,9 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
     if spec.kind == "template":
         cohort = spec.cohort
         if cohort is None and template_cohorts(spec.template):
-            age, where = require_age(layout, subject, session)
+            age, where = age_override(cfg.pma, cfg.age_months) or require_age(
+                layout, subject, session
+            )
             cohort, warning = cohort_for_age(spec.template, age)
             if warning:
                 LOGGER.warning("sub-%s: %s", subject, warning)
@@ -187,7 +189,7 @@ def _plugin(cfg: RunConfig) -> tuple[str, dict]:
 
 def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model: Path | None):
     """Build and run the workflow of one subject-session; raises on failure."""
-    from ..io.bids import collect_anatomicals, subject_session_id
+    from ..io.bids import age_override, collect_anatomicals, subject_session_id
     from ..io.derivatives import entities, find_subject_derivatives
 
     sid = subject_session_id(subject, session)
@@ -208,9 +210,11 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
         cfg.derivatives, subject, session, labels_desc=cfg.labels_desc,
         prefer_desc=entities(ref.dseg.name).get("desc") if ref.dseg else None,
     )  # fmt: skip
+    age_weeks, age_source = age_override(cfg.pma, cfg.age_months) or (None, "")
     subj = SubjectInputs(
         subject=subject, session=session, anat={m: p[0] for m, p in found.items()},
         moving_modality=cfg.moving_modality, derivatives=derivatives,
+        age_weeks=age_weeks, age_source=age_source,
     )  # fmt: skip
     wf = init_subject_registration_wf(
         subj=subj, ref=ref, output_dir=cfg.output_dir, registration=cfg.registration,

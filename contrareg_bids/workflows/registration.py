@@ -48,7 +48,10 @@ class SubjectInputs:
     anat: dict[str, str]  # modality -> path (first run)
     moving_modality: str
     derivatives: dict[str, Path] = field(default_factory=dict)  # mask, labels
+    #: post-menstrual age given on the command line (``--pma``/``--age-months``) and how;
+    #: None: read from the BIDS tables for the report
     age_weeks: float | None = None
+    age_source: str = ""
 
 
 def source_uri(path: str | Path, bids_dir: Path | None) -> str:
@@ -347,8 +350,9 @@ def init_subject_registration_wf(
     if reports:
         from .reports import init_report_wf, report_device, subject_age
 
-        age, age_source = (subj.age_weeks, "") if subj.age_weeks is not None else subject_age(
-            bids_dir, subj.subject, subj.session, source
+        age, age_source = (
+            (subj.age_weeks, subj.age_source) if subj.age_weeks is not None else subject_age(
+            bids_dir, subj.subject, subj.session, source)
         )  # fmt: skip
         info = {
             "subject": subj.subject, "session": subj.session, "moving_modality": mod,
