@@ -160,7 +160,7 @@ def write_bids_dataset(
 ) -> list[str]:
     """Write ``n_subjects`` simulated subjects as a BIDS dataset under ``root`` (T1w, T2w,
     participants.tsv with the post-menstrual age ``pma``) and their brain masks and CerebrA
-    label maps as the derivatives dataset ``root/derivatives/labels`` (what ``--derivatives`` reads).
+    label maps as the derivatives dataset ``root/derivatives/labels`` (``--derivatives``).
     Returns the participant labels (``01``, ``02``, ...). A dataset written before with the
     same settings (``code/contrareg-bids-demo.json``) is kept as it is: rewritten files
     would differ (gzip time stamps), and the app's content hashes would redo its work; one
