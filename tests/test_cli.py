@@ -229,7 +229,8 @@ def test_config_written_to_work_dir_and_logs(tmp_path, bids):
     assert cfg["random_seed"] == 5 and cfg["reference"] == str(ref)
     assert cfg["run_uuid"] in in_logs.name
     assert (out / "dataset_description.json").is_file()
-    error = (out / "sub-01" / "log" / "error-sub-01.txt").read_text()
+    (error_file,) = (out / "sub-01" / "log").glob(f"{cfg['run_uuid']}/error-sub-01.txt")
+    error = error_file.read_text()
     assert error.startswith("sub-01: no T2w image (the moving modality); found T1w")
 
 
@@ -356,7 +357,8 @@ def test_gpu_out_of_memory_exits_75_so_a_scheduler_requeues(tmp_path, monkeypatc
     oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
     causes.update({"01": torch.OutOfMemoryError(oom), "02": torch.OutOfMemoryError(oom)})
     assert run("all-oom") == exit_codes.EX_TEMPFAIL
-    assert oom in (tmp_path / "all-oom/sub-01/log/error-sub-01.txt").read_text()
+    (error_file,) = (tmp_path / "all-oom/sub-01/log").glob("*/error-sub-01.txt")
+    assert oom in error_file.read_text()
     causes["02"] = ValueError("sub-02: T2w is empty")
     assert run("mixed") == exit_codes.PARTICIPANT_FAILED
 

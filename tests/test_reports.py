@@ -151,8 +151,8 @@ def test_reports_only_rebuilds_the_page_without_running(run, tiny_bundle, tiny_t
     page.unlink()
     result = run.work / "sub_01_wf" / "register" / "result_register.pklz"
     before = result.stat().st_mtime_ns
-    log = run.out / "sub-01" / "log"
-    log.mkdir()
+    log = run.out / "sub-01" / "log" / "a-later-run"
+    log.mkdir(parents=True)
     (log / "error-sub-01.txt").write_text("sub-01: something went wrong\n\ntraceback")
     try:
         rc = run_app(run.bids, run.out, run.work, "--model", tiny_bundle, "--reference", TPL,
@@ -169,6 +169,23 @@ def test_reports_only_rebuilds_the_page_without_running(run, tiny_bundle, tiny_t
                      "01", home=tiny_templateflow)  # fmt: skip
         assert rc == exit_codes.OK
     assert "No errors to report" in page.read_text()
+
+
+def test_an_old_runs_errors_never_show_on_a_new_runs_report(tmp_path):
+    """Regression: error and crash files piled up in one flat ``sub-X/log/`` and a past
+    run's error was shown on the report of a run that went well."""
+    from contrareg_bids.reports.subject import build_subject_report
+
+    log = tmp_path / "sub-01" / "log"
+    (log / "old-run").mkdir(parents=True)
+    (log / "error-sub-01.txt").write_text("sub-01: flat, from an old version\n")
+    (log / "old-run" / "error-sub-01.txt").write_text("sub-01: from the old run\n")
+    page = build_subject_report(tmp_path, "01", None, run_uuid="new-run").read_text()
+    assert "No errors to report" in page and "old" not in page.split("Errors")[-1]
+    (log / "new-run").mkdir()
+    (log / "new-run" / "error-sub-01.txt").write_text("sub-01: from this run\n")
+    page = build_subject_report(tmp_path, "01", None, run_uuid="new-run").read_text()
+    assert "from this run" in page and "from the old run" not in page
 
 
 # ---------------------------------------------------------------------------------------------

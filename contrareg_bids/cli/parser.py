@@ -242,8 +242,7 @@ def get_parser() -> argparse.ArgumentParser:
         dest="mem",
         type=_memory_mb,
         metavar="MB",
-        help="memory limit for the run, in MB as fMRIPrep reads it (16000), or with a unit "
-        "(16GB)",
+        help="memory limit for the run, in MB as fMRIPrep reads it (16000), or with a unit (16GB)",
     )
     g.add_argument(
         "--mem-gb", dest="mem", type=_memory_gb, metavar="GB", help="the same limit, in GB"

@@ -118,10 +118,19 @@ def read_metrics_row(path: Path) -> dict[str, str] | None:
     return dict(zip(header, row, strict=False))
 
 
-def error_files(output_dir: Path, subject: str, session: str | None) -> list[Path]:
-    """``error-<id>.txt`` and the Nipype crash files of this subject-session's workflow."""
-    log_dir = output_dir / f"sub-{subject}" / "log"
-    if not log_dir.is_dir():
+def error_files(
+    output_dir: Path, subject: str, session: str | None, run_uuid: str | None = None
+) -> list[Path]:
+    """``error-<id>.txt`` and the Nipype crash files of this subject-session's workflow in
+    the run ``run_uuid`` (default: the newest run folder in ``sub-X/log/``)."""
+    from ..workflows.outputs import latest_run_log_dir, run_log_dir
+
+    log_dir = (
+        run_log_dir(output_dir, subject, run_uuid)
+        if run_uuid
+        else latest_run_log_dir(output_dir, subject)
+    )
+    if log_dir is None or not log_dir.is_dir():
         return []
     sid = prefix_of(subject, session)
     out = sorted(log_dir.glob(f"error-{sid}.txt"))
@@ -165,9 +174,14 @@ def _errors_html(files: list[Path], output_dir: Path) -> str:
 
 
 def build_subject_report(
-    output_dir: Path, subject: str, session: str | None, moving_modality: str = "T2w"
+    output_dir: Path,
+    subject: str,
+    session: str | None,
+    moving_modality: str = "T2w",
+    run_uuid: str | None = None,
 ) -> Path:
-    """Write ``OUTPUT_DIR/sub-X[_ses-Y].html`` from what is on disk; returns its path."""
+    """Write ``OUTPUT_DIR/sub-X[_ses-Y].html`` from what is on disk, with the errors of run
+    ``run_uuid`` (default: the newest run); returns its path."""
     output_dir = Path(output_dir)
     items = find_reportlets(output_dir, subject, session)
     by_desc: dict[str, list[Reportlet]] = {}
@@ -190,7 +204,11 @@ def build_subject_report(
         sections.append(("other", "Other figures", "".join(_figure_html(i, "") for i in other)))
     row = read_metrics_row(metrics_path(output_dir, subject, session))
     sections.append(
-        ("errors", "Errors", _errors_html(error_files(output_dir, subject, session), output_dir))
+        (
+            "errors",
+            "Errors",
+            _errors_html(error_files(output_dir, subject, session, run_uuid), output_dir),
+        )
     )
     reference = row.get("reference") if row else None
     sections.append(("boilerplate", "Methods", methods_html(row, moving_modality, reference)))
@@ -234,7 +252,9 @@ def write_subject_report(
             name = f"{prefix_of(subject, session)}_desc-about_{cfg.moving_modality}.html"
             text = about_html(time.monotonic() - started, status, cfg.run_uuid, device)
             (figures / name).write_text(text)
-        return build_subject_report(cfg.output_dir, subject, session, cfg.moving_modality)
+        return build_subject_report(
+            cfg.output_dir, subject, session, cfg.moving_modality, cfg.run_uuid
+        )
     except Exception as err:  # reports decorate: the outputs are what counts
         LOGGER.warning("%s: could not write the report: %s", prefix_of(subject, session), err)
         return None
@@ -245,7 +265,7 @@ def _sessions_on_disk(output_dir: Path, subject: str) -> list[str | None]:
     sessions = {p.name[4:] for p in sub.glob("ses-*") if p.is_dir()}
     for fig in (sub / "figures").glob(f"sub-{subject}_ses-*_desc-*"):
         sessions.add(fig.name.split("_ses-")[1].split("_")[0])
-    for err in (sub / "log").glob(f"error-sub-{subject}_ses-*.txt"):
+    for err in (sub / "log").glob(f"*/error-sub-{subject}_ses-*.txt"):
         sessions.add(err.stem.split("_ses-")[1])
     return sorted(sessions) or [None]
 

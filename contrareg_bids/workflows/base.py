@@ -14,6 +14,7 @@ from .. import __version__
 from ..cli import exit_codes
 from ..config import RunConfig, default_threads
 from ..processing.threads import limit_threads
+from .outputs import run_log_dir
 from .registration import ReferenceInputs, SubjectInputs, init_subject_registration_wf
 
 LOGGER = logging.getLogger("contrareg_bids.participant")
@@ -227,9 +228,8 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
         name=f"{sid.replace('-', '_')}_wf",
     )  # fmt: skip
     wf.base_dir = str(cfg.work_dir)
-    log_dir = cfg.output_dir / f"sub-{subject}" / "log"
     wf.config["execution"] = {
-        "crashdump_dir": str(log_dir),
+        "crashdump_dir": str(run_log_dir(cfg.output_dir, subject, cfg.run_uuid)),
         "crashfile_format": "txt",
         "hash_method": "content",
         "remove_unnecessary_outputs": False,
@@ -362,8 +362,9 @@ _NODE_FAILURES = ("Workflow did not execute cleanly", "Exception raised while ex
 
 
 def _report_failure(cfg: RunConfig, subject: str, sid: str, err: Exception) -> str:
-    """Write ``sub-X/log/error-<sid>.txt`` and log the cause; return the cause's message."""
-    log_dir = cfg.output_dir / f"sub-{subject}" / "log"
+    """Write ``sub-X/log/<run_uuid>/error-<sid>.txt`` and log the cause; return the cause's
+    message."""
+    log_dir = run_log_dir(cfg.output_dir, subject, cfg.run_uuid)
     log_dir.mkdir(parents=True, exist_ok=True)
     message = str(err)
     crashes = sorted(log_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)

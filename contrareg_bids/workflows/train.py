@@ -21,6 +21,7 @@ from nipype.pipeline import engine as pe
 
 from ..cli import exit_codes
 from ..config import RunConfig, default_threads
+from .outputs import run_log_dir
 from .registration import ReferenceInputs, SubjectInputs, init_subject_registration_wf
 
 LOGGER = logging.getLogger("contrareg_bids.train")
@@ -187,7 +188,7 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
     )  # fmt: skip
     wf.base_dir = str(cfg.work_dir)
     wf.config["execution"] = {
-        "crashdump_dir": str(cfg.output_dir / f"sub-{subject}" / "log"),
+        "crashdump_dir": str(run_log_dir(cfg.output_dir, subject, cfg.run_uuid)),
         "crashfile_format": "txt",
         "hash_method": "content",
         "remove_unnecessary_outputs": False,
