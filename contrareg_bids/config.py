@@ -26,7 +26,12 @@ TRAIN_OPTIONS = ("model_name", "loss", "train_steps", "ae_steps", "ch", "ts", "l
 
 
 class ConfigError(ValueError):
-    """A run that cannot start as configured (maps to exit code 2)."""
+    """A run that cannot start as configured; ``exit_code`` is the code the CLI returns
+    (2, usage, unless the cause says otherwise)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 #: test-time refinement steps when the user does not say (``--refine-steps``)
@@ -125,7 +130,10 @@ class RunConfig:
     def check(self) -> None:
         """Refuse runs that would damage the input or cannot work."""
         if not self.bids_dir.is_dir():
-            raise ConfigError(f"the BIDS directory {self.bids_dir} does not exist")
+            raise ConfigError(
+                f"the BIDS directory {self.bids_dir} does not exist (or is not a folder)",
+                exit_code=16,  # BIDS-Apps: the input is not a BIDS dataset
+            )
         bids = self.bids_dir.resolve()
         out = self.output_dir.resolve()
         if out == bids:
@@ -150,6 +158,23 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+    def make_writable_dirs(self) -> None:
+        """Create the output and work directories and check that files can be written there,
+        before anything runs: an unwritable folder is refused with its name (exit code 73),
+        not a traceback half-way through."""
+        for what, folder in (("output", self.output_dir), ("work", self.work_dir)):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".contrareg-write-test-{os.getpid()}"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot write to the {what} directory {folder}: "
+                    f"{err.strerror or err}; choose a folder you can write to",
+                    exit_code=73,
+                ) from None
 
     def to_dict(self) -> dict:
         d = asdict(self)

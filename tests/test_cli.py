@@ -210,6 +210,25 @@ def test_main_usage_errors(tmp_path, bids, capsys):
     assert not (bids / "w").exists()
 
 
+def test_exit_codes_agree_with_the_docs(tmp_path, bids, capsys):
+    """Regression: a missing BIDS folder exited 2 (documented: 16), and an output folder
+    that cannot be created ended in a traceback."""
+    assert main([str(tmp_path / "nope"), str(tmp_path / "o"), "participant"]) == 16
+    assert "the BIDS directory" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "out"
+    assert main([str(bids), str(out), "participant"]) == exit_codes.EX_CANTCREAT
+    err = capsys.readouterr().err
+    assert f"cannot write to the output directory {out}" in err and "Traceback" not in err
+    work = blocker / "work"
+    assert main([str(bids), str(tmp_path / "o2"), "participant", "-w", str(work)]) == 73
+    assert f"the work directory {work}" in capsys.readouterr().err
+    usage = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
+    for code in (16, 73):
+        assert f"\n| {code} |" in usage
+
+
 def test_config_written_to_work_dir_and_logs(tmp_path, bids):
     """The configuration is written before any subject runs: here the only subject has no
     T2w (the moving modality) and fails at once, exit code 1."""

@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = RunConfig.from_args(args)
+        if cfg.analysis_level != "group":  # the group level reads what is already there
+            cfg.make_writable_dirs()
     except ConfigError as err:
         print(f"contrareg-bids: error: {err}", file=sys.stderr)
-        return exit_codes.USAGE
+        return err.exit_code
     _setup_logging()
     if cfg.analysis_level == "participant":
         from ..workflows.base import run_participant_level
