@@ -390,3 +390,40 @@ def test_gpu_out_of_memory_is_recognised_through_a_nipype_crash_file():
     assert is_gpu_out_of_memory(node_error, crash_line)
     assert not is_gpu_out_of_memory(node_error, "ValueError: the T2w is empty")
     assert not is_gpu_out_of_memory(MemoryError("Unable to allocate 3.2 GiB for an array"))
+
+
+# ---------------------------------------------------------------------------------------------
+# BIDS validation
+# ---------------------------------------------------------------------------------------------
+def test_a_badly_named_file_is_named_not_silently_dropped(tmp_path, caplog):
+    """Regression: sub-02's only image had a non-BIDS name; pybids dropped it without a
+    word and ``--participant-label 02`` said "not found". The validator names the file
+    (exit 16); without validation the log says which files were left out."""
+    import logging
+
+    from contrareg_bids.io.validation import run_bids_validator
+
+    subjects = {"01": {"T2w": make_volume(), "age": 40}, "02": {"T2w": make_volume(), "age": 41}}
+    bids = make_bids_dataset(tmp_path / "bids", subjects)
+    anat = bids / "sub-02" / "anat"
+    (anat / "sub-02_T2w.nii.gz").rename(anat / "sub02_T2.nii.gz")
+    issues = run_bids_validator(bids)
+    assert [(i.code, i.location) for i in issues] == [
+        ("NOT_INCLUDED", "/sub-02/anat/sub02_T2.nii.gz")
+    ]
+    assert run_bids_validator(bids, ["01"]) == []  # an unselected subject's problem
+    common = ["--registration", "ants", "--reference", str(bids / "sub-01/anat/sub-01_T2w.nii.gz"),
+              "-w", str(tmp_path / "w")]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        rc = main([str(bids), str(tmp_path / "o"), "participant", *common])
+    assert rc == exit_codes.BIDS_VALIDATION
+    assert "NOT_INCLUDED /sub-02/anat/sub02_T2.nii.gz" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        rc = main([str(bids), str(tmp_path / "o"), "participant", *common,
+                   "--skip-bids-validation", "--participant-label", "02"])  # fmt: skip
+    assert rc == exit_codes.PARTICIPANT_FAILED  # the subject fails, its cause in the log
+    assert "not BIDS names and are ignored: sub-02/anat/sub02_T2.nii.gz" in caplog.text
+    from contrareg_bids.io.validation import non_bids_images
+
+    assert non_bids_images(bids, ["01", "02"]) == [anat / "sub02_T2.nii.gz"]

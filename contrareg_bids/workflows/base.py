@@ -254,7 +254,20 @@ def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
         select_sessions,
     )
     from ..io.templates import TemplateError
+    from ..io.validation import non_bids_images, run_bids_validator
 
+    if not cfg.skip_bids_validation and cfg.bids_dir.is_dir():
+        issues = run_bids_validator(cfg.bids_dir, cfg.participant_label)
+        if issues:
+            shown = "\n  ".join(str(i) for i in issues[:25])
+            more = f"\n  ... and {len(issues) - 25} more" if len(issues) > 25 else ""
+            LOGGER.error(
+                "the BIDS validator found %d error(s) in %s (in the selected participants "
+                "or the whole dataset):\n  %s%s\nFix them (a file with a non-BIDS name "
+                "is invisible to the app), or run with --skip-bids-validation.",
+                len(issues), cfg.bids_dir, shown, more,
+            )  # fmt: skip
+            return exit_codes.BIDS_VALIDATION
     try:
         layout = make_layout(cfg.bids_dir, validate=not cfg.skip_bids_validation)
     except InvalidDatasetError as err:
@@ -264,8 +277,19 @@ def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
         subjects = select_participants(layout, cfg.participant_label)
         sessions_of = select_sessions(layout, subjects, cfg.session_label)
     except NoMatchError as err:
-        LOGGER.error("%s", err)
+        hidden = [
+            str(p.relative_to(cfg.bids_dir))
+            for p in non_bids_images(cfg.bids_dir, cfg.participant_label or [])
+        ]
+        LOGGER.error("%s%s", err, f" (its folder holds only files that are not BIDS names: "
+                     f"{', '.join(hidden)})" if hidden else "")  # fmt: skip
         return exit_codes.NO_FILES
+    ignored = non_bids_images(cfg.bids_dir, subjects)
+    if ignored:
+        LOGGER.warning(
+            "%d image(s) of the selected participants are not BIDS names and are ignored: %s",
+            len(ignored), ", ".join(str(p.relative_to(cfg.bids_dir)) for p in ignored),
+        )  # fmt: skip
     try:
         check_reference(cfg, layout)
     except TemplateError as err:
