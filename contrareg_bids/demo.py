@@ -346,16 +346,6 @@ def format_results(res: dict) -> list[str]:
     return lines
 
 
-def _quiet_nipype() -> None:
-    """Nipype's workflow log at WARNING: every workflow copies the global config and
-    re-applies its logging levels when it runs, so the setting goes there."""
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
-
-    nipype_config.set("logging", "workflow_level", "WARNING")
-    nipype_logging.update_logging(nipype_config)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="contrareg-bids-demo", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="output folder (BIDS dataset, outputs, results)")
@@ -377,11 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(message)s")  # fmt: skip
-    _quiet_nipype()  # one line per node and per step would drown the demo's own lines
-    if args.quiet:
-        logging.getLogger("contrareg_bids").setLevel(logging.WARNING)
+    from .cli.logs import quiet_nipype, setup_logging
+
+    setup_logging(quiet=int(args.quiet), fmt="%(asctime)s %(message)s")
+    quiet_nipype(logging.WARNING)  # one line per node would drown the demo's own lines
     try:
         res = run_demo(args.out, args.subjects, DEMO_HELD_OUT, args.steps, args.ae_steps,
                        args.loss, args.seed, args.device, lam=args.lam, mm=args.voxel_mm,

@@ -427,3 +427,31 @@ def test_a_badly_named_file_is_named_not_silently_dropped(tmp_path, caplog):
     from contrareg_bids.io.validation import non_bids_images
 
     assert non_bids_images(bids, ["01", "02"]) == [anat / "sub02_T2.nii.gz"]
+
+
+def test_one_line_per_log_event(capsys):
+    """Regression: every Nipype message was printed twice (its own handler and the root
+    one), and bidsschematools leaked INFO lines."""
+    import logging
+
+    import nipype  # noqa: F401  (installs Nipype's own stream handler)
+
+    from contrareg_bids.cli.logs import setup_logging
+
+    try:
+        setup_logging(verbose=1)
+        logging.getLogger("nipype.workflow").info("node-message")
+        logging.getLogger("bidsschematools").info("No schema path specified")
+        logging.getLogger("contrareg_bids.participant").info("sub-01: finished")
+        captured = capsys.readouterr()
+        text = captured.out + captured.err
+        assert text.count("node-message") == 1
+        assert "No schema path" not in text and "sub-01: finished" in text
+        setup_logging()  # the default: Nipype's node-by-node INFO lines are hidden
+        logging.getLogger("nipype.workflow").info("hidden-node-message")
+        setup_logging(quiet=1)
+        logging.getLogger("contrareg_bids.participant").info("hidden-progress")
+        captured = capsys.readouterr()
+        assert "hidden" not in captured.out + captured.err
+    finally:
+        logging.getLogger().handlers.clear()

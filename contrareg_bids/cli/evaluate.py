@@ -13,12 +13,12 @@ training data), paths relative to the TSV. Writes ``sweep.tsv``, ``summary.tsv``
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from .. import __version__
 from ..evaluation.sweep import FOLD_LIMIT, PAPER_LAMBDAS, SYN_ITERATIONS
+from .logs import setup_logging
 
 
 def _unit_float(value: str) -> float:
@@ -58,7 +58,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="mixed precision U-Net")
     p.add_argument("--seed", type=int, default=0, help="ANTs random seed")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar; warnings and errors only"
+    )
     return p
 
 
@@ -79,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(quiet=int(args.quiet), fmt="%(message)s")
     from ..evaluation.sweep import read_pairs_tsv, run_sweep
     from ..io.bundle import BundleError
 

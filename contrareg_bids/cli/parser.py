@@ -292,6 +292,14 @@ def get_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("behaviour")
+    g.add_argument(
+        "-v", "--verbose", action="count", default=0,
+        help="more messages: -v every Nipype node, -vv debug",
+    )  # fmt: skip
+    g.add_argument(
+        "-q", "--quiet", action="count", default=0,
+        help="fewer messages: -q warnings and errors only, -qq errors only",
+    )  # fmt: skip
     g.add_argument("--stop-on-first-crash", action="store_true")
     g.add_argument("--reports-only", action="store_true")
     g.add_argument("--sloppy", action="store_true", help="fast, low-accuracy settings (tests)")

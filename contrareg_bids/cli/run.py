@@ -6,17 +6,10 @@ import logging
 import sys
 
 from . import exit_codes
+from .logs import setup_logging
 from .parser import LEVELS, parse_args
 
 LOGGER = logging.getLogger("contrareg_bids")
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s [%(name)s] %(levelname)s: %(message)s"
-    )
-    for noisy in ("nipype.interface", "nipype.utils", "bids", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"contrareg-bids: error: {err}", file=sys.stderr)
         return err.exit_code
-    _setup_logging()
+    setup_logging(args.verbose, args.quiet)
     if cfg.analysis_level == "participant":
         from ..workflows.base import run_participant_level
 

@@ -11,12 +11,12 @@ command again resumes from the checkpoints in ``--out``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from .. import __version__
 from ..training.config import BASE_LOSSES, VARIANTS, TrainConfig, sloppy_config
+from .logs import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -75,7 +75,9 @@ def get_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--workers", type=int, help="data loader workers")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar; warnings and errors only"
+    )
     return p
 
 
@@ -116,7 +118,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(quiet=int(args.quiet))
     from ..training.data import VolumeRecord
     from ..training.pipeline import read_record_list, train
 
