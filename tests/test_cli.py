@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -370,8 +371,21 @@ def test_gpu_out_of_memory_exits_75_so_a_scheduler_requeues(tmp_path, monkeypatc
     monkeypatch.setattr(base, "run_subject", run_subject)
 
     def run(out):
-        return main([str(bids), str(tmp_path / out), "participant", "--registration", "ants",
-                     "--reference", str(ref), "-w", str(tmp_path / f"w-{out}")])  # fmt: skip
+        return main(
+            [
+                str(bids),
+                str(tmp_path / out),
+                "participant",
+                "--registration",
+                "ants",
+                "--reference",
+                str(ref),
+                "-w",
+                str(tmp_path / f"w-{out}"),
+                "--nprocs",
+                "1",
+            ]
+        )  # fmt: skip (one by one: run_subject is patched here)
 
     oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
     causes.update({"01": torch.OutOfMemoryError(oom), "02": torch.OutOfMemoryError(oom)})
@@ -454,4 +468,41 @@ def test_one_line_per_log_event(capsys):
         captured = capsys.readouterr()
         assert "hidden" not in captured.out + captured.err
     finally:
-        logging.getLogger().handlers.clear()
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, "contrareg", False)]:
+            root.removeHandler(h)
+
+
+def test_subjects_run_concurrently_within_nprocs(tmp_path, caplog):
+    """--nprocs 2 with one thread per node runs two subject-sessions at once (in worker
+    processes), each failure recorded for its own subject only, with a progress line."""
+    import logging
+
+    from contrareg_bids.workflows.base import concurrent_subjects
+
+    bids = make_bids_dataset(
+        tmp_path / "bids",
+        {"01": {"T1w": make_volume(), "age": 40},  # no T2w: fails when its workflow is built
+         "02": {"T1w": make_volume(), "T2w": make_volume(seed=1), "age": 40},
+         "03": {"T1w": make_volume(), "T2w": make_volume(seed=2), "age": 40}},
+    )  # fmt: skip
+    ref = tmp_path / "ref_T1w.nii.gz"
+    brain = make_volume()
+    nib.save(nib.Nifti1Image(np.where(brain > 50, brain, 0), np.eye(4)), str(ref))
+    cfg = config(tmp_path, bids, "--nprocs", "2", "--omp-nthreads", "1")
+    assert concurrent_subjects(cfg, 3) == 2 and concurrent_subjects(cfg, 1) == 1
+    assert concurrent_subjects(config(tmp_path, bids, "--nprocs", "4", "--omp-nthreads", "2"),
+                               9) == 2  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        rc = main([str(bids), str(tmp_path / "o"), "participant", "--registration", "ants",
+                   "--reference", str(ref), "-w", str(tmp_path / "w"), "--sloppy",
+                   "--nprocs", "2", "--omp-nthreads", "1", "--skip-bids-validation"])  # fmt: skip
+    assert rc == exit_codes.PARTICIPANT_FAILED
+    assert "3 subject-sessions, 2 at a time" in caplog.text
+    assert "sub-01: failed (1/3 done, 1 failed)" in caplog.text
+    for sub in ("02", "03"):
+        assert re.search(rf"sub-{sub}: finished in \d+ s \([23]/3 done, 1 failed\)", caplog.text)
+        assert (tmp_path / "o" / f"sub-{sub}" / "anat" /
+                f"sub-{sub}_desc-registration_metrics.tsv").is_file()  # fmt: skip
+    (error,) = (tmp_path / "o" / "sub-01" / "log").glob("*/error-sub-01.txt")
+    assert "no T2w image" in error.read_text()

@@ -32,8 +32,10 @@ def setup_logging(verbose: int = 0, quiet: int = 0, fmt: str | None = None) -> N
     logging.addLevelName(IMPORTANT, "IMPORTANT")
     level = log_level(verbose, quiet)
     root = logging.getLogger()
-    root.handlers.clear()
+    for old in [h for h in root.handlers if getattr(h, "contrareg", False)]:
+        root.removeHandler(old)  # ours from an earlier call; others' handlers stay
     handler = logging.StreamHandler()
+    handler.contrareg = True
     fmt = fmt or "%(asctime)s [%(name)s] %(levelname)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     root.addHandler(handler)
@@ -61,3 +63,18 @@ def quiet_nipype(workflow_level: int = IMPORTANT) -> None:
         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
             nipype_root.removeHandler(h)
     nipype_root.propagate = True
+
+
+def worker_logging() -> tuple[int, int]:
+    """This process's levels (ours, Nipype's workflow), for :func:`init_worker_logging` in a
+    worker process started by the subject pool."""
+    return (logging.getLogger("contrareg_bids").getEffectiveLevel(),
+            logging.getLogger("nipype.workflow").getEffectiveLevel())  # fmt: skip
+
+
+def init_worker_logging(level: int, workflow_level: int) -> None:
+    """Logging of a worker process as its parent's (a spawned process starts bare)."""
+    verbose = 2 if level <= logging.DEBUG else 0
+    quiet = 0 if level <= logging.INFO else (1 if level <= logging.WARNING else 2)
+    setup_logging(verbose=verbose, quiet=quiet)
+    quiet_nipype(workflow_level)

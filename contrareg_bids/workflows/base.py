@@ -171,25 +171,54 @@ def _gpu_available(cfg: RunConfig) -> bool:
     return torch.cuda.is_available()
 
 
-def _plugin(cfg: RunConfig) -> tuple[str, dict]:
+def _plugin(cfg: RunConfig, share: int = 1) -> tuple[str, dict]:
+    """Nipype plugin of one subject's workflow when ``share`` subjects run at once (each gets
+    ``1/share`` of ``--nprocs``, ``--mem`` and the GPU slots)."""
     if cfg.use_plugin is not None:
         import yaml
 
         settings = yaml.safe_load(cfg.use_plugin.read_text()) or {}
         return settings.get("plugin", "MultiProc"), settings.get("plugin_args", {})
-    nprocs = cfg.nprocs or os.cpu_count() or 1
+    nprocs = max(1, (cfg.nprocs or os.cpu_count() or 1) // share)
     if nprocs == 1:
         return "Linear", {}
     args: dict = {"n_procs": nprocs, "raise_insufficient": False}
     if cfg.mem_gb:
-        args["memory_gb"] = cfg.mem_gb
+        args["memory_gb"] = cfg.mem_gb / share
     if cfg.n_gpus is not None:
-        args["n_gpu_procs"] = cfg.n_gpus
+        args["n_gpu_procs"] = max(1, cfg.n_gpus // share) if cfg.n_gpus else 0
     return "MultiProc", args
+
+
+def concurrent_subjects(cfg: RunConfig, n_tasks: int) -> int:
+    """How many subject-sessions run at once: ``--nprocs // --omp-nthreads`` (the slots of
+    one multi-threaded node), no more than the GPU slots when ContraReg runs on GPUs, and 1
+    with a user's Nipype plugin (it decides) or a single subject."""
+    if cfg.use_plugin is not None or n_tasks < 2:
+        return 1
+    nprocs = cfg.nprocs or os.cpu_count() or 1
+    slots = max(1, nprocs // max(1, cfg.omp_nthreads or default_threads(cfg.nprocs)))
+    if cfg.registration == "contrareg" and cfg.n_gpus:
+        slots = min(slots, cfg.n_gpus)
+    return max(1, min(slots, n_tasks))
 
 
 def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model: Path | None):
     """Build and run the workflow of one subject-session; raises on failure."""
+    wf = build_subject_workflow(cfg, layout, subject, session, model)
+    run_workflow(wf, *_plugin(cfg))
+
+
+def run_workflow(wf, plugin: str, plugin_args: dict) -> None:
+    """Run one subject's workflow (in this process, or in a worker of the subject pool)."""
+    wf.run(plugin=plugin, plugin_args=plugin_args)
+
+
+def build_subject_workflow(
+    cfg: RunConfig, layout, subject: str, session: str | None, model: Path | None
+):
+    """The workflow of one subject-session, ready to run; raises :class:`SubjectError` when
+    the subject cannot be processed as asked."""
     from ..io.bids import age_override, collect_anatomicals, subject_session_id
     from ..io.derivatives import entities, find_subject_derivatives
 
@@ -238,8 +267,7 @@ def run_subject(cfg: RunConfig, layout, subject: str, session: str | None, model
         # subject (HALFpipe uses 0.1 s too)
         "poll_sleep_duration": 0.1,
     }
-    plugin, plugin_args = _plugin(cfg)
-    wf.run(plugin=plugin, plugin_args=plugin_args)
+    return wf
 
 
 def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
@@ -300,10 +328,9 @@ def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
 
 def run_participant_level(cfg: RunConfig) -> int:
     """Process every selected subject-session; exit code 0, 1 (some failed), 2, 16 or 18."""
-    from ..io.bids import subject_session_id
 
     cfg.seed_everything()
-    from ..reports.subject import run_reports_only, write_subject_report
+    from ..reports.subject import run_reports_only
 
     if cfg.reports_only:  # rebuild the HTML pages from the outputs on disk; run nothing
         return run_reports_only(cfg)
@@ -338,31 +365,24 @@ def run_participant_level(cfg: RunConfig) -> int:
     cfg.write(cfg.output_dir / "logs" / f"config-{cfg.run_uuid}.json")
 
     limit_threads(cfg.omp_nthreads or default_threads(cfg.nprocs))
-    failed: list[str] = []
-    out_of_gpu_memory: list[str] = []
+    tasks = []
     for subject in subjects:
-        sessions = sessions_of[subject]
-        if not sessions:
+        if not sessions_of[subject]:
             LOGGER.warning("sub-%s: none of the sessions asked for; skipped", subject)
-        for session in sessions:
-            sid = subject_session_id(subject, session)
-            started = time.monotonic()
-            try:
-                run_subject(cfg, layout, subject, session, model)
-                LOGGER.info("%s: finished", sid)
-                write_subject_report(cfg, subject, session, started)
-            except Exception as err:  # one subject never stops the others
-                failed.append(sid)
-                if is_gpu_out_of_memory(err, _report_failure(cfg, subject, sid, err)):
-                    out_of_gpu_memory.append(sid)
-                write_subject_report(cfg, subject, session, started, status="failed")
-                if cfg.stop_on_first_crash:
-                    LOGGER.error("stopping at the first failure (--stop-on-first-crash)")
-                    if out_of_gpu_memory:
-                        return exit_codes.EX_TEMPFAIL
-                    return exit_codes.PARTICIPANT_FAILED
+        tasks.extend((subject, session) for session in sessions_of[subject])
+    progress = _Progress(len(tasks))
+    at_once = concurrent_subjects(cfg, len(tasks))
+    if at_once > 1:
+        LOGGER.info("%d subject-sessions, %d at a time", len(tasks), at_once)
+        stopped = _run_concurrently(cfg, layout, tasks, model, at_once, progress)
+    else:
+        stopped = _run_one_by_one(cfg, layout, tasks, model, progress)
+    failed, out_of_gpu_memory = progress.failed, progress.out_of_gpu_memory
+    if stopped:
+        LOGGER.error("stopping at the first failure (--stop-on-first-crash)")
     if failed:
-        LOGGER.error("%d failed: %s (see sub-*/log/)", len(failed), ", ".join(failed))
+        LOGGER.error("%d failed: %s (see sub-*/log/%s/)", len(failed), ", ".join(failed),
+                     cfg.run_uuid)  # fmt: skip
         if out_of_gpu_memory == failed:  # nothing wrong with the data: retry elsewhere
             LOGGER.error(
                 "every failure was the GPU running out of memory: exit %d so that a scheduler "
@@ -372,6 +392,108 @@ def run_participant_level(cfg: RunConfig) -> int:
             return exit_codes.EX_TEMPFAIL
         return exit_codes.PARTICIPANT_FAILED
     return exit_codes.OK
+
+
+class _Progress:
+    """Counts finished and failed subject-sessions; one line per subject-session."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.failed: list[str] = []
+        self.out_of_gpu_memory: list[str] = []
+
+    def finished(self, sid: str, seconds: float) -> None:
+        self.done += 1
+        LOGGER.info("%s: finished in %.0f s (%s)", sid, seconds, self._counts())
+
+    def failed_with(self, sid: str, out_of_gpu_memory: bool) -> None:
+        self.done += 1
+        self.failed.append(sid)
+        if out_of_gpu_memory:
+            self.out_of_gpu_memory.append(sid)
+        LOGGER.info("%s: failed (%s)", sid, self._counts())
+
+    def _counts(self) -> str:
+        return f"{self.done}/{self.total} done, {len(self.failed)} failed"
+
+
+def _record_failure(cfg, subject, session, sid, err, started, progress) -> None:
+    from ..reports.subject import write_subject_report
+
+    oom = is_gpu_out_of_memory(err, _report_failure(cfg, subject, sid, err))
+    progress.failed_with(sid, oom)
+    write_subject_report(cfg, subject, session, started, status="failed")
+
+
+def _run_one_by_one(cfg, layout, tasks, model, progress: _Progress) -> bool:
+    """Subject-sessions in this process, one after another; True when stopped early."""
+    from ..io.bids import subject_session_id
+    from ..reports.subject import write_subject_report
+
+    for subject, session in tasks:
+        sid = subject_session_id(subject, session)
+        started = time.monotonic()
+        try:
+            run_subject(cfg, layout, subject, session, model)
+        except Exception as err:  # one subject never stops the others
+            _record_failure(cfg, subject, session, sid, err, started, progress)
+            if cfg.stop_on_first_crash:
+                return True
+            continue
+        progress.finished(sid, time.monotonic() - started)
+        write_subject_report(cfg, subject, session, started)
+    return False
+
+
+def _run_concurrently(cfg, layout, tasks, model, at_once: int, progress: _Progress) -> bool:
+    """Subject-sessions in ``at_once`` worker processes, each with its share of the CPUs.
+    Workflows are built here (pybids stays in this process) and run there; a failure is
+    recorded for its subject only. True when stopped early."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from ..io.bids import subject_session_id
+    from ..reports.subject import write_subject_report
+
+    plugin = _plugin(cfg, share=at_once)
+    context = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
+    pending: dict = {}
+    stopped = False
+    from ..cli.logs import init_worker_logging, worker_logging
+
+    with ProcessPoolExecutor(
+        max_workers=at_once, mp_context=context, initializer=init_worker_logging,
+        initargs=worker_logging(),
+    ) as pool:  # fmt: skip
+        queue = list(tasks)
+        while queue or pending:
+            while queue and len(pending) < at_once and not stopped:
+                subject, session = queue.pop(0)
+                sid = subject_session_id(subject, session)
+                started = time.monotonic()
+                try:
+                    wf = build_subject_workflow(cfg, layout, subject, session, model)
+                except Exception as err:
+                    _record_failure(cfg, subject, session, sid, err, started, progress)
+                    stopped = stopped or cfg.stop_on_first_crash
+                    continue
+                future = pool.submit(run_workflow, wf, *plugin)
+                pending[future] = (subject, session, sid, started)
+            if stopped:
+                queue.clear()
+            if not pending:
+                continue
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                subject, session, sid, started = pending.pop(future)
+                err = future.exception()
+                if err is None:
+                    progress.finished(sid, time.monotonic() - started)
+                    write_subject_report(cfg, subject, session, started)
+                else:
+                    _record_failure(cfg, subject, session, sid, err, started, progress)
+                    stopped = stopped or cfg.stop_on_first_crash
+    return stopped
 
 
 def is_gpu_out_of_memory(err: BaseException, message: str = "") -> bool:
