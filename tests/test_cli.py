@@ -506,3 +506,22 @@ def test_subjects_run_concurrently_within_nprocs(tmp_path, caplog):
                 f"sub-{sub}_desc-registration_metrics.tsv").is_file()  # fmt: skip
     (error,) = (tmp_path / "o" / "sub-01" / "log").glob("*/error-sub-01.txt")
     assert "no T2w image" in error.read_text()
+
+
+def test_a_mistyped_participant_label_is_refused_before_the_heavy_imports(tmp_path, bids):
+    """Regression: ~15 s passed (TemplateFlow and niworkflows at import, the validator,
+    pybids' index) before a mistyped label was refused."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from contrareg_bids.cli.run import main; "
+        f"rc = main([{str(bids)!r}, {str(tmp_path / 'o')!r}, 'participant', "
+        f"'--participant-label', '99', '-w', {str(tmp_path / 'w')!r}]); "
+        "print(rc, 'niworkflows' in sys.modules, 'templateflow' in sys.modules, "
+        "'bids.layout' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    assert out.stdout.split() == ["18", "False", "False", "False"], out.stderr
+    assert "participant label(s) not found: 99" in out.stderr

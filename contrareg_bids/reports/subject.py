@@ -123,7 +123,7 @@ def error_files(
 ) -> list[Path]:
     """``error-<id>.txt`` and the Nipype crash files of this subject-session's workflow in
     the run ``run_uuid`` (default: the newest run folder in ``sub-X/log/``)."""
-    from ..workflows.outputs import latest_run_log_dir, run_log_dir
+    from ..io.run_logs import latest_run_log_dir, run_log_dir
 
     log_dir = (
         run_log_dir(output_dir, subject, run_uuid)

@@ -9,13 +9,16 @@ import os
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..cli import exit_codes
 from ..config import RunConfig, default_threads
 from ..processing.threads import limit_threads
-from .outputs import run_log_dir
-from .registration import ReferenceInputs, SubjectInputs, init_subject_registration_wf
+
+if TYPE_CHECKING:
+    from .registration import ReferenceInputs
+from ..io.run_logs import run_log_dir
 
 LOGGER = logging.getLogger("contrareg_bids.participant")
 
@@ -71,6 +74,7 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
         parse_reference,
         template_cohorts,
     )
+    from .registration import ReferenceInputs
 
     spec = parse_reference(cfg.reference)
     if spec.kind == "template":
@@ -221,6 +225,7 @@ def build_subject_workflow(
     the subject cannot be processed as asked."""
     from ..io.bids import age_override, collect_anatomicals, subject_session_id
     from ..io.derivatives import entities, find_subject_derivatives
+    from .registration import SubjectInputs, init_subject_registration_wf
 
     sid = subject_session_id(subject, session)
     anat = collect_anatomicals(layout, subject, session, cfg.bids_filters)
@@ -284,6 +289,16 @@ def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
     from ..io.templates import TemplateError
     from ..io.validation import non_bids_images, run_bids_validator
 
+    # a mistyped label is refused at once, before the validator and pybids' indexing
+    folders = {p.name[4:] for p in cfg.bids_dir.glob("sub-*") if p.is_dir()}
+    unknown = sorted(set(cfg.participant_label or []) - folders)
+    if unknown and cfg.bids_dir.is_dir():
+        LOGGER.error(
+            "%s: participant label(s) not found: %s. Available: %s. Check "
+            "--participant-label (labels without 'sub-' work too).",
+            cfg.bids_dir, ", ".join(unknown), ", ".join(sorted(folders)[:30]) or "none",
+        )  # fmt: skip
+        return exit_codes.NO_FILES
     if not cfg.skip_bids_validation and cfg.bids_dir.is_dir():
         issues = run_bids_validator(cfg.bids_dir, cfg.participant_label)
         if issues:

@@ -21,7 +21,7 @@ from nipype.pipeline import engine as pe
 
 from ..cli import exit_codes
 from ..config import RunConfig, default_threads
-from .outputs import run_log_dir
+from ..io.run_logs import run_log_dir
 from .registration import ReferenceInputs, SubjectInputs, init_subject_registration_wf
 
 LOGGER = logging.getLogger("contrareg_bids.train")
