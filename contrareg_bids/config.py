@@ -11,7 +11,7 @@ import json
 import os
 import random
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,6 +56,8 @@ class RunConfig:
     #: postnatal age (months, term birth assumed) of every subject-session (nibabies' option)
     age_months: float | None = None
     skip_bids_validation: bool = False
+    #: pybids index kept between runs (``--bids-database-dir``)
+    bids_database_dir: Path | None = None
     registration: str = "contrareg"
     model: Path | None = None
     reference: str = "dhcpVol"
@@ -76,6 +78,7 @@ class RunConfig:
     device: str = "auto"
     stop_on_first_crash: bool = False
     reports_only: bool = False
+    write_graph: bool = False
     sloppy: bool = False
     #: train level: the training options given (``TRAIN_OPTIONS``; absent = the default)
     train: dict = field(default_factory=dict)
@@ -100,6 +103,11 @@ class RunConfig:
             pma=getattr(args, "pma", None),
             age_months=getattr(args, "age_months", None),
             skip_bids_validation=args.skip_bids_validation,
+            bids_database_dir=(
+                Path(args.bids_database_dir).absolute()
+                if getattr(args, "bids_database_dir", None)
+                else None
+            ),
             registration=args.registration,
             model=Path(args.model).absolute() if args.model else None,
             reference=args.reference,
@@ -121,6 +129,7 @@ class RunConfig:
             device=args.device,
             stop_on_first_crash=args.stop_on_first_crash,
             reports_only=args.reports_only,
+            write_graph=getattr(args, "write_graph", False),
             sloppy=args.sloppy,
             train=train_options(args),
         )
@@ -176,6 +185,22 @@ class RunConfig:
                     exit_code=73,
                 ) from None
 
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        """The configuration a run wrote (:meth:`write`), read back: paths become
+        :class:`~pathlib.Path` again; keys of other versions are ignored."""
+        names = {f.name: f for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for key, value in list(kwargs.items()):
+            kind = str(names[key].type)
+            if value is None:
+                continue
+            if key == "derivatives":
+                kwargs[key] = {n: Path(p) for n, p in value.items()}
+            elif kind.startswith("Path"):
+                kwargs[key] = Path(value)
+        return cls(**kwargs)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         return json.loads(json.dumps(d, default=str))
@@ -191,6 +216,33 @@ class RunConfig:
     def seed_everything(self) -> None:
         """One seed for Python, NumPy, torch and ANTs (ITK threads made deterministic)."""
         seed_everything(self.random_seed)
+
+
+#: RunConfig fields whose command-line option has another ``dest``
+_FIELD_DESTS = {"mem_gb": "mem", "train": None}
+#: fields that always come from this command line, never from a configuration file
+_OWN_FIELDS = ("bids_dir", "output_dir", "analysis_level", "version", "run_uuid")
+
+
+def apply_config_file(cfg: RunConfig, path: Path, explicit: set[str]) -> RunConfig:
+    """``cfg`` with every option the command line did not give (``explicit``: their dests)
+    taken from the configuration a run wrote (``--config-file``)."""
+    try:
+        saved = RunConfig.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise ConfigError(f"--config-file {path}: cannot be read as a run configuration "
+                          f"({err})") from None  # fmt: skip
+    for f in fields(RunConfig):
+        if f.name in _OWN_FIELDS:
+            continue
+        if f.name == "train":
+            merged = {**saved.train, **{k: v for k, v in cfg.train.items() if k in explicit}}
+            cfg.train = merged
+            continue
+        if _FIELD_DESTS.get(f.name, f.name) not in explicit:
+            setattr(cfg, f.name, getattr(saved, f.name))
+    cfg.check()
+    return cfg
 
 
 def train_options(args) -> dict:

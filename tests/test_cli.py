@@ -525,3 +525,67 @@ def test_a_mistyped_participant_label_is_refused_before_the_heavy_imports(tmp_pa
                          check=True)  # fmt: skip
     assert out.stdout.split() == ["18", "False", "False", "False"], out.stderr
     assert "participant label(s) not found: 99" in out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# what NiPreps users expect
+# ---------------------------------------------------------------------------------------------
+def test_help_shows_each_default_once(capsys):
+    """Regression: ``--max-folding`` printed two defaults and many options printed
+    "(default: None)"."""
+    from contrareg_bids.cli.parser import get_parser
+
+    text = get_parser().format_help()
+    assert "(default: None)" not in text and "default: []" not in text
+    for block in re.split(r"\n  (?=-)", text):
+        option = block.split("\n\n")[0]  # not the next group's title
+        assert option.lower().count("default") <= 1, option
+    assert "default: 0.5" in text and "(default: dhcpVol)" in text
+    assert "participant level runs the network on the CPU unless --n-gpus" in " ".join(
+        text.split()
+    )
+
+
+def test_nipreps_option_names(tmp_path, bids):
+    a = args("--session-id", "ses-1", "--nthreads", "3", "--notrack", "--seed", "4",
+             "--mem-mb", "2048", "--bids-database-dir", tmp_path / "db")  # fmt: skip
+    assert (a.session_label, a.nprocs, a.random_seed, a.mem) == (["1"], 3, 4, 2.0)
+    cfg = config(tmp_path, bids, "--bids-database-dir", tmp_path / "db")
+    assert cfg.bids_database_dir == tmp_path / "db"
+
+
+def test_config_file_fills_in_what_the_command_line_does_not_give(tmp_path, bids):
+    from contrareg_bids.cli.parser import explicit_options
+    from contrareg_bids.config import apply_config_file
+
+    first = config(tmp_path, bids, "--lambda", "0.3", "--refine-steps", "5", "--mem", "4GB",
+                   "--train-steps", "70", "--derivatives", f"labels={bids}")  # fmt: skip
+    saved = first.write(tmp_path / "logs" / "config-x.json")
+    assert RunConfig.from_dict(json.loads(saved.read_text())).to_dict() == first.to_dict()
+    argv = [str(bids), str(tmp_path / "out2"), "participant", "--config-file", str(saved),
+            "--refine-steps", "9"]  # fmt: skip
+    cfg = apply_config_file(RunConfig.from_args(parse_args(argv)), saved, explicit_options(argv))
+    assert (cfg.lam, cfg.refine_steps, cfg.mem_gb) == (0.3, 9, 4.0)
+    assert cfg.train == {"train_steps": 70} and cfg.derivatives == {"labels": bids}
+    assert cfg.output_dir == tmp_path / "out2" and cfg.run_uuid != first.run_uuid
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="cannot be read as a run configuration"):
+        apply_config_file(cfg, tmp_path / "bad.json", set())
+
+
+def test_boilerplate_only_and_write_graph(tmp_path, bids):
+    out = tmp_path / "out"
+    rc = main([str(bids), str(out), "participant", "--boilerplate-only", "--registration",
+               "ants", "-w", str(tmp_path / "w")])  # fmt: skip
+    assert rc == exit_codes.OK
+    text = (out / "logs" / "CITATION.md").read_text()
+    assert "ANTs SyN" in text and "## References" in text and not list(out.glob("sub-*"))
+    from nipype.interfaces.utility import IdentityInterface
+    from nipype.pipeline import engine as pe
+
+    from contrareg_bids.workflows.base import write_workflow_graph
+
+    wf = pe.Workflow(name="g_wf", base_dir=str(tmp_path / "w"))
+    wf.add_nodes([pe.Node(IdentityInterface(fields=["a"]), name="n")])
+    write_workflow_graph(wf)
+    assert list((tmp_path / "w" / "g_wf").glob("graph*.dot"))

@@ -127,12 +127,29 @@ def _memory_gb(value: str) -> float:
     return _memory(value, "G")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's default shown once: appended when its help does not state it already,
+    never for options without a default (None, False, empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default in (None, False, argparse.SUPPRESS)
+            or default == []
+            or action.option_strings == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="contrareg-bids",
         description="ContraReg multi-modality (T1w <-> T2w) registration of neonatal brain "
         "MRI, as a BIDS-App.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where derivatives and reports are written")
@@ -148,7 +165,10 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="LABEL",
         help="participants to process (with or without 'sub-')",
     )
-    g.add_argument("--session-label", nargs="+", type=_label, metavar="LABEL")
+    g.add_argument(
+        "--session-label", "--session-id", nargs="+", type=_label, metavar="LABEL",
+        help="sessions to process (with or without 'ses-'); --session-id as in nibabies",
+    )  # fmt: skip
     g.add_argument(
         "--bids-filter-file",
         type=_filter_file,
@@ -171,10 +191,20 @@ def get_parser() -> argparse.ArgumentParser:
         "one whose desc is the reference's, else the only one). Dice is computed only where "
         "the two label tables (dseg.tsv) share names, or both maps have the same desc",
     )
-    g.add_argument("--skip-bids-validation", action="store_true")
+    g.add_argument(
+        "--skip-bids-validation", action="store_true",
+        help="do not run the BIDS validator (bids-validator-deno) before the run",
+    )  # fmt: skip
+    g.add_argument(
+        "--bids-database-dir", type=Path, metavar="DIR",
+        help="pybids index to reuse across runs and jobs (made there when absent)",
+    )  # fmt: skip
 
     g = p.add_argument_group("registration")
-    g.add_argument("--registration", choices=("contrareg", "ants"), default="contrareg")
+    g.add_argument(
+        "--registration", choices=("contrareg", "ants"), default="contrareg",
+        help="the trained ContraReg model, or ANTs SyN (Mattes MI, iterations 100x70x50)",
+    )  # fmt: skip
     g.add_argument(
         "--model",
         type=Path,
@@ -202,8 +232,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="postnatal age of every subject-session, as nibabies' option (a term birth, 40 "
         "weeks PMA, is assumed)",
     )
-    g.add_argument("--moving-modality", choices=("T1w", "T2w"), default="T2w")
-    g.add_argument("--fixed-modality", choices=("T1w", "T2w"), default="T1w")
+    g.add_argument(
+        "--moving-modality", choices=("T1w", "T2w"), default="T2w",
+        help="the subject's image that is registered",
+    )  # fmt: skip
+    g.add_argument(
+        "--fixed-modality", choices=("T1w", "T2w"), default="T1w",
+        help="the reference's image it is registered to",
+    )  # fmt: skip
     g.add_argument(
         "--lambda",
         dest="lam",
@@ -218,7 +254,7 @@ def get_parser() -> argparse.ArgumentParser:
         type=_percent,
         default=None,
         metavar="PCT",
-        help="folding budget of --lambda auto, %% voxels of each warp (default 0.5)",
+        help="folding budget of --lambda auto, %% voxels of each warp (default: 0.5)",
     )
     g.add_argument(
         "--refine-steps",
@@ -227,14 +263,28 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="after the network, optimise each subject's warp for N steps with the model's "
         "own similarity and regulariser at the chosen lambda (test-time refinement; "
-        "0 = off; default %(default)s)",
+        "0 = off; default: %(default)s)",
     )
-    g.add_argument("--random-seed", type=int, default=0)
+    g.add_argument(
+        "--random-seed", "--seed", type=int, default=0, metavar="N",
+        help="seed of the preprocessing, the training and ANTs",
+    )  # fmt: skip
 
     g = p.add_argument_group("resources")
-    g.add_argument("-w", "--work-dir", type=Path, metavar="DIR")
-    g.add_argument("--nprocs", "--n-cpus", type=int, metavar="N")
-    g.add_argument("--omp-nthreads", type=int, metavar="N")
+    g.add_argument(
+        "-w", "--work-dir", type=Path, metavar="DIR",
+        help="intermediate results, reused when a run is repeated (default: ./work)",
+    )  # fmt: skip
+    g.add_argument(
+        "--nprocs", "--nthreads", "--n-cpus", "--n_cpus", type=int, metavar="N",
+        help="CPUs for the whole run (default: all); subject-sessions run concurrently, "
+        "N // --omp-nthreads at a time",
+    )  # fmt: skip
+    g.add_argument(
+        "--omp-nthreads", type=int, metavar="N",
+        help="threads of one multi-threaded step (default: fMRIPrep's rule, --nprocs - 1, "
+        "at most 8)",
+    )  # fmt: skip
     g.add_argument(
         "--mem",
         "--mem-mb",
@@ -247,9 +297,20 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--mem-gb", dest="mem", type=_memory_gb, metavar="GB", help="the same limit, in GB"
     )
-    g.add_argument("--use-plugin", type=Path, metavar="FILE", help="Nipype plugin YAML")
-    g.add_argument("--n-gpus", type=int, default=None, metavar="N")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    g.add_argument(
+        "--use-plugin", type=Path, metavar="FILE",
+        help="Nipype plugin YAML (replaces --nprocs/--mem/--n-gpus scheduling)",
+    )  # fmt: skip
+    g.add_argument(
+        "--n-gpus", type=int, default=None, metavar="N",
+        help="GPU slots (participant: the network runs on CUDA only when this is given)",
+    )  # fmt: skip
+    g.add_argument(
+        "--device", default="auto", metavar="DEVICE",
+        help="auto, cpu, cuda, cuda:1. With auto the participant level runs the network "
+        "on the CPU unless --n-gpus is given, and the train level trains on CUDA when a "
+        "GPU is present (default: auto)",
+    )  # fmt: skip
 
     g = p.add_argument_group(
         "training (train level; defaults: the paper's, or the CPU preset with --sloppy)"
@@ -265,8 +326,11 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--ae-steps", type=int, metavar="N", help="autoencoder pretraining steps")
     g.add_argument("--ch", type=int, metavar="N", help="registration network width")
     g.add_argument("--ts", type=int, metavar="N", help="scaling-and-squaring steps")
-    g.add_argument("--lambda-range", type=float, nargs=2, metavar=("LO", "HI"))
-    g.add_argument("--batch-size", type=int, metavar="N")
+    g.add_argument(
+        "--lambda-range", type=float, nargs=2, metavar=("LO", "HI"),
+        help="lambdas sampled in training (default: 0 1)",
+    )  # fmt: skip
+    g.add_argument("--batch-size", type=int, metavar="N", help="pairs per step (default: 1)")
     g.add_argument("--val-fraction", type=float, metavar="F", help="subjects held out")
     g.add_argument("--lr", type=float, metavar="LR", help="learning rate")
     g.add_argument(
@@ -300,10 +364,44 @@ def get_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="count", default=0,
         help="fewer messages: -q warnings and errors only, -qq errors only",
     )  # fmt: skip
-    g.add_argument("--stop-on-first-crash", action="store_true")
-    g.add_argument("--reports-only", action="store_true")
+    g.add_argument(
+        "--stop-on-first-crash", action="store_true",
+        help="stop the run at the first subject that fails (default: the others go on)",
+    )  # fmt: skip
+    g.add_argument(
+        "--reports-only", action="store_true",
+        help="rebuild the HTML reports from the outputs on disk; run nothing",
+    )  # fmt: skip
+    g.add_argument(
+        "--boilerplate-only", "--boilerplate_only", action="store_true",
+        help="write the methods text (logs/CITATION.md) and stop",
+    )  # fmt: skip
+    g.add_argument(
+        "--write-graph", action="store_true",
+        help="write each subject's workflow graph (work dir, graph.svg/.dot) and go on",
+    )  # fmt: skip
+    g.add_argument(
+        "--config-file", type=Path, metavar="FILE",
+        help="a configuration written by a run (OUTPUT_DIR/logs/config-<run>.json): its "
+        "options are used wherever the command line gives none",
+    )  # fmt: skip
+    g.add_argument(
+        "--notrack", action="store_true",
+        help="accepted for fMRIPrep compatibility: this app never sends usage data",
+    )  # fmt: skip
     g.add_argument("--sloppy", action="store_true", help="fast, low-accuracy settings (tests)")
     return p
+
+
+def explicit_options(argv: list[str] | None = None) -> set[str]:
+    """The ``dest`` of every option the command line gives (for ``--config-file``: the
+    file fills in the others)."""
+    parser = get_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    given, _ = parser.parse_known_args(argv)
+    return set(vars(given))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,9 +7,24 @@ import sys
 
 from . import exit_codes
 from .logs import setup_logging
-from .parser import LEVELS, parse_args
+from .parser import LEVELS, explicit_options, parse_args
 
 LOGGER = logging.getLogger("contrareg_bids")
+
+
+def write_boilerplate(cfg) -> int:
+    """``--boilerplate-only``: the methods text of this configuration, then stop."""
+    from ..reports.boilerplate import methods_markdown
+
+    row = {"method": "ants-syn" if cfg.registration == "ants" else "contrareg",
+           "lambda": str(cfg.lam)}  # fmt: skip
+    path = cfg.output_dir / "logs" / "CITATION.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(methods_markdown(row, cfg.moving_modality, cfg.reference))
+    tmp.replace(path)
+    LOGGER.info("methods text written: %s", path)
+    return exit_codes.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +36,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return exit_codes.UNKNOWN_LEVEL
-    from ..config import ConfigError, RunConfig
+    from ..config import ConfigError, RunConfig, apply_config_file
 
     try:
         cfg = RunConfig.from_args(args)
+        if args.config_file is not None:
+            cfg = apply_config_file(cfg, args.config_file, explicit_options(argv))
+        if args.boilerplate_only:
+            return write_boilerplate(cfg)
         if cfg.analysis_level != "group":  # the group level reads what is already there
             cfg.make_writable_dirs()
     except ConfigError as err:

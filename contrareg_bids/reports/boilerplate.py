@@ -47,8 +47,8 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def methods_html(metrics: Mapping[str, str] | None, moving: str, reference: str | None) -> str:
-    """The boilerplate to copy into a paper's methods (what was run, with versions)."""
+def methods_text(metrics: Mapping[str, str] | None, moving: str, reference: str | None) -> str:
+    """The paragraph to copy into a paper's methods (what was run, with versions)."""
     v = tool_versions()
     row = metrics or {}
     method = row.get("method", "contrareg")
@@ -68,13 +68,28 @@ def methods_html(metrics: Mapping[str, str] | None, moving: str, reference: str 
     text = (
         f"Results included in this report were generated with contrareg-bids "
         f"{v['contrareg-bids']}, built on Nipype {v['nipype']} (Gorgolewski et al. 2011) and "
-        f"NiWorkflows {v['niworkflows']}. The {html.escape(moving)} image was corrected for "
+        f"NiWorkflows {v['niworkflows']}. The {moving} image was corrected for "
         f"intensity non-uniformity with N4 (Tustison et al. 2010; antspyx {v['antspyx']}), "
-        f"aligned to {html.escape(str(ref))} with an affine transform (ANTs, Mattes mutual "
+        f"aligned to {ref} with an affine transform (ANTs, Mattes mutual "
         f"information), {deform}. Templates were accessed with TemplateFlow "
         f"{v['templateflow']} (Ciric et al. 2022). Images were read and written with NiBabel "
         f"{v['nibabel']} and transforms with SimpleITK {v['SimpleITK']}."
     )
+    return text
+
+
+def methods_markdown(metrics: Mapping[str, str] | None, moving: str, reference: str | None) -> str:
+    """``CITATION.md`` of ``--boilerplate-only``: the paragraph, the versions, the references."""
+    text = methods_text(metrics, moving, reference)
+    versions = "".join(f"- {TOOLS.get(k, k)} {val}\n" for k, val in tool_versions().items())
+    refs = "".join(f"{i}. {c}\n" for i, c in enumerate(CITATIONS, start=1))
+    return f"# Methods\n\n{text}\n\n## Software versions\n\n{versions}\n## References\n\n{refs}"
+
+
+def methods_html(metrics: Mapping[str, str] | None, moving: str, reference: str | None) -> str:
+    """The boilerplate to copy into a paper's methods (what was run, with versions)."""
+    text = html.escape(methods_text(metrics, moving, reference))
+    v = tool_versions()
     versions = "".join(
         f"<tr><th>{html.escape(TOOLS.get(k, k))}</th><td>{html.escape(val)}</td></tr>"
         for k, val in v.items()

@@ -272,7 +272,20 @@ def build_subject_workflow(
         # subject (HALFpipe uses 0.1 s too)
         "poll_sleep_duration": 0.1,
     }
+    if cfg.write_graph:
+        write_workflow_graph(wf)
     return wf
+
+
+def write_workflow_graph(wf) -> None:
+    """``--write-graph``: the workflow's graph in its work folder (SVG with Graphviz's
+    ``dot``, else the ``.dot`` file alone)."""
+    try:
+        wf.write_graph(graph2use="colored", format="svg", simple_form=True)
+    except OSError:
+        wf.write_graph(graph2use="colored", format="dot", simple_form=True)
+        LOGGER.warning("%s: Graphviz 'dot' is not installed: only the .dot graph was written "
+                       "(in %s)", wf.name, Path(wf.base_dir) / wf.name)  # fmt: skip
 
 
 def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
@@ -312,7 +325,10 @@ def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
             )  # fmt: skip
             return exit_codes.BIDS_VALIDATION
     try:
-        layout = make_layout(cfg.bids_dir, validate=not cfg.skip_bids_validation)
+        layout = make_layout(
+            cfg.bids_dir, validate=not cfg.skip_bids_validation,
+            database_dir=cfg.bids_database_dir,
+        )  # fmt: skip
     except InvalidDatasetError as err:
         LOGGER.error("%s", err)
         return exit_codes.BIDS_VALIDATION
