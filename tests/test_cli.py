@@ -589,3 +589,17 @@ def test_boilerplate_only_and_write_graph(tmp_path, bids):
     wf.add_nodes([pe.Node(IdentityInterface(fields=["a"]), name="n")])
     write_workflow_graph(wf)
     assert list((tmp_path / "w" / "g_wf").glob("graph*.dot"))
+
+
+def test_derivatives_inherit_license_and_hide_non_bids_outputs(tmp_path, bids):
+    from contrareg_bids.workflows.base import write_dataset_description
+
+    src = json.loads((bids / "dataset_description.json").read_text())
+    src.update(License="CC-BY-4.0", HowToAcknowledge="Cite the dataset paper.")
+    (bids / "dataset_description.json").write_text(json.dumps(src))
+    cfg = config(tmp_path, bids)
+    desc = json.loads(write_dataset_description(cfg).read_text())
+    assert desc["License"] == "CC-BY-4.0"
+    assert desc["HowToAcknowledge"] == "Cite the dataset paper."
+    ignore = (cfg.output_dir / ".bidsignore").read_text().split()
+    assert {"*.html", "figures/", "models/", "logs/", "sub-*/log/"} <= set(ignore)

@@ -211,7 +211,7 @@ def test_exit_code_and_exact_output_names(e2e):
     logs = {f for f in found if f.startswith("logs/")}
     assert len(logs) == 1 and re.fullmatch(r"logs/config-[0-9]{8}-[0-9]{6}_[0-9a-f-]{36}\.json",
                                            next(iter(logs)))  # fmt: skip
-    expected = {"dataset_description.json"}
+    expected = {"dataset_description.json", ".bidsignore"}
     expected |= expected_outputs("01", TPL) | expected_outputs("02", TPL)
     assert found - logs == expected
     assert not (e2e.out / "sub-01" / "log").exists()  # no crash, no error file

@@ -36,6 +36,7 @@ def write_dataset_description(cfg: RunConfig) -> Path:
         kind, _, tag = container.partition(":")
         generated["Container"] = {"Type": kind, "Tag": tag}
     source = {"URL": cfg.bids_dir.as_uri()}
+    src_desc: dict = {}
     try:
         src_desc = json.loads((cfg.bids_dir / "dataset_description.json").read_text())
         if src_desc.get("DatasetDOI"):
@@ -50,10 +51,29 @@ def write_dataset_description(cfg: RunConfig) -> Path:
         "SourceDatasets": [source],
         "DatasetLinks": {"raw": cfg.bids_dir.as_uri()},
     }
+    # derivatives inherit the input's terms of use (as fMRIPrep/smriprep do)
+    for key in ("License", "HowToAcknowledge"):
+        if isinstance(src_desc, dict) and src_desc.get(key):
+            desc[key] = src_desc[key]
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    write_bidsignore(cfg.output_dir)
     path = cfg.output_dir / "dataset_description.json"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(desc, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+#: What the app writes that BIDS does not define, hidden from the validator (as fMRIPrep's).
+BIDSIGNORE = ("*.html", "logs/", "figures/", "models/", "sub-*/log/", "group_*.tsv",
+              "group_*.json", "*_metrics.tsv", "*_metrics.json")  # fmt: skip
+
+
+def write_bidsignore(output_dir: Path) -> Path:
+    """``OUTPUT_DIR/.bidsignore`` for our non-BIDS outputs (atomic)."""
+    path = Path(output_dir) / ".bidsignore"
+    tmp = path.with_name(f".bidsignore.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(BIDSIGNORE) + "\n")
     os.replace(tmp, path)
     return path
 
