@@ -109,7 +109,9 @@ def expected_outputs(sub: str, space: str, *, other=True, labels=True, tsv=True)
     if tsv:
         names.add(f"{a}_space-T2w_desc-{tpl}_dseg.tsv")
     if other:
-        names |= {f"{a}_desc-preproc_T1w.nii.gz", f"{a}_space-{space}_desc-preproc_T1w.nii.gz"}
+        names |= {f"{a}_desc-preproc_T1w.nii.gz", f"{a}_space-{space}_desc-preproc_T1w.nii.gz",
+                  f"{a}_from-T1w_to-T2w_mode-image_xfm.h5",
+                  f"{a}_from-T2w_to-T1w_mode-image_xfm.h5"}  # fmt: skip
     if labels:
         names.add(f"{a}_space-{space}_dseg.nii.gz")
     # images and transforms carry a JSON sidecar (Sources, SpatialReference)
@@ -698,3 +700,25 @@ def test_gzip_truncation_is_real(bad_run):
     path = bad_run.bids / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
     with pytest.raises((EOFError, OSError)), gzip.open(path) as fobj:
         fobj.read()
+
+
+def test_t1w_t2w_coregistration_transforms(e2e):
+    """The subject's own T1w <-> T2w coregistration is written both ways as ITK .h5 (as
+    nibabies does): resampling the input T1w with from-T1w_to-T2w reproduces the
+    coregistered T1w the app wrote, and the pair are inverses."""
+    from contrareg_bids.io.transforms import apply_transform, read_transform
+
+    anat = e2e.out / "sub-01" / "anat"
+    to_t2w = anat / "sub-01_from-T1w_to-T2w_mode-image_xfm.h5"
+    to_t1w = anat / "sub-01_from-T2w_to-T1w_mode-image_xfm.h5"
+    coreg = anat / "sub-01_desc-preproc_T1w.nii.gz"
+    out = apply_transform(e2e.bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz", coreg,
+                          [to_t2w], e2e.out.parent / "t1w_in_t2w.nii.gz", "linear")  # fmt: skip
+    a, b = data(out).ravel(), data(coreg).ravel()
+    inside = (a > 0) | (b > 0)
+    assert np.corrcoef(a[inside], b[inside])[0, 1] > 0.95
+    point = np.array([5.0, -3.0, 2.0])
+    there = read_transform(to_t2w).TransformPoint(point.tolist())
+    back = read_transform(to_t1w).TransformPoint(there)
+    assert np.allclose(back, point, atol=1e-4)
+    assert "Sources" in json.loads(to_t2w.with_suffix("").with_suffix(".json").read_text())

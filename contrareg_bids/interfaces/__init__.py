@@ -16,7 +16,7 @@ from .preproc import (
     StandardizeImage,
 )
 from .registration import AntsRegister, ContraRegister, ExportTransforms
-from .transforms import ApplyWarp
+from .transforms import ApplyWarp, ExportLinearTransform
 
 __all__ = [
     "AffineRegister",
@@ -24,6 +24,7 @@ __all__ = [
     "ApplyWarp",
     "BrainMask",
     "ContraRegister",
+    "ExportLinearTransform",
     "ExportTransforms",
     "N4BiasCorrect",
     "NormalizeIntensity",

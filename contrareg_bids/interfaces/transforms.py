@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
     File,
     InputMultiObject,
     SimpleInterface,
@@ -47,4 +48,31 @@ class ApplyWarp(SimpleInterface):
             os.path.join(os.getcwd(), self.inputs.out_name), self.inputs.interpolation,
         )  # fmt: skip
         self._results["out_file"] = str(out)
+        return runtime
+
+
+class _ExportLinearInputSpec(BaseInterfaceInputSpec):
+    transform = File(exists=True, mandatory=True, desc="linear transform (ANTs .mat, ITK)")
+
+
+class _ExportLinearOutputSpec(TraitedSpec):
+    forward = File(exists=True, desc="the transform as ITK .h5")
+    inverse = File(exists=True, desc="its inverse as ITK .h5")
+
+
+class ExportLinearTransform(SimpleInterface):
+    """A linear transform and its inverse as ITK ``.h5`` files (``from-/to-`` outputs)."""
+
+    input_spec = _ExportLinearInputSpec
+    output_spec = _ExportLinearOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..io.transforms import export_linear_pair
+
+        fwd, inv = export_linear_pair(
+            self.inputs.transform,
+            os.path.join(os.getcwd(), "forward_xfm.h5"),
+            os.path.join(os.getcwd(), "inverse_xfm.h5"),
+        )
+        self._results.update(forward=str(fwd), inverse=str(inv))
         return runtime

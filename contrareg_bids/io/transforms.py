@@ -406,6 +406,16 @@ def write_affine(transform: sitk.Transform, path: PathLike) -> Path:
     return path
 
 
+def export_linear_pair(transform: PathLike, forward_path: PathLike, inverse_path: PathLike):
+    """A linear transform file (ANTs ``.mat``, ITK ``.txt``/``.h5``) written as ITK ``.h5``
+    both ways: ``forward_path`` is the transform itself, ``inverse_path`` its inverse
+    (e.g. the T1w <-> T2w coregistration of a subject, as nibabies writes it)."""
+    tx = read_transform(transform)
+    write_affine(tx, forward_path)
+    write_affine(tx.GetInverse(), inverse_path)
+    return Path(forward_path), Path(inverse_path)
+
+
 def read_transform(path: PathLike) -> sitk.Transform:
     """Any transform file: ITK ``.h5``/``.mat``/``.txt``/``.tfm`` or a displacement NIfTI."""
     path = Path(path)

@@ -17,6 +17,7 @@ from ..interfaces import (
     ApplyWarp,
     BrainMask,
     ContraRegister,
+    ExportLinearTransform,
     ExportTransforms,
     N4BiasCorrect,
     NormalizeIntensity,
@@ -330,6 +331,14 @@ def init_subject_registration_wf(
             (validate_reference, other_to_ref, [("out_file", "reference")]),
             (merge_xfms, other_to_ref, [("out", "transforms")]),
         ])  # fmt: skip
+        # the subject's own T1w <-> T2w coregistration, both ways (as nibabies writes it):
+        # from-<other>_to-<moving> resamples the other modality into the moving one's space
+        export_coreg = pe.Node(ExportLinearTransform(), name="export_coreg")
+        wf.connect(coreg_other, "transform", export_coreg, "transform")
+        for nm, fld, frm, to in (("ds_coreg_to_moving", "forward", other, mod),
+                                 ("ds_coreg_to_other", "inverse", mod, other)):  # fmt: skip
+            ds = sink(nm, export_coreg, fld, to=to, mode="image", suffix="xfm", extension=".h5")
+            setattr(ds.inputs, "from", frm)
         other_source = subj.anat[other]
         other_sources = [source_uri(other_source, bids_dir), *sources]
         for nm, node, fld, ents in (
