@@ -351,8 +351,9 @@ def test_subject_labels_into_reference_space(e2e, icbm_small):
 
 
 def test_resume_reuses_finished_nodes(e2e, tiny_bundle, tiny_templateflow):
-    """The same command again, as the console script on 2 processes (MultiProc), on the same
-    work dir: every node is found cached, nothing is recomputed, the outputs stay."""
+    """The same command again, as the console script on 2 processes (the two subjects at
+    once), on the same work dir: every node is found cached, nothing is recomputed, the
+    outputs stay."""
     result = e2e.work / "sub_01_wf" / "register" / "result_register.pklz"
     before = result.stat().st_mtime_ns
     preproc = e2e.out / "sub-01" / "anat" / "sub-01_desc-preproc_T2w.nii.gz"
@@ -363,14 +364,15 @@ def test_resume_reuses_finished_nodes(e2e, tiny_bundle, tiny_templateflow):
     proc = subprocess.run(
         [*cmd, str(e2e.bids), str(e2e.out), "participant", "-w", str(e2e.work), "--sloppy",
          "--nprocs", "2", "--model", str(tiny_bundle), "--reference", TPL,
-         "--derivatives", f"labels={e2e.labels}"],
+         "--derivatives", f"labels={e2e.labels}", "-v"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert result.stat().st_mtime_ns == before
     for node in ("n4_moving", "affine_moving", "register", "export_xfms", "moving_to_ref"):
-        assert re.search(rf"Cached \(sub_01_wf\.{node}\)", log), node
+        # MultiProc: "Cached (wf.node)"; Linear (a subject's share of one CPU): 'Cached "wf.node"'
+        assert re.search(rf"Cached (\(|\")sub_01_wf\.{node}(\)|\")", log), node
     assert "sub-02: finished" in log
     np.testing.assert_array_equal(data(preproc), old)
     assert len(list((e2e.out / "logs").glob("config-*.json"))) == 2
@@ -436,7 +438,8 @@ def test_reference_another_participant(e2e, tiny_bundle, tmp_path, tiny_template
     )  # fmt: skip
     assert rc == 0
     found = {f for f in files_under(out) if f.startswith("sub-")}
-    assert found == expected_outputs("02", "sub01", tsv=False)
+    # sub-01's label table (inherited from the derivatives root) travels with its labels
+    assert found == expected_outputs("02", "sub01", tsv=True)
     anat = out / "sub-02" / "anat"
     row = read_metrics(anat / "sub-02_desc-registration_metrics.tsv")
     assert row["reference"] == "sub-01 T1w"

@@ -27,7 +27,8 @@ CORE = {
     "ds_metrics_json",
 }  # fmt: skip
 OTHER = {"validate_other", "n4_other", "coreg_other", "other_to_ref", "merge_xfms",
-         "ds_other_preproc", "ds_other_ref"}  # fmt: skip
+         "ds_other_preproc", "ds_other_ref", "export_coreg", "ds_coreg_to_moving",
+         "ds_coreg_to_other"}  # fmt: skip
 REF_DSEG = {"ref_dseg_to_subject", "ds_ref_dseg"}
 SUBJECT_LABELS = {"subject_labels_to_ref", "ds_subject_dseg_ref"}
 
@@ -369,3 +370,21 @@ def test_report_nodes(files, tmp_path):
     assert "report_wf.jacobian" in ants and "report_wf.lambda_strip" not in ants
     off = build(files, tmp_path, reports=False).list_node_names()
     assert not any(n.startswith("report_wf.") for n in off)
+
+
+def test_prepared_reference_keeps_the_node_names_and_connections(files, tmp_path):
+    """A run prepares the reference once (``init_reference_wf``); subject workflows then
+    hold its files under the same node names, wired the same way."""
+    from contrareg_bids.workflows.registration import init_reference_wf
+
+    own = {"validate_reference", "n4_reference", "reference_mask", "normalize_reference"}
+    ref_wf = init_reference_wf(ref=ReferenceInputs(image=files["T1w"], space="X",
+                                                   is_template=False))  # fmt: skip
+    assert {n.name for n in ref_wf._graph.nodes()} == own | {"outputnode"}
+    for template in (True, False):
+        plain = build(files, tmp_path, template=template)
+        prepared = build(files, tmp_path, template=template, reference_files={
+            k: files["T1w"] for k in ("validated", "image", "mask", "normalized")})  # fmt: skip
+        assert names(prepared) == names(plain)
+        assert edges(prepared) - edges(plain) == set()
+        assert all(e[0] in own and e[2] in own for e in edges(plain) - edges(prepared))

@@ -273,6 +273,9 @@ def build_subject_workflow(
     )  # fmt: skip
     wf = init_subject_registration_wf(
         subj=subj, ref=ref, output_dir=cfg.output_dir, registration=cfg.registration,
+        reference_files=prepare_reference(
+            cfg, ref, run_log_dir(cfg.output_dir, subject, cfg.run_uuid)
+        ),
         model=model, grid_shape=shape, grid_spacing=spacing, lam=cfg.lam, device=cfg.device,
         max_folding=cfg.max_folding, use_gpu=bool(cfg.n_gpus), seed=cfg.random_seed,
         refine_steps=cfg.refine_steps,
@@ -295,6 +298,54 @@ def build_subject_workflow(
     if cfg.write_graph:
         write_workflow_graph(wf)
     return wf
+
+
+#: references already prepared in this process: key -> files (see prepare_reference)
+_PREPARED_REFERENCES: dict[tuple, dict[str, Path]] = {}
+
+
+def prepare_reference(cfg: RunConfig, ref, crash_dir: Path) -> dict[str, Path]:
+    """The reference's preprocessing (``init_reference_wf``), run once per reference and
+    run, in this process, and shared by every subject that uses it: before, each subject
+    bias-corrected a participant reference again. Cached in the work directory too."""
+    import hashlib
+
+    from .registration import init_reference_wf
+
+    key = (str(ref.image), str(ref.mask), ref.is_template, cfg.sloppy, cfg.random_seed,
+           str(cfg.work_dir))  # fmt: skip
+    if key not in _PREPARED_REFERENCES:
+        digest = hashlib.sha1(repr(key).encode()).hexdigest()[:8]
+        wf = init_reference_wf(ref=ref, sloppy=cfg.sloppy, seed=cfg.random_seed,
+                               name=f"reference_{digest}_wf")  # fmt: skip
+        wf.base_dir = str(cfg.work_dir)
+        wf.config["execution"] = {
+            "hash_method": "content",
+            "remove_unnecessary_outputs": False,
+            "crashfile_format": "txt",
+            "crashdump_dir": str(crash_dir),  # a failure is the asking subject's
+        }
+        graph = wf.run(plugin="Linear")  # identity nodes (outputnode) are not in its graph
+
+        def out(node: str) -> Path:
+            return Path(node_outputs(graph, node).out_file)
+
+        validated = out("validate_reference")
+        _PREPARED_REFERENCES[key] = {
+            "validated": validated,
+            "image": validated if ref.is_template else out("n4_reference"),
+            "mask": out("reference_mask"),
+            "normalized": out("normalize_reference"),
+        }
+    return _PREPARED_REFERENCES[key]
+
+
+def node_outputs(execgraph, name: str):
+    """The outputs of the node ``name`` of a workflow that ran (``wf.run()``'s graph)."""
+    for node in execgraph.nodes():
+        if node.name == name:
+            return node.result.outputs
+    raise RuntimeError(f"the workflow ran without its node {name!r}")
 
 
 def write_workflow_graph(wf) -> None:

@@ -87,6 +87,55 @@ def spatial_reference(ref: ReferenceInputs, bids_dir: Path | None) -> str:
     return source_uri(ref.image, bids_dir)
 
 
+def _reference_nodes(wf: pe.Workflow, ref: ReferenceInputs, *, sloppy: bool, seed: int):
+    """validate -> [N4, not for templates] -> mask -> normalise, added to ``wf``; returns the
+    nodes (N4 None for a template)."""
+    validate_reference = pe.Node(
+        StandardizeImage(in_file=str(ref.image)), name="validate_reference"
+    )
+    reference_mask = pe.Node(BrainMask(), name="reference_mask")
+    if ref.mask is not None:
+        reference_mask.inputs.given_mask = str(ref.mask)
+    normalize_reference = pe.Node(NormalizeIntensity(), name="normalize_reference")
+    n4_reference = None
+    image = validate_reference
+    if not ref.is_template:
+        n4_reference = pe.Node(N4BiasCorrect(sloppy=sloppy, seed=seed), name="n4_reference")
+        wf.connect(validate_reference, "out_file", n4_reference, "in_file")
+        image = n4_reference
+    wf.connect([
+        (image, reference_mask, [("out_file", "in_file")]),
+        (image, normalize_reference, [("out_file", "in_file")]),
+        (reference_mask, normalize_reference, [("out_file", "mask_file")]),
+    ])  # fmt: skip
+    return validate_reference, n4_reference, reference_mask, normalize_reference
+
+
+def init_reference_wf(
+    *, ref: ReferenceInputs, sloppy: bool = False, seed: int = 0, name: str = "reference_wf"
+) -> pe.Workflow:
+    """The reference's preprocessing alone (validate, N4 unless a template, brain mask,
+    intensity normalisation), to run once for every subject of a run.
+
+    Outputs (``outputnode``): ``validated`` (the grid the outputs are resampled on),
+    ``image`` (what the affine sees: N4-corrected unless a template), ``mask``,
+    ``normalized``.
+    """
+    wf = pe.Workflow(name=name)
+    validate, n4, mask, normalize = _reference_nodes(wf, ref, sloppy=sloppy, seed=seed)
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=["validated", "image", "mask", "normalized"]),
+        name="outputnode",
+    )
+    wf.connect([
+        (validate, outputnode, [("out_file", "validated")]),
+        (validate if n4 is None else n4, outputnode, [("out_file", "image")]),
+        (mask, outputnode, [("out_file", "mask")]),
+        (normalize, outputnode, [("out_file", "normalized")]),
+    ])  # fmt: skip
+    return wf
+
+
 def init_subject_registration_wf(
     *,
     subj: SubjectInputs,
@@ -106,9 +155,14 @@ def init_subject_registration_wf(
     omp_nthreads: int = 1,
     bids_dir: Path | None = None,
     reports: bool = True,
+    reference_files: dict[str, Path] | None = None,
     name: str = "subject_wf",
 ) -> pe.Workflow:
     """Build the workflow of one subject-session (see the module docstring).
+
+    ``reference_files`` (``validated``, ``image``, ``mask``, ``normalized``: what
+    :func:`init_reference_wf` makes) skips the reference's preprocessing: a run prepares a
+    reference once for all its subjects.
 
     ``bids_dir`` lets the sidecars name their ``Sources`` as BIDS URIs (``bids:raw:...``).
     ``reports`` adds the QC reportlets (``sub-X/figures/``, :mod:`.reports`).
@@ -125,25 +179,27 @@ def init_subject_registration_wf(
     entity_space = {"space": ref.space, **({"cohort": str(ref.cohort)} if ref.cohort else {})}
     ref_label = reference_label(ref)  # the reference as the label of to-/from-/desc-
 
-    # --- the reference (fixed modality): validate, [N4], mask, normalise
-    validate_reference = pe.Node(
-        StandardizeImage(in_file=str(ref.image)), name="validate_reference"
-    )
-    reference_mask = pe.Node(BrainMask(), name="reference_mask")
-    if ref.mask is not None:
-        reference_mask.inputs.given_mask = str(ref.mask)
-    normalize_reference = pe.Node(NormalizeIntensity(), name="normalize_reference")
-    if ref.is_template:
-        wf.connect(validate_reference, "out_file", reference_mask, "in_file")
-        wf.connect(validate_reference, "out_file", normalize_reference, "in_file")
-        ref_image = (validate_reference, "out_file")
+    # --- the reference (fixed modality): validate, [N4], mask, normalise; or, when the run
+    # prepared it once for all subjects (reference_files), the same node names holding
+    # its files, so that every connection below is the same either way
+    if reference_files is None:
+        validate_reference, n4_reference, reference_mask, normalize_reference = _reference_nodes(
+            wf, ref, sloppy=sloppy, seed=seed
+        )
     else:
-        n4_reference = pe.Node(N4BiasCorrect(sloppy=sloppy, seed=seed), name="n4_reference")
-        wf.connect(validate_reference, "out_file", n4_reference, "in_file")
-        wf.connect(n4_reference, "out_file", reference_mask, "in_file")
-        wf.connect(n4_reference, "out_file", normalize_reference, "in_file")
-        ref_image = (n4_reference, "out_file")
-    wf.connect(reference_mask, "out_file", normalize_reference, "mask_file")
+
+        def given(node_name: str, key: str) -> pe.Node:
+            node = pe.Node(niu.IdentityInterface(fields=["out_file"]), name=node_name)
+            node.inputs.out_file = str(reference_files[key])
+            return node
+
+        validate_reference = given("validate_reference", "validated")
+        reference_mask = given("reference_mask", "mask")
+        normalize_reference = given("normalize_reference", "normalized")
+        n4_reference = None if ref.is_template else given("n4_reference", "image")
+        wf.add_nodes([n for n in (validate_reference, reference_mask, normalize_reference,
+                                  n4_reference) if n is not None])  # fmt: skip
+    ref_image = (validate_reference if n4_reference is None else n4_reference, "out_file")
 
     # --- the subject: validate, N4, affine to the reference, mask, normalise
     validate_moving = pe.Node(StandardizeImage(in_file=source), name="validate_moving")

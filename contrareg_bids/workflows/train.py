@@ -148,13 +148,6 @@ def init_train_inputs_wf(
     return wf
 
 
-def _node_outputs(execgraph, name: str):
-    for node in execgraph.nodes():
-        if node.name == name:
-            return node.result.outputs
-    raise RuntimeError(f"the workflow ran without its node {name!r}")
-
-
 def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None, grid):
     """Run the preprocessing of one subject-session on ``grid`` (``(shape, spacing)``; None:
     the grid of its reference image). Returns its :class:`SubjectVolumes` and the grid."""
@@ -162,7 +155,7 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
 
     from ..io.bids import collect_anatomicals, subject_session_id
     from ..io.derivatives import find_subject_derivatives
-    from .base import SubjectError, _plugin, resolve_reference
+    from .base import SubjectError, _plugin, node_outputs, resolve_reference
 
     sid = subject_session_id(subject, session)
     anat = collect_anatomicals(layout, subject, session, cfg.bids_filters)
@@ -197,8 +190,8 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
     }
     plugin, plugin_args = _plugin(cfg)
     eg = wf.run(plugin=plugin, plugin_args=plugin_args)
-    vol = _node_outputs(eg, "training_volumes")
-    pair = _node_outputs(eg, "prepare_pair")
+    vol = node_outputs(eg, "training_volumes")
+    pair = node_outputs(eg, "prepare_pair")
 
     def opt(value) -> Path | None:
         return Path(value) if isdefined(value) and value else None
