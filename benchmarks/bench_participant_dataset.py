@@ -38,8 +38,9 @@ def app(src: Path, argv: list[str], env_extra: dict | None = None) -> tuple[int,
     env = {**os.environ, "PYTHONPATH": str(src), **(env_extra or {})}
     cmd = [sys.executable, "-m", "contrareg_bids.cli.run", *argv]
     t0 = time.perf_counter()
+    # cwd outside both checkouts: ``python -m`` puts the cwd first on sys.path
     rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                        text=True, check=False)  # fmt: skip
+                        text=True, check=False, cwd="/")  # fmt: skip
     seconds = time.perf_counter() - t0
     if rc.returncode != 0:
         log(f"  exit {rc.returncode}: {rc.stderr[-2000:]}")
@@ -89,8 +90,18 @@ def main(argv=None) -> int:
     codes = {"this checkout": HERE}
     if args.baseline_src is not None:
         codes = {"baseline": args.baseline_src.resolve(), "this checkout": HERE}
+    for name, src in codes.items():
+        where = subprocess.run(
+            [sys.executable, "-c", "import contrareg_bids; print(contrareg_bids.__file__)"],
+            env={**os.environ, "PYTHONPATH": str(src)}, cwd="/", capture_output=True,
+            text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        print(f"# {name}: {where}")
+        if not where.startswith(str(src)):
+            sys.exit(f"error: {name} would not run the code of {src}")
     times: dict[str, list[float]] = {k: [] for k in codes}
     outputs: dict[str, dict] = {}
+    dice: dict[str, list[dict]] = {k: [] for k in codes}
     for run in range(args.runs):
         for name, src in codes.items():
             out, work = root / f"out-{name.split()[0]}", root / f"work-{name.split()[0]}"
@@ -99,6 +110,7 @@ def main(argv=None) -> int:
             rc, sec = app(src, [str(bids), str(out), "participant", "-w", str(work), *common])
             times[name].append(sec)
             outputs[name] = metrics(out)
+            dice[name].append({k: float(v["mean_dice"]) for k, v in outputs[name].items()})
             log(f"run {run + 1} {name}: {sec:.1f} s (exit {rc}, {len(outputs[name])} subjects)")
     print()
     print(
@@ -109,6 +121,11 @@ def main(argv=None) -> int:
     print("|---|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {', '.join(f'{t:.1f}' for t in ts)} | {statistics.median(ts):.1f} |")
+    for name, runs in dice.items():  # run-to-run spread of one code base (ANTs' affine)
+        if len(runs) > 1:
+            d = [abs(runs[0][k] - runs[1][k]) for k in runs[0]]
+            spread = f"median {statistics.median(d):.4f}, max {max(d):.4f}"
+            print(f"{name}: |mean Dice run 1 - run 2| per subject: {spread}")
     if len(codes) == 2:
         a, b = times["baseline"], times["this checkout"]
         ratios = [x / y for x, y in zip(a, b, strict=True)]
