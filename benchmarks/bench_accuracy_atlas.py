@@ -112,7 +112,10 @@ def run_set(args, pairs, bundles, affine_arr) -> dict:
                 t0 = time.perf_counter()
                 out = register_arrays(b.regnet, mov["T2w"], fix["T1w"], lam=lam)
                 add((name, lam), mov, fix, out.forward_disp, time.perf_counter() - t0)
-            for steps in args.refine_steps:
+            refine = (
+                args.refine_steps if (not args.refine_names or name in args.refine_names) else []
+            )
+            for steps in refine:
                 for lam in args.refine_lambdas:
                     t0 = time.perf_counter()
                     out = register_arrays(
@@ -220,6 +223,8 @@ def parse_args(argv=None):
     p.add_argument("--refine-steps", type=int, nargs="*", default=[])
     p.add_argument("--refine-lambdas", type=float, nargs="+", default=[0.1, 0.3])
     p.add_argument("--refine-lr", type=float, default=0.05)
+    p.add_argument("--refine-names", nargs="*", default=None,
+                   help="refine only these bundles (by --names; default: all)")  # fmt: skip
     p.add_argument("--pseudo", type=int, default=1, help="pseudo-subjects per held-out cohort")
     p.add_argument("--pseudo-amplitude", type=float, default=2.0, help="max velocity (voxels)")
     p.add_argument("--sets", nargs="+", default=["atlas", "pseudo"])
