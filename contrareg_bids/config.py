@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .metrics import FOLDING_LIMIT_PERCENT
 
 #: Command-line options of the train level (``contrareg_bids.workflows.train``).
 TRAIN_OPTIONS = ("model_name", "loss", "train_steps", "ae_steps", "ch", "ts", "lambda_range",
@@ -66,7 +67,7 @@ class RunConfig:
     #: a number in [0, 1], or "auto" (per subject, under the ``max_folding`` budget)
     lam: float | str = 0.1
     #: folding budget (% voxels of each warp) of ``lam = "auto"``
-    max_folding: float = 0.5
+    max_folding: float = FOLDING_LIMIT_PERCENT
     #: test-time refinement steps of each subject's warp (``nn/refine.py``)
     refine_steps: int = DEFAULT_REFINE_STEPS
     random_seed: int = 0
@@ -114,7 +115,9 @@ class RunConfig:
             moving_modality=args.moving_modality,
             fixed_modality=args.fixed_modality,
             lam=args.lam,
-            max_folding=0.5 if getattr(args, "max_folding", None) is None else args.max_folding,
+            max_folding=FOLDING_LIMIT_PERCENT
+            if getattr(args, "max_folding", None) is None
+            else args.max_folding,
             refine_steps=getattr(args, "refine_steps", DEFAULT_REFINE_STEPS),
             random_seed=args.random_seed,
             nprocs=args.nprocs,

@@ -11,6 +11,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..metrics import FOLDING_LIMIT_PERCENT
+
 __all__ = ["PLOT_METRICS", "plot_sweep"]
 
 #: Summary column -> axis label, in panel order.
@@ -52,7 +54,7 @@ def plot_sweep(
     out_dir: str | os.PathLike,
     *,
     formats: Sequence[str] = ("svg", "png"),
-    fold_limit: float | None = 0.5,
+    fold_limit: float | None = FOLDING_LIMIT_PERCENT,
     prefix: str = "sweep",
 ) -> list[Path]:
     """Write one figure per metric (``<prefix>_<metric>.<fmt>``) and one with all panels

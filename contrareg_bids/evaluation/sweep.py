@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
-from ..metrics import folding_percent, mean_dice, std_log_jacobian
+from ..metrics import FOLDING_LIMIT_PERCENT, folding_percent, mean_dice, std_log_jacobian
 from ..processing.register import SYN_ITERATIONS
 from .plots import plot_sweep
 from .table import (
@@ -63,7 +63,7 @@ PAPER_LAMBDAS: tuple[float, ...] = (
     *(round(0.2 + 0.1 * i, 1) for i in range(9)),
 )
 #: The paper's folding limit (%) for the best-lambda table.
-FOLD_LIMIT = 0.5
+FOLD_LIMIT = FOLDING_LIMIT_PERCENT  # (the evaluation's name for it)
 #: Method name of the ANTs SyN rows.
 ANTS_METHOD = "ants-syn"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import dice30, dice_percentile30
+from ..metrics import FOLDING_LIMIT_PERCENT, dice30, dice_percentile30
 
 __all__ = [
     "ROW_COLUMNS",
@@ -146,7 +146,9 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def best_lambda_table(summary: Sequence[dict], fold_limit: float = 0.5) -> list[dict]:
+def best_lambda_table(
+    summary: Sequence[dict], fold_limit: float = FOLDING_LIMIT_PERCENT
+) -> list[dict]:
     """Per method, the summary row with the best Dice among those with mean folding
     ``< fold_limit`` % (the paper's Table 1 rule; strict, as "< 0.5 %").
 
@@ -181,7 +183,7 @@ _MD_HEADER = {
 }
 
 
-def format_markdown(table: Sequence[dict], fold_limit: float = 0.5) -> str:
+def format_markdown(table: Sequence[dict], fold_limit: float = FOLDING_LIMIT_PERCENT) -> str:
     """The best-lambda table as markdown, in the layout of the paper's Table 1."""
     cols = list(_MD_HEADER)
     lines = [

@@ -13,6 +13,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..metrics import FOLDING_LIMIT_PERCENT
 from ._threads import ThreadedInputSpec, use_threads
 
 
@@ -35,7 +36,9 @@ class _ContraRegInputSpec(ThreadedInputSpec):
         False, usedefault=True, desc="choose lambda per pair under a folding budget (ignores lam)"
     )
     max_folding = traits.Float(
-        0.5, usedefault=True, desc="folding budget (% voxels, both warps) of auto_lambda"
+        FOLDING_LIMIT_PERCENT,
+        usedefault=True,
+        desc="folding budget (% voxels, both warps) of auto_lambda",
     )
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda, cuda:N")
     refine_steps = traits.Int(
@@ -63,13 +66,9 @@ class ContraRegister(SimpleInterface):
         from ..processing.register import contrareg_register
 
         use_threads(self.inputs, torch=True)
-        device = self.inputs.device
-        if device == "auto" and not self.inputs.use_gpu:
-            device = "cpu"
-        if device == "auto":
-            import torch
+        from ..nn.device import device_name
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device_name(self.inputs.device, prefer_gpu=self.inputs.use_gpu)
         lam = "auto" if self.inputs.auto_lambda else self.inputs.lam
         res = contrareg_register(
             self.inputs.moving, self.inputs.fixed, self.inputs.model, lam,

@@ -1,5 +1,8 @@
-"""Files in and out: model bundles (:mod:`.bundle`); later NIfTI validation, BIDS queries,
-age -> cohort, TemplateFlow lookup and ITK transform export.
+"""Files in and out: BIDS queries and ages (:mod:`.bids`, :mod:`.units`), the validator
+(:mod:`.validation`), precomputed derivatives and label tables (:mod:`.derivatives`),
+TemplateFlow references (:mod:`.templates`), NIfTI checks (:mod:`.images`), images and ITK
+transforms (:mod:`.transforms`), model bundles (:mod:`.bundle`), run log folders
+(:mod:`.run_logs`).
 
 Imports stay light: the bundle API (which needs torch) is re-exported lazily, so
 ``from contrareg_bids.io import load_model`` works without importing torch for the other

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .units import TERM_WEEKS, UNIT_ALIASES, WEEKS_PER
+from .units import TERM_WEEKS, WEEKS_PER, normalize_unit
 
 if TYPE_CHECKING:
     from bids import BIDSLayout
@@ -70,8 +70,6 @@ AGE_COLUMNS = (*PMA_COLUMNS, *POSTNATAL_COLUMNS)
 #: Anatomical modalities collected by :func:`collect_anatomicals`.
 ANAT_SUFFIXES = ("T1w", "T2w")
 
-_WEEKS_PER = WEEKS_PER
-_UNIT_ALIASES = UNIT_ALIASES
 _MISSING = {"", "n/a", "na", "nan", "none", "null"}
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 _WEEKS_DAYS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*\+\s*(\d+(?:\.\d+)?)\s*$")
@@ -340,10 +338,6 @@ def _column_units(sidecar: Mapping[str, Any], column: str) -> str | None:
     return None
 
 
-def _normalise_units(units: str) -> str | None:
-    return _UNIT_ALIASES.get(units.strip().lower().rstrip("."))
-
-
 def _parse_age(raw: str, units: str, where: str) -> float | None:
     if raw.strip().lower() in _MISSING:
         return None
@@ -357,7 +351,7 @@ def _parse_age(raw: str, units: str, where: str) -> float | None:
             raise BIDSError(
                 f"{where}: age value {raw!r} is not a number; write a number (or 'n/a')."
             ) from None
-    weeks = value * _WEEKS_PER[units]
+    weeks = value * WEEKS_PER[units]
     if not weeks >= 0 or weeks == float("inf"):  # 0: a postnatal age on the day of birth
         raise BIDSError(f"{where}: age {raw!r} ({units}) is not a positive age; fix the value.")
     return weeks
@@ -386,7 +380,7 @@ def _column_weeks(
                 "sidecar, or use a pma (post-menstrual weeks) or age_months column"
             ),
         )
-    units = _normalise_units(units_raw)
+    units = normalize_unit(units_raw)
     if units is None:
         return (
             None,
@@ -430,7 +424,7 @@ def age_override(pma: float | None, age_months: float | None) -> tuple[float, st
     if pma is not None:
         return float(pma), "--pma"
     if age_months is not None:
-        weeks = TERM_WEEKS + float(age_months) * _WEEKS_PER["months"]
+        weeks = TERM_WEEKS + float(age_months) * WEEKS_PER["months"]
         return weeks, f"--age-months (postnatal; term birth, {TERM_WEEKS:g} weeks, assumed)"
     return None
 

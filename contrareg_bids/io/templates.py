@@ -32,10 +32,9 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
-from .units import TERM_WEEKS, UNIT_ALIASES, WEEKS_PER
+from .units import TERM_WEEKS, WEEKS_PER, normalize_unit
 
 if TYPE_CHECKING:
     from templateflow import TemplateFlowClient
@@ -65,8 +64,6 @@ PMA_COHORT_TEMPLATES = frozenset({"dhcpVol", "dhcpSym", "dhcpAsym", "Serag2012"}
 #: Ages this far (weeks) outside the span of the cohorts are clamped with a warning.
 CLAMP_TOLERANCE_WEEKS = 0.5
 
-_WEEKS_PER = WEEKS_PER
-_UNITS = UNIT_ALIASES
 _TEMPLATE_RE = re.compile(r"^(?:tpl-)?(?P<name>[A-Za-z0-9]+)(?P<mods>(?::[A-Za-z]+-[^:]+)*)$")
 _PARTICIPANT_RE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?$")
 _NIFTI_EXT = [".nii.gz", ".nii"]
@@ -171,12 +168,8 @@ def templateflow_home() -> Path:
     home = os.environ.get("TEMPLATEFLOW_HOME")
     if home:
         return Path(home).expanduser().absolute()
-    try:
-        from templateflow.conf.env import get_templateflow_home
-    except ImportError:  # templateflow < 25
-        from platformdirs import user_cache_dir
+    from templateflow.conf.env import get_templateflow_home
 
-        return Path(user_cache_dir("templateflow")).absolute()
     return get_templateflow_home()
 
 
@@ -185,35 +178,9 @@ def _autoupdate() -> bool:
     return value not in ("0", "false", "off", "no", "n")
 
 
-class _LegacyClient:
-    """``templateflow.api`` of templateflow < 25 seen through the client interface."""
-
-    def __init__(self, root: Path) -> None:
-        from templateflow import api
-
-        self._api = api
-        self.cache = SimpleNamespace(config=SimpleNamespace(root=root))
-
-    def get_cohorts(self, **kwargs: Any) -> list[Any]:
-        return self._api.TF_LAYOUT.get_cohorts(**kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._api, name)
-
-
 def _new_client(root: Path, autoupdate: bool) -> TemplateFlowClient:
-    try:
-        from templateflow import TemplateFlowClient
-    except ImportError:  # templateflow < 25: one global client, configured at import
-        from templateflow import conf
+    from templateflow import TemplateFlowClient
 
-        if Path(conf.TF_HOME).absolute() != root:
-            raise TemplateError(
-                f"this templateflow version read TEMPLATEFLOW_HOME={conf.TF_HOME} when it was "
-                f"imported, but it is now {root}. Set TEMPLATEFLOW_HOME before starting Python, "
-                "or install templateflow >= 25.1."
-            ) from None
-        return _LegacyClient(root)  # type: ignore[return-value]
     return TemplateFlowClient(root=root, autoupdate=autoupdate)
 
 
@@ -341,9 +308,9 @@ def cohort_ages(template: str) -> dict[int, tuple[float, float]]:
         if template not in PMA_COHORT_TEMPLATES and isinstance(entry, dict) and "age" in entry:
             age = entry["age"]
             values = [float(a) for a in (age if isinstance(age, list | tuple) else [age])]
-            units = _UNITS.get(str(entry.get("units", "weeks")).strip().lower())
+            units = normalize_unit(str(entry.get("units", "weeks")))
             if values and units:
-                weeks = [v * _WEEKS_PER[units] for v in values]
+                weeks = [v * WEEKS_PER[units] for v in values]
                 if units in ("months", "years"):
                     weeks = [TERM_WEEKS + w for w in weeks]
                 span = (min(weeks), max(weeks))

@@ -14,3 +14,9 @@ UNIT_ALIASES = {
 #: Post-menstrual age of a term birth: a postnatal age becomes a PMA by adding the
 #: gestational age at birth, this one when the data does not give it.
 TERM_WEEKS = 40.0
+
+
+def normalize_unit(units: str) -> str | None:
+    """``"Weeks"``, ``"wk."``, ``"mo"`` ... -> ``"weeks"``/``"days"``/``"months"``/``"years"``,
+    or None for anything else."""
+    return UNIT_ALIASES.get(units.strip().lower().rstrip("."))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .device import resolve_device
 from .integrate import integrate_velocity, warp, warp_labels
 from .model import ContraRegNet
 from .refine import RefineSettings, refine_velocity
@@ -43,16 +44,6 @@ def _as_volume(name: str, arr) -> torch.Tensor:
     if not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU; otherwise validate the name."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
-    return dev
 
 
 def register_arrays(

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ._checks import check_same_grid, check_volume
 
@@ -113,18 +112,6 @@ def resize_field(disp: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return out * factors.view(1, 3, 1, 1, 1)
 
 
-class SpatialTransformer(nn.Module):
-    """Module wrapper of :func:`warp` (kept for VoxelMorph-style composition)."""
-
-    def __init__(self, mode: str = "bilinear", padding_mode: str = "zeros"):
-        super().__init__()
-        self.mode = mode
-        self.padding_mode = padding_mode
-
-    def forward(self, src: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
-        return warp(src, disp, self.mode, self.padding_mode)
-
-
 def integrate_velocity(velocity: torch.Tensor, steps: int, downsize: int = 1) -> torch.Tensor:
     """Displacement of ``phi = exp(v)`` by scaling and squaring with ``steps`` squarings.
 
@@ -154,15 +141,3 @@ def compose(disp_a: torch.Tensor, disp_b: torch.Tensor) -> torch.Tensor:
     """Displacement of ``phi_a o phi_b`` (apply b first, then look up a): ``b + a o (id + b)``."""
     check_same_grid("disp_a", disp_a, "disp_b", disp_b)
     return disp_b + warp(disp_a, disp_b, padding_mode="border")
-
-
-class VecInt(nn.Module):
-    """Scaling-and-squaring integration layer (``ts`` steps, optional half-resolution)."""
-
-    def __init__(self, steps: int = 5, downsize: int = 1):
-        super().__init__()
-        self.steps = steps
-        self.downsize = downsize
-
-    def forward(self, velocity: torch.Tensor) -> torch.Tensor:
-        return integrate_velocity(velocity, self.steps, self.downsize)

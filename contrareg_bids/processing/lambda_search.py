@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..metrics import folding_percent
+from ..metrics import FOLDING_LIMIT_PERCENT, folding_percent
 
 if TYPE_CHECKING:
     from ..io.bundle import ModelBundle
@@ -61,7 +61,7 @@ __all__ = [
 #: 0.5 % budget (below 0.2, cf. the paper's optimal lambdas), sparse above.
 COARSE_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 #: The paper's folding limit (%), the default budget.
-DEFAULT_MAX_FOLDING = 0.5
+DEFAULT_MAX_FOLDING = FOLDING_LIMIT_PERCENT
 
 
 @dataclass(frozen=True)

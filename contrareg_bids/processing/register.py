@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from ..io.transforms import read_displacement_nifti, write_displacement_nifti, write_nifti
+from ..metrics import FOLDING_LIMIT_PERCENT
 from ._ants import ants_image, ants_seed, read_volume
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def contrareg_register(
     *,
     prefix: str = "",
     amp: bool = False,
-    max_folding: float = 0.5,
+    max_folding: float = FOLDING_LIMIT_PERCENT,
     refine_steps: int = 0,
     seed: int = 0,
 ) -> RegResult:

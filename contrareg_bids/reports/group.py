@@ -12,12 +12,13 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..metrics import FOLDING_LIMIT_PERCENT
 from .html import page, write_page
 
 LOGGER = logging.getLogger("contrareg_bids.group")
 
 #: Folding above this percentage of the model grid flags a subject (METHOD.md: < 0.5 %).
-MAX_FOLDING_PERCENT = 0.5
+MAX_FOLDING_PERCENT = FOLDING_LIMIT_PERCENT
 #: A robust z-score (median/MAD) below this flags a similarity/overlap metric.
 MIN_ROBUST_Z = -2.5
 #: Fewest subjects for the robust z-score to mean anything.
@@ -150,7 +151,9 @@ def distribution_svg(name: str, values: Sequence[float], flagged: Sequence[bool]
         med = _median(sorted(vals))
         ax.axvline(med, color="#555", lw=1, ls="--", label="median")
     if name == "folding_percent":
-        ax.axvline(MAX_FOLDING_PERCENT, color="#d62728", lw=1, label="0.5 % limit")
+        ax.axvline(
+            MAX_FOLDING_PERCENT, color="#d62728", lw=1, label=f"{MAX_FOLDING_PERCENT} % limit"
+        )
     ax.locator_params(axis="x", nbins=4)
     ax.ticklabel_format(axis="x", useOffset=False, style="sci", scilimits=(-3, 4))
     ax.set_ylim(-1, 1)

@@ -37,12 +37,6 @@ _SVG_RC = {"svg.fonttype": "none", "font.size": 9}
 
 
 # ------------------------------------------------------------------------- small helpers
-def figure_name(subject: str, session: str | None, desc: str, suffix: str, ext: str = ".svg"):
-    """``sub-01[_ses-1]_desc-<desc>_<suffix>.svg``: the BIDS-like name of a reportlet."""
-    ses = f"_ses-{session}" if session else ""
-    return f"sub-{subject}{ses}_desc-{desc}_{suffix}{ext}"
-
-
 def label_levels(labels: np.ndarray) -> list[float]:
     """Contour levels that draw every boundary between two labels of an integer map once.
 

@@ -1,7 +1,10 @@
-"""Training: data (records, loading, cache, datasets, samplers), configuration, trainers.
+"""Training: data, objective, the trainer and what feeds it.
 
-Submodules: ``data`` (``VolumeRecord``, ``load_volume``, ``VolumeCache``,
-``AutoencoderDataset``, ``PairDataset``, ``split_records``, ``data_fingerprint``),
-``augment`` (crops, flips, intensity augmentation), ``samplers`` (``make_loader``,
-``EpochSampler``, per-sample generators), ``config`` (``TrainConfig``).
+Submodules: ``config`` (``TrainConfig``, presets), ``data`` (``VolumeRecord``, loading,
+``VolumeCache``, datasets, splits, fingerprints), ``augment`` (crops, flips, intensity),
+``stream`` (the step sampler and seeded generators of the trainer's loader), ``samplers``
+(per-sample generators, worker seeding), ``objective`` (similarity + calibrated
+regulariser), ``calibration`` (the regulariser scale), ``trainer`` (autoencoders, then the
+registration network), ``checkpoint``, ``distributed`` (torchrun), ``pipeline`` (records ->
+bundle, what the CLIs call) and ``report`` (the training report).
 """

@@ -25,6 +25,7 @@ from ..interfaces import (
     RegistrationMetrics,
     StandardizeImage,
 )
+from ..metrics import FOLDING_LIMIT_PERCENT
 from .outputs import DerivativesDataSink
 
 
@@ -146,7 +147,7 @@ def init_subject_registration_wf(
     grid_shape: tuple[int, int, int] | None = None,
     grid_spacing: tuple[float, float, float] | None = None,
     lam: float | str = 0.1,
-    max_folding: float = 0.5,
+    max_folding: float = FOLDING_LIMIT_PERCENT,
     refine_steps: int = 0,
     device: str = "auto",
     use_gpu: bool = False,

@@ -40,14 +40,10 @@ REPORT_FIELDS = (
 
 
 def report_device(device: str, use_gpu: bool) -> str:
-    """The device the ContraReg node runs on (same rule as ``ContraRegister``)."""
-    if device != "auto":
-        return device
-    if not use_gpu:
-        return "cpu"
-    import torch
+    """The device the ContraReg node runs on (the node's own rule)."""
+    from ..nn.device import device_name
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return device_name(device, prefer_gpu=use_gpu)
 
 
 def subject_age(bids_dir: Path | None, subject: str, session: str | None, source: str):
