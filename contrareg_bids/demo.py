@@ -349,7 +349,8 @@ def format_results(res: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="contrareg-bids-demo", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="output folder (BIDS dataset, outputs, results)")
-    p.add_argument("--steps", type=int, default=DEMO_STEPS, help="registration training steps")
+    p.add_argument("--steps", "--train-steps", dest="steps", type=int, default=DEMO_STEPS,
+                   help="registration training steps")  # fmt: skip
     p.add_argument("--ae-steps", type=int, default=DEMO_AE_STEPS,
                    help="autoencoder pretraining steps")  # fmt: skip
     p.add_argument("--subjects", type=int, default=DEMO_SUBJECTS,
@@ -363,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nthreads", type=int, default=None,
                    help="threads (default: all CPUs; 1 on a busy machine)")  # fmt: skip
     p.add_argument("--loss", default="mcr")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", "--random-seed", dest="seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     args = p.parse_args(argv)
     from .cli.logs import quiet_nipype, setup_logging
 

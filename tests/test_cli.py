@@ -603,3 +603,20 @@ def test_derivatives_inherit_license_and_hide_non_bids_outputs(tmp_path, bids):
     assert desc["HowToAcknowledge"] == "Cite the dataset paper."
     ignore = (cfg.output_dir / ".bidsignore").read_text().split()
     assert {"*.html", "figures/", "models/", "logs/", "sub-*/log/"} <= set(ignore)
+
+
+def test_the_same_option_names_across_the_command_lines():
+    """--random-seed/--seed, --train-steps/--steps, --amp/--no-amp, -q/--quiet in every CLI."""
+    from contrareg_bids.cli import evaluate as ev
+    from contrareg_bids.cli import train as tr
+
+    io = ["--moving-list", "m.tsv", "--out", "o"]
+    t = tr.get_parser().parse_args([*io, "--train-steps", "7", "--random-seed", "3", "--no-amp",
+                                    "-q"])  # fmt: skip
+    assert (t.steps, t.seed, t.amp, t.quiet) == (7, 3, False, True)
+    assert tr.get_parser().parse_args([*io, "--steps", "7", "--seed", "3"]).amp is None
+    e = ev.get_parser().parse_args(["--pairs", "p.tsv", "--out", "o", "--random-seed", "2",
+                                    "--amp", "-q"])  # fmt: skip
+    assert (e.seed, e.amp, e.quiet) == (2, True, True)
+    b = args("--seed", "5", "-q")
+    assert (b.random_seed, b.quiet) == (5, 1)

@@ -55,8 +55,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold-limit", type=float, default=FOLD_LIMIT, metavar="PCT",
                    help="folding limit (%%) of the best-lambda table")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--amp", action="store_true", help="mixed precision U-Net")
-    p.add_argument("--seed", type=int, default=0, help="ANTs random seed")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="mixed precision U-Net (--no-amp: off)")  # fmt: skip
+    p.add_argument("--seed", "--random-seed", dest="seed", type=int, default=0,
+                   help="ANTs random seed")  # fmt: skip
     p.add_argument("--no-plots", action="store_true")
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar; warnings and errors only"

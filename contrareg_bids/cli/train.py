@@ -46,7 +46,8 @@ def get_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training (override the configuration file)")
     losses = ", ".join(BASE_LOSSES)
     t.add_argument("--loss", help=f"{losses}; variants of cr/mcr: +{', +'.join(VARIANTS)}")
-    t.add_argument("--steps", type=int, help="registration training steps")
+    t.add_argument("--steps", "--train-steps", dest="steps", type=int,
+                   help="registration training steps")  # fmt: skip
     t.add_argument("--ae-steps", type=int, help="autoencoder pretraining steps")
     t.add_argument("--ae-crop", type=int, help="autoencoder crop size")
     t.add_argument("--lr", type=float)
@@ -69,9 +70,10 @@ def get_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--val-every", type=int)
     t.add_argument("--checkpoint-every", type=int)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", "--random-seed", dest="seed", type=int, help="random seed")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1 (torchrun: one GPU per process)")
-    t.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision on CUDA (default: on with CUDA)")  # fmt: skip
     t.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--workers", type=int, help="data loader workers")
@@ -96,7 +98,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     changes = {k: v for k, v in top.items() if v is not None}
     if args.lambda_range:
         changes["lambda_range"] = tuple(args.lambda_range)
-    if args.no_amp:
+    if args.amp is False:
         changes["amp"] = False
     if args.compile:
         changes["compile"] = True
