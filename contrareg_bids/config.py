@@ -21,9 +21,21 @@ from . import __version__
 from .metrics import FOLDING_LIMIT_PERCENT
 
 #: Command-line options of the train level (``contrareg_bids.workflows.train``).
-TRAIN_OPTIONS = ("model_name", "loss", "train_steps", "ae_steps", "ch", "ts", "lambda_range",
-                 "batch_size", "val_fraction", "lr", "stop_after", "model_spacing",
-                 "deform_augment")  # fmt: skip
+TRAIN_OPTIONS = (
+    "model_name",
+    "loss",
+    "train_steps",
+    "ae_steps",
+    "ch",
+    "ts",
+    "lambda_range",
+    "batch_size",
+    "val_fraction",
+    "lr",
+    "stop_after",
+    "model_spacing",
+    "deform_augment",
+)
 
 
 class ConfigError(ValueError):
@@ -233,8 +245,9 @@ def apply_config_file(cfg: RunConfig, path: Path, explicit: set[str]) -> RunConf
     try:
         saved = RunConfig.from_dict(json.loads(Path(path).read_text()))
     except (OSError, ValueError, TypeError, AttributeError) as err:
-        raise ConfigError(f"--config-file {path}: cannot be read as a run configuration "
-                          f"({err})") from None  # fmt: skip
+        raise ConfigError(
+            f"--config-file {path}: cannot be read as a run configuration ({err})"
+        ) from None
     for f in fields(RunConfig):
         if f.name in _OWN_FIELDS:
             continue

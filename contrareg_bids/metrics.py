@@ -493,10 +493,13 @@ def label_correspondence(
         return LabelMatch(True, f"values compared as they are (both {where}, no dseg.tsv)")
     sides = (("the subject's", subject_table), ("the reference's", reference_table))
     missing = " and ".join(side for side, table in sides if table is None)
-    return LabelMatch(False, (
-        f"{missing} label map has no dseg.tsv and their desc differ (desc-{subject_desc} vs "
-        f"desc-{reference_desc}): cannot tell whether the values mean the same structures"
-    ))  # fmt: skip
+    return LabelMatch(
+        False,
+        (
+            f"{missing} label map has no dseg.tsv and their desc differ (desc-{subject_desc} vs "
+            f"desc-{reference_desc}): cannot tell whether the values mean the same structures"
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- all together

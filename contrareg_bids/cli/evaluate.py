@@ -39,26 +39,63 @@ def get_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"contrareg-bids {__version__}")
-    p.add_argument("--model", type=Path, nargs="*", default=[], metavar="BUNDLE",
-                   help="model bundles (.safetensors), one method each")  # fmt: skip
-    p.add_argument("--names", nargs="+", metavar="NAME",
-                   help="method names, one per --model (default: each bundle's loss)")  # fmt: skip
+    p.add_argument(
+        "--model",
+        type=Path,
+        nargs="*",
+        default=[],
+        metavar="BUNDLE",
+        help="model bundles (.safetensors), one method each",
+    )
+    p.add_argument(
+        "--names",
+        nargs="+",
+        metavar="NAME",
+        help="method names, one per --model (default: each bundle's loss)",
+    )
     p.add_argument("--pairs", type=Path, required=True, help="TSV of labelled pairs")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--lambdas", type=_unit_float, nargs="+", default=list(PAPER_LAMBDAS),
-                   metavar="L", help="lambda values (default: the paper's 17)")  # fmt: skip
+    p.add_argument(
+        "--lambdas",
+        type=_unit_float,
+        nargs="+",
+        default=list(PAPER_LAMBDAS),
+        metavar="L",
+        help="lambda values (default: the paper's 17)",
+    )
     p.add_argument("--ants", action="store_true", help="add ANTs SyN (Mattes MI) rows")
-    p.add_argument("--ants-iterations", type=int, nargs="+", default=list(SYN_ITERATIONS),
-                   metavar="N", help="SyN iterations per level")  # fmt: skip
-    p.add_argument("--labels", type=int, nargs="+", metavar="L",
-                   help="labels Dice averages over (default: the fixed map's)")  # fmt: skip
-    p.add_argument("--fold-limit", type=float, default=FOLD_LIMIT, metavar="PCT",
-                   help="folding limit (%%) of the best-lambda table")  # fmt: skip
+    p.add_argument(
+        "--ants-iterations",
+        type=int,
+        nargs="+",
+        default=list(SYN_ITERATIONS),
+        metavar="N",
+        help="SyN iterations per level",
+    )
+    p.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        metavar="L",
+        help="labels Dice averages over (default: the fixed map's)",
+    )
+    p.add_argument(
+        "--fold-limit",
+        type=float,
+        default=FOLD_LIMIT,
+        metavar="PCT",
+        help="folding limit (%%) of the best-lambda table",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="mixed precision U-Net (--no-amp: off)")  # fmt: skip
-    p.add_argument("--seed", "--random-seed", dest="seed", type=int, default=0,
-                   help="ANTs random seed")  # fmt: skip
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="mixed precision U-Net (--no-amp: off)",
+    )
+    p.add_argument(
+        "--seed", "--random-seed", dest="seed", type=int, default=0, help="ANTs random seed"
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar; warnings and errors only"
@@ -90,11 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pairs = read_pairs_tsv(args.pairs)
         result = run_sweep(
-            args.model, pairs, args.out, lambdas=args.lambdas, names=args.names,
-            ants=args.ants, ants_iterations=args.ants_iterations, device=args.device,
-            labels=args.labels, fold_limit=args.fold_limit, seed=args.seed, amp=args.amp,
-            progress=not args.quiet, plots=not args.no_plots,
-        )  # fmt: skip
+            args.model,
+            pairs,
+            args.out,
+            lambdas=args.lambdas,
+            names=args.names,
+            ants=args.ants,
+            ants_iterations=args.ants_iterations,
+            device=args.device,
+            labels=args.labels,
+            fold_limit=args.fold_limit,
+            seed=args.seed,
+            amp=args.amp,
+            progress=not args.quiet,
+            plots=not args.no_plots,
+        )
     except (BundleError, ValueError, FileNotFoundError) as err:
         print(f"contrareg-eval: error: {err}", file=sys.stderr)
         return 1

@@ -14,8 +14,17 @@ import logging
 
 #: Loggers of libraries that report routine things at INFO (bidsschematools: "No schema
 #: path specified..." on every run).
-CHATTY = ("bids", "bidsschematools", "matplotlib", "nipype.interface", "nipype.utils",
-          "nipype.filemanip", "filelock", "urllib3", "templateflow")  # fmt: skip
+CHATTY = (
+    "bids",
+    "bidsschematools",
+    "matplotlib",
+    "nipype.interface",
+    "nipype.utils",
+    "nipype.filemanip",
+    "filelock",
+    "urllib3",
+    "templateflow",
+)
 #: between INFO (20) and WARNING (30), as fMRIPrep's "IMPORTANT"
 IMPORTANT = 25
 
@@ -42,9 +51,10 @@ def setup_logging(verbose: int = 0, quiet: int = 0, fmt: str | None = None) -> N
     root.setLevel(level)
     logging.getLogger("contrareg_bids").setLevel(level)
     workflow_level = (
-        max(level, logging.WARNING) if quiet
+        max(level, logging.WARNING)
+        if quiet
         else {0: IMPORTANT, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    )  # fmt: skip
+    )
     quiet_nipype(workflow_level)
     for name in CHATTY:
         logging.getLogger(name).setLevel(max(logging.WARNING, level))
@@ -68,8 +78,10 @@ def quiet_nipype(workflow_level: int = IMPORTANT) -> None:
 def worker_logging() -> tuple[int, int]:
     """This process's levels (ours, Nipype's workflow), for :func:`init_worker_logging` in a
     worker process started by the subject pool."""
-    return (logging.getLogger("contrareg_bids").getEffectiveLevel(),
-            logging.getLogger("nipype.workflow").getEffectiveLevel())  # fmt: skip
+    return (
+        logging.getLogger("contrareg_bids").getEffectiveLevel(),
+        logging.getLogger("nipype.workflow").getEffectiveLevel(),
+    )
 
 
 def init_worker_logging(level: int, workflow_level: int) -> None:

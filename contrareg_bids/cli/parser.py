@@ -166,9 +166,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="participants to process (with or without 'sub-')",
     )
     g.add_argument(
-        "--session-label", "--session-id", nargs="+", type=_label, metavar="LABEL",
+        "--session-label",
+        "--session-id",
+        nargs="+",
+        type=_label,
+        metavar="LABEL",
         help="sessions to process (with or without 'ses-'); --session-id as in nibabies",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--bids-filter-file",
         type=_filter_file,
@@ -192,19 +196,24 @@ def get_parser() -> argparse.ArgumentParser:
         "the two label tables (dseg.tsv) share names, or both maps have the same desc",
     )
     g.add_argument(
-        "--skip-bids-validation", action="store_true",
+        "--skip-bids-validation",
+        action="store_true",
         help="do not run the BIDS validator (bids-validator-deno) before the run",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--bids-database-dir", type=Path, metavar="DIR",
+        "--bids-database-dir",
+        type=Path,
+        metavar="DIR",
         help="pybids index to reuse across runs and jobs (made there when absent)",
-    )  # fmt: skip
+    )
 
     g = p.add_argument_group("registration")
     g.add_argument(
-        "--registration", choices=("contrareg", "ants"), default="contrareg",
+        "--registration",
+        choices=("contrareg", "ants"),
+        default="contrareg",
         help="the trained ContraReg model, or ANTs SyN (Mattes MI, iterations 100x70x50)",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--model",
         type=Path,
@@ -233,13 +242,17 @@ def get_parser() -> argparse.ArgumentParser:
         "weeks PMA, is assumed)",
     )
     g.add_argument(
-        "--moving-modality", choices=("T1w", "T2w"), default="T2w",
+        "--moving-modality",
+        choices=("T1w", "T2w"),
+        default="T2w",
         help="the subject's image that is registered",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--fixed-modality", choices=("T1w", "T2w"), default="T1w",
+        "--fixed-modality",
+        choices=("T1w", "T2w"),
+        default="T1w",
         help="the reference's image it is registered to",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--lambda",
         dest="lam",
@@ -266,25 +279,39 @@ def get_parser() -> argparse.ArgumentParser:
         "0 = off; default: %(default)s)",
     )
     g.add_argument(
-        "--random-seed", "--seed", type=int, default=0, metavar="N",
+        "--random-seed",
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
         help="seed of the preprocessing, the training and ANTs",
-    )  # fmt: skip
+    )
 
     g = p.add_argument_group("resources")
     g.add_argument(
-        "-w", "--work-dir", type=Path, metavar="DIR",
+        "-w",
+        "--work-dir",
+        type=Path,
+        metavar="DIR",
         help="intermediate results, reused when a run is repeated (default: ./work)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--nprocs", "--nthreads", "--n-cpus", "--n_cpus", type=int, metavar="N",
+        "--nprocs",
+        "--nthreads",
+        "--n-cpus",
+        "--n_cpus",
+        type=int,
+        metavar="N",
         help="CPUs for the whole run (default: all); subject-sessions run concurrently, "
         "N // --omp-nthreads at a time",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--omp-nthreads", type=int, metavar="N",
+        "--omp-nthreads",
+        type=int,
+        metavar="N",
         help="threads of one multi-threaded step (default: fMRIPrep's rule, --nprocs - 1, "
         "at most 8)",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--mem",
         "--mem-mb",
@@ -298,19 +325,26 @@ def get_parser() -> argparse.ArgumentParser:
         "--mem-gb", dest="mem", type=_memory_gb, metavar="GB", help="the same limit, in GB"
     )
     g.add_argument(
-        "--use-plugin", type=Path, metavar="FILE",
+        "--use-plugin",
+        type=Path,
+        metavar="FILE",
         help="Nipype plugin YAML (replaces --nprocs/--mem/--n-gpus scheduling)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--n-gpus", type=int, default=None, metavar="N",
+        "--n-gpus",
+        type=int,
+        default=None,
+        metavar="N",
         help="GPU slots (participant: the network runs on CUDA only when this is given)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--device", default="auto", metavar="DEVICE",
+        "--device",
+        default="auto",
+        metavar="DEVICE",
         help="auto, cpu, cuda, cuda:1. With auto the participant level runs the network "
         "on the CPU unless --n-gpus is given, and the train level trains on CUDA when a "
         "GPU is present (default: auto)",
-    )  # fmt: skip
+    )
 
     g = p.add_argument_group(
         "training (train level; defaults: the paper's, or the CPU preset with --sloppy)"
@@ -327,9 +361,12 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--ch", type=int, metavar="N", help="registration network width")
     g.add_argument("--ts", type=int, metavar="N", help="scaling-and-squaring steps")
     g.add_argument(
-        "--lambda-range", type=float, nargs=2, metavar=("LO", "HI"),
+        "--lambda-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
         help="lambdas sampled in training (default: 0 1)",
-    )  # fmt: skip
+    )
     g.add_argument("--batch-size", type=int, metavar="N", help="pairs per step (default: 1)")
     g.add_argument("--val-fraction", type=float, metavar="F", help="subjects held out")
     g.add_argument("--lr", type=float, metavar="LR", help="learning rate")
@@ -357,38 +394,52 @@ def get_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("behaviour")
     g.add_argument(
-        "-v", "--verbose", action="count", default=0,
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
         help="more messages: -v every Nipype node, -vv debug",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "-q", "--quiet", action="count", default=0,
+        "-q",
+        "--quiet",
+        action="count",
+        default=0,
         help="fewer messages: -q warnings and errors only, -qq errors only",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--stop-on-first-crash", action="store_true",
+        "--stop-on-first-crash",
+        action="store_true",
         help="stop the run at the first subject that fails (default: the others go on)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--reports-only", action="store_true",
+        "--reports-only",
+        action="store_true",
         help="rebuild the HTML reports from the outputs on disk; run nothing",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--boilerplate-only", "--boilerplate_only", action="store_true",
+        "--boilerplate-only",
+        "--boilerplate_only",
+        action="store_true",
         help="write the methods text (logs/CITATION.md) and stop",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--write-graph", action="store_true",
+        "--write-graph",
+        action="store_true",
         help="write each subject's workflow graph (work dir, graph.svg/.dot) and go on",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--config-file", type=Path, metavar="FILE",
+        "--config-file",
+        type=Path,
+        metavar="FILE",
         help="a configuration written by a run (OUTPUT_DIR/logs/config-<run>.json): its "
         "options are used wherever the command line gives none",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--notrack", action="store_true",
+        "--notrack",
+        action="store_true",
         help="accepted for fMRIPrep compatibility: this app never sends usage data",
-    )  # fmt: skip
+    )
     g.add_argument("--sloppy", action="store_true", help="fast, low-accuracy settings (tests)")
     return p
 

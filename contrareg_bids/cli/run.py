@@ -16,8 +16,10 @@ def write_boilerplate(cfg) -> int:
     """``--boilerplate-only``: the methods text of this configuration, then stop."""
     from ..reports.boilerplate import methods_markdown
 
-    row = {"method": "ants-syn" if cfg.registration == "ants" else "contrareg",
-           "lambda": str(cfg.lam)}  # fmt: skip
+    row = {
+        "method": "ants-syn" if cfg.registration == "ants" else "contrareg",
+        "lambda": str(cfg.lam),
+    }
     path = cfg.output_dir / "logs" / "CITATION.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -46,8 +46,9 @@ def get_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training (override the configuration file)")
     losses = ", ".join(BASE_LOSSES)
     t.add_argument("--loss", help=f"{losses}; variants of cr/mcr: +{', +'.join(VARIANTS)}")
-    t.add_argument("--steps", "--train-steps", dest="steps", type=int,
-                   help="registration training steps")  # fmt: skip
+    t.add_argument(
+        "--steps", "--train-steps", dest="steps", type=int, help="registration training steps"
+    )
     t.add_argument("--ae-steps", type=int, help="autoencoder pretraining steps")
     t.add_argument("--ae-crop", type=int, help="autoencoder crop size")
     t.add_argument("--lr", type=float)
@@ -61,19 +62,28 @@ def get_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--num-negatives", type=int)
     t.add_argument("--tau", type=float, help="PatchNCE temperature (paper 0.007)")
-    t.add_argument("--reg-scale", type=float, help="fix the regulariser's scale (default: "
-                   "calibrated at the start of training)")  # fmt: skip
     t.add_argument(
-        "--deform-augment", type=float, metavar="VOX",
+        "--reg-scale",
+        type=float,
+        help="fix the regulariser's scale (default: calibrated at the start of training)",
+    )
+    t.add_argument(
+        "--deform-augment",
+        type=float,
+        metavar="VOX",
         help="random smooth deformation of each training image (<= VOX voxels)",
-    )  # fmt: skip
+    )
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--val-every", type=int)
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--seed", "--random-seed", dest="seed", type=int, help="random seed")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1 (torchrun: one GPU per process)")
-    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision on CUDA (default: on with CUDA)")  # fmt: skip
+    t.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision on CUDA (default: on with CUDA)",
+    )
     t.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--workers", type=int, help="data loader workers")
@@ -85,16 +95,27 @@ def get_parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """Configuration file (or preset), then the command-line overrides."""
-    cfg = TrainConfig.from_file(args.config) if args.config else (
-        sloppy_config() if args.sloppy else TrainConfig()
-    )  # fmt: skip
+    cfg = (
+        TrainConfig.from_file(args.config)
+        if args.config
+        else (sloppy_config() if args.sloppy else TrainConfig())
+    )
     top = {
-        "loss": args.loss, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
-        "num_negatives": args.num_negatives, "val_fraction": args.val_fraction,
-        "val_every": args.val_every, "checkpoint_every": args.checkpoint_every,
-        "seed": args.seed, "device": args.device, "num_workers": args.workers,
-        "tau": args.tau, "reg_scale": args.reg_scale, "deform_augment": args.deform_augment,
-    }  # fmt: skip
+        "loss": args.loss,
+        "steps": args.steps,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "num_negatives": args.num_negatives,
+        "val_fraction": args.val_fraction,
+        "val_every": args.val_every,
+        "checkpoint_every": args.checkpoint_every,
+        "seed": args.seed,
+        "device": args.device,
+        "num_workers": args.workers,
+        "tau": args.tau,
+        "reg_scale": args.reg_scale,
+        "deform_augment": args.deform_augment,
+    }
     changes = {k: v for k, v in top.items() if v is not None}
     if args.lambda_range:
         changes["lambda_range"] = tuple(args.lambda_range)
@@ -134,12 +155,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.template:
             if not args.template.exists():
                 raise ValueError(f"--template {args.template} does not exist")
-            template = VolumeRecord(image=args.template, subject="template",
-                                    mask=args.template_mask)  # fmt: skip
+            template = VolumeRecord(
+                image=args.template, subject="template", mask=args.template_mask
+            )
         out = train(
-            moving, fixed, cfg, args.out, template=template,
-            modalities=(args.moving_modality, args.fixed_modality), progress=not args.quiet,
-        )  # fmt: skip
+            moving,
+            fixed,
+            cfg,
+            args.out,
+            template=template,
+            modalities=(args.moving_modality, args.fixed_modality),
+            progress=not args.quiet,
+        )
     except ValueError as err:
         print(f"contrareg-train: error: {err}", file=sys.stderr)
         return 2

@@ -53,9 +53,16 @@ def convexadam_forward_field(
         disp = convex_adam_pt(
             np.ascontiguousarray(fixed, dtype=np.float32),
             np.ascontiguousarray(moving, dtype=np.float32),
-            mind_r=s.mind_r, mind_d=s.mind_d, lambda_weight=s.lambda_weight, grid_sp=s.grid_sp,
-            disp_hw=s.disp_hw, selected_niter=s.selected_niter, grid_sp_adam=s.grid_sp_adam,
-            ic=True, dtype=torch.float32, device=torch.device("cpu"),
-        )  # fmt: skip
+            mind_r=s.mind_r,
+            mind_d=s.mind_d,
+            lambda_weight=s.lambda_weight,
+            grid_sp=s.grid_sp,
+            disp_hw=s.disp_hw,
+            selected_niter=s.selected_niter,
+            grid_sp_adam=s.grid_sp_adam,
+            ic=True,
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+        )
     seconds = time.perf_counter() - t0
     return np.ascontiguousarray(np.moveaxis(disp, -1, 0), dtype=np.float32), seconds

@@ -323,18 +323,31 @@ def run_sweep(
                 for lam in lambdas if hyper else lambdas[:1]:
                     t0 = time.perf_counter()
                     res = register_arrays(
-                        bundle.regnet, data.moving, data.fixed, lam, dev,
-                        moving_labels=data.moving_labels, amp=amp,
-                    )  # fmt: skip
+                        bundle.regnet,
+                        data.moving,
+                        data.fixed,
+                        lam,
+                        dev,
+                        moving_labels=data.moving_labels,
+                        amp=amp,
+                    )
                     seconds = time.perf_counter() - t0
                     scores = evaluate_pair(
-                        res.moved_labels, data.fixed_labels, res.forward_disp,
-                        data.fixed_mask, labels,
-                    )  # fmt: skip
+                        res.moved_labels,
+                        data.fixed_labels,
+                        res.forward_disp,
+                        data.fixed_mask,
+                        labels,
+                    )
                     rows.append(
-                        {"method": method, "lambda": lam if hyper else None, "pair": pname,
-                         **scores, "seconds": seconds}
-                    )  # fmt: skip
+                        {
+                            "method": method,
+                            "lambda": lam if hyper else None,
+                            "pair": pname,
+                            **scores,
+                            "seconds": seconds,
+                        }
+                    )
                     bar.update(1 if hyper else len(lambdas))
             if ants:
                 with tempfile.TemporaryDirectory(prefix="contrareg-eval-") as tmp:
@@ -342,9 +355,14 @@ def run_sweep(
                 moved = warp_label_map(data.moving_labels, disp)
                 scores = evaluate_pair(moved, data.fixed_labels, disp, data.fixed_mask, labels)
                 rows.append(
-                    {"method": ANTS_METHOD, "lambda": None, "pair": pname, **scores,
-                     "seconds": seconds}
-                )  # fmt: skip
+                    {
+                        "method": ANTS_METHOD,
+                        "lambda": None,
+                        "pair": pname,
+                        **scores,
+                        "seconds": seconds,
+                    }
+                )
                 bar.update(1)
             if log is not None:
                 log(f"pair {pname} done ({i + 1}/{len(pairs)})")

@@ -82,9 +82,14 @@ class RegistrationMetrics(SimpleInterface):
             fh.write("\t".join(keys) + "\n")
             fh.write("\t".join(_fmt(row[k]) for k in keys) + "\n")
         js = os.path.join(os.getcwd(), "metrics.json")
-        desc = {k: {"Description": COLUMNS_HELP.get(k, "Dice of one label" if
-                                                     k.startswith("dice_") else k)}
-                for k in keys}  # fmt: skip
+        desc = {
+            k: {
+                "Description": COLUMNS_HELP.get(
+                    k, "Dice of one label" if k.startswith("dice_") else k
+                )
+            }
+            for k in keys
+        }
         if search:  # the whole trace: lambda and folding of both warps per probe
             desc["LambdaSearch"] = search
         with open(js, "w") as fh:
@@ -105,19 +110,23 @@ class RegistrationMetrics(SimpleInterface):
         ref_source = inputs.reference_dseg if isdefined(inputs.reference_dseg) else None
         match = label_correspondence(
             read_label_table(inputs.subject_labels_tsv)
-            if isdefined(inputs.subject_labels_tsv) else None,
+            if isdefined(inputs.subject_labels_tsv)
+            else None,
             read_label_table(inputs.reference_labels_tsv)
-            if isdefined(inputs.reference_labels_tsv) else None,
+            if isdefined(inputs.reference_labels_tsv)
+            else None,
             entities(inputs.subject_labels).get("desc"),
             entities(ref_source).get("desc") if ref_source else None,
-        )  # fmt: skip
+        )
         cols: dict = {"label_matching": match.how}
         if not match.comparable:
             LOGGER.warning(
                 "no Dice for %s against the reference labels %s: %s. Give label maps of the "
                 "same scheme (--labels-desc) or dseg.tsv tables with label names",
-                inputs.subject_labels, ref_source, match.how,
-            )  # fmt: skip
+                inputs.subject_labels,
+                ref_source,
+                match.how,
+            )
             cols["mean_dice"] = float("nan")
             return cols
         ref_img = nib.load(inputs.reference_labels)
@@ -131,9 +140,12 @@ class RegistrationMetrics(SimpleInterface):
             from ..io.transforms import apply_transform
 
             subj = apply_transform(
-                subj, inputs.reference_labels, None,
-                os.path.join(os.getcwd(), "subject_labels_on_grid.nii.gz"), "nearest",
-            )  # fmt: skip
+                subj,
+                inputs.reference_labels,
+                None,
+                os.path.join(os.getcwd(), "subject_labels_on_grid.nii.gz"),
+                "nearest",
+            )
         a = match.apply(np.asarray(nib.load(str(subj)).dataobj).astype(np.int64))
         b = np.asarray(ref_img.dataobj).astype(np.int64)
         common = sorted(set(np.unique(a)) & set(np.unique(b)) - {0})
@@ -178,9 +190,12 @@ def affine_only_dice(
         return float("nan")
     grid_img = load_nifti(grid)
     inverse = read_ants_affine(affine).GetInverse()
-    out = resample_image(load_labels(reference_dseg),
-                         reference_image(grid_img.affine, grid_img.shape[:3]), inverse,
-                         interpolation)  # fmt: skip
+    out = resample_image(
+        load_labels(reference_dseg),
+        reference_image(grid_img.affine, grid_img.shape[:3]),
+        inverse,
+        interpolation,
+    )
     moved = array_from_image(out).astype(np.int64)
     dices = dice_per_label(np.asarray(subject_labels), moved, labels=labels)
     return float(np.nanmean(list(dices.values())))

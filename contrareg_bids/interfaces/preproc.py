@@ -119,9 +119,12 @@ class BrainMask(SimpleInterface):
                         "provide one with --derivatives or use a reference with a brain mask"
                     )
                 propagate_mask(
-                    self.inputs.reference_mask, self.inputs.affine, self.inputs.in_file, out,
+                    self.inputs.reference_mask,
+                    self.inputs.affine,
+                    self.inputs.in_file,
+                    out,
                     dilate_mm=2.0,
-                )  # fmt: skip
+                )
                 source = "reference"
         self._results["out_file"] = out
         self._results["source"] = source
@@ -177,12 +180,19 @@ class AffineRegister(SimpleInterface):
         use_threads(self.inputs)
         kwargs = {}
         if self.inputs.sloppy:
-            kwargs = {"iterations": (200, 100, 20), "shrink_factors": (4, 2, 1),
-                      "smoothing_sigmas": (2, 1, 0)}  # fmt: skip
+            kwargs = {
+                "iterations": (200, 100, 20),
+                "shrink_factors": (4, 2, 1),
+                "smoothing_sigmas": (2, 1, 0),
+            }
         res = affine_register(
-            self.inputs.fixed, self.inputs.moving, _out("affine_"),
-            transform_type=self.inputs.transform_type, seed=self.inputs.seed, **kwargs,
-        )  # fmt: skip
+            self.inputs.fixed,
+            self.inputs.moving,
+            _out("affine_"),
+            transform_type=self.inputs.transform_type,
+            seed=self.inputs.seed,
+            **kwargs,
+        )
         self._results["transform"] = str(res.transform_path)
         self._results["moved"] = str(res.moved_path)
         return runtime
@@ -215,9 +225,14 @@ class PrepareModelPair(SimpleInterface):
         aff = self.inputs.affine if isdefined(self.inputs.affine) else None
         mask = self.inputs.reference_mask if isdefined(self.inputs.reference_mask) else None
         pair = prepare_model_pair(
-            self.inputs.moving, self.inputs.reference, aff, self.inputs.shape,
-            self.inputs.spacing, os.getcwd(), reference_mask=mask,
-        )  # fmt: skip
+            self.inputs.moving,
+            self.inputs.reference,
+            aff,
+            self.inputs.shape,
+            self.inputs.spacing,
+            os.getcwd(),
+            reference_mask=mask,
+        )
         self._results["moving"] = str(pair.moving)
         self._results["fixed"] = str(pair.fixed)
         if pair.fixed_mask is not None:

@@ -71,14 +71,22 @@ class ContraRegister(SimpleInterface):
         device = device_name(self.inputs.device, prefer_gpu=self.inputs.use_gpu)
         lam = "auto" if self.inputs.auto_lambda else self.inputs.lam
         res = contrareg_register(
-            self.inputs.moving, self.inputs.fixed, self.inputs.model, lam,
-            device, os.getcwd(), max_folding=self.inputs.max_folding,
-            refine_steps=self.inputs.refine_steps, seed=self.inputs.seed,
-        )  # fmt: skip
+            self.inputs.moving,
+            self.inputs.fixed,
+            self.inputs.model,
+            lam,
+            device,
+            os.getcwd(),
+            max_folding=self.inputs.max_folding,
+            refine_steps=self.inputs.refine_steps,
+            seed=self.inputs.seed,
+        )
         self._results.update(
-            forward_field=str(res.forward_field), inverse_field=str(res.inverse_field),
-            moved=str(res.moved), method="contrareg",
-        )  # fmt: skip
+            forward_field=str(res.forward_field),
+            inverse_field=str(res.inverse_field),
+            moved=str(res.moved),
+            method="contrareg",
+        )
         if res.lam is not None:
             self._results["lam"] = res.lam
         if res.lambda_search is not None:
@@ -111,9 +119,11 @@ class AntsRegister(SimpleInterface):
             self.inputs.moving, self.inputs.fixed, os.getcwd(), seed=self.inputs.seed, **kwargs
         )
         self._results.update(
-            forward_field=str(res.forward_field), inverse_field=str(res.inverse_field),
-            moved=str(res.moved), method="ants-syn",
-        )  # fmt: skip
+            forward_field=str(res.forward_field),
+            inverse_field=str(res.inverse_field),
+            moved=str(res.moved),
+            method="ants-syn",
+        )
         return runtime
 
 

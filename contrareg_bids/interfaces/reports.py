@@ -27,8 +27,7 @@ class _FlickerInputSpec(BaseInterfaceInputSpec):
     moving = File(exists=True, mandatory=True, desc="subject image in reference space")
     mask = File(exists=True, desc="reference brain mask (cuts; outline without labels)")
     labels = File(exists=True, desc="reference labels, outlined on both frames")
-    titles = traits.Tuple(traits.Str, traits.Str, value=("reference", "subject"),
-                          usedefault=True)  # fmt: skip
+    titles = traits.Tuple(traits.Str, traits.Str, value=("reference", "subject"), usedefault=True)
     out_name = traits.Str("flicker.svg", usedefault=True)
 
 
@@ -42,10 +41,13 @@ class FlickerReport(SimpleInterface):
         from ..reports.reportlets import plot_flicker
 
         out = plot_flicker(
-            self.inputs.reference, self.inputs.moving,
-            os.path.join(os.getcwd(), self.inputs.out_name), mask=_opt(self.inputs.mask),
-            labels=_opt(self.inputs.labels), titles=tuple(self.inputs.titles),
-        )  # fmt: skip
+            self.inputs.reference,
+            self.inputs.moving,
+            os.path.join(os.getcwd(), self.inputs.out_name),
+            mask=_opt(self.inputs.mask),
+            labels=_opt(self.inputs.labels),
+            titles=tuple(self.inputs.titles),
+        )
         self._results["out_report"] = str(out)
         return runtime
 
@@ -68,10 +70,12 @@ class LabelContoursReport(SimpleInterface):
         from ..reports.reportlets import plot_label_contours
 
         out = plot_label_contours(
-            self.inputs.image, self.inputs.labels,
-            os.path.join(os.getcwd(), self.inputs.out_name), mask=_opt(self.inputs.mask),
+            self.inputs.image,
+            self.inputs.labels,
+            os.path.join(os.getcwd(), self.inputs.out_name),
+            mask=_opt(self.inputs.mask),
             title=_opt(self.inputs.title),
-        )  # fmt: skip
+        )
         self._results["out_report"] = str(out)
         return runtime
 
@@ -92,9 +96,11 @@ class JacobianReport(SimpleInterface):
         from ..reports.reportlets import plot_jacobian
 
         out, _ = plot_jacobian(
-            self.inputs.forward_field, os.path.join(os.getcwd(), "jacobian.svg"),
-            background=_opt(self.inputs.background), mask=_opt(self.inputs.mask),
-        )  # fmt: skip
+            self.inputs.forward_field,
+            os.path.join(os.getcwd(), "jacobian.svg"),
+            background=_opt(self.inputs.background),
+            mask=_opt(self.inputs.mask),
+        )
         self._results["out_report"] = str(out)
         return runtime
 
@@ -121,12 +127,17 @@ class LambdaStripReport(SimpleInterface):
         from ..reports.reportlets import lambda_strip_from_files
 
         out, _ = lambda_strip_from_files(
-            self.inputs.moving, self.inputs.fixed, self.inputs.model,
-            os.path.join(os.getcwd(), "lambda.svg"), lam=_opt(self.inputs.lam),
-            device=self.inputs.device, mask=_opt(self.inputs.mask),
+            self.inputs.moving,
+            self.inputs.fixed,
+            self.inputs.model,
+            os.path.join(os.getcwd(), "lambda.svg"),
+            lam=_opt(self.inputs.lam),
+            device=self.inputs.device,
+            mask=_opt(self.inputs.mask),
             reference_labels=_opt(self.inputs.reference_labels),
-            subject_labels=_opt(self.inputs.subject_labels), affine=_opt(self.inputs.affine),
-        )  # fmt: skip
+            subject_labels=_opt(self.inputs.subject_labels),
+            affine=_opt(self.inputs.affine),
+        )
         self._results["out_report"] = str(out)
         return runtime
 

@@ -47,11 +47,17 @@ class TrainingVolumes(SimpleInterface):
             return value if isdefined(value) else None
 
         res = training_volumes(
-            self.inputs.moving, self.inputs.reference, opt(self.inputs.affine),
-            self.inputs.shape, self.inputs.spacing, os.getcwd(), mask_path=self.inputs.mask,
-            other_path=opt(self.inputs.other), labels_path=opt(self.inputs.labels),
+            self.inputs.moving,
+            self.inputs.reference,
+            opt(self.inputs.affine),
+            self.inputs.shape,
+            self.inputs.spacing,
+            os.getcwd(),
+            mask_path=self.inputs.mask,
+            other_path=opt(self.inputs.other),
+            labels_path=opt(self.inputs.labels),
             reference_mask=opt(self.inputs.reference_mask),
-        )  # fmt: skip
+        )
         for name in ("moving", "fixed", "mask", "labels"):
             if getattr(res, name) is not None:
                 self._results[name] = str(getattr(res, name))

@@ -20,10 +20,11 @@ class _ApplyWarpInputSpec(ThreadedInputSpec):
     in_file = File(exists=True, mandatory=True, desc="image or label map to resample")
     reference = File(exists=True, mandatory=True, desc="grid of the output")
     transforms = InputMultiObject(
-        File(exists=True), mandatory=True,
+        File(exists=True),
+        mandatory=True,
         desc="ITK transforms in antspyx transformlist order: the FIRST acts first on the "
         "output-grid point (e.g. [reference_to_subject.h5, coregistration.mat])",
-    )  # fmt: skip
+    )
     interpolation = traits.Enum("linear", "nearest", "label", usedefault=True)
     out_name = traits.Str("warped.nii.gz", usedefault=True)
 
@@ -44,9 +45,12 @@ class ApplyWarp(SimpleInterface):
 
         use_threads(self.inputs)
         out = apply_transform(
-            self.inputs.in_file, self.inputs.reference, list(self.inputs.transforms),
-            os.path.join(os.getcwd(), self.inputs.out_name), self.inputs.interpolation,
-        )  # fmt: skip
+            self.inputs.in_file,
+            self.inputs.reference,
+            list(self.inputs.transforms),
+            os.path.join(os.getcwd(), self.inputs.out_name),
+            self.inputs.interpolation,
+        )
         self._results["out_file"] = str(out)
         return runtime
 

@@ -61,8 +61,12 @@ __all__ = [
 PMA_COLUMNS = ("pma", "pma_weeks", "postmenstrual_age", "scan_age")
 #: Postnatal (chronological) age as nibabies reads it: the unit from the column's name, or
 #: for ``age`` from the sidecar (required).
-POSTNATAL_COLUMNS = {"age_weeks": "weeks", "age_months": "months", "age_years": "years",
-                     "age": None}  # fmt: skip
+POSTNATAL_COLUMNS = {
+    "age_weeks": "weeks",
+    "age_months": "months",
+    "age_years": "years",
+    "age": None,
+}
 #: Gestational age at birth (weeks unless the sidecar says), turning a postnatal age into PMA.
 BIRTH_GA_COLUMNS = ("birth_age", "gestational_age_at_birth", "ga_at_birth", "birth_ga")
 #: All accepted age columns, by priority.

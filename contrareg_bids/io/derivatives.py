@@ -136,8 +136,12 @@ def choose_label_map(
     if labels_desc is not None:
         if labels_desc in by_desc:
             return by_desc[labels_desc][0]
-        LOGGER.warning("sub-%s: no label map with desc-%s (--labels-desc) among: %s; "
-                       "no Dice", subject, labels_desc, names)  # fmt: skip
+        LOGGER.warning(
+            "sub-%s: no label map with desc-%s (--labels-desc) among: %s; no Dice",
+            subject,
+            labels_desc,
+            names,
+        )
         return None
     if prefer_desc is not None and prefer_desc in by_desc:
         return by_desc[prefer_desc][0]
@@ -145,6 +149,9 @@ def choose_label_map(
         return dsegs[0]
     LOGGER.warning(
         "sub-%s: several label maps (%s) and none matches the reference's desc-%s: "
-        "choose one with --labels-desc; no Dice for this subject", subject, names, prefer_desc,
-    )  # fmt: skip
+        "choose one with --labels-desc; no Dice for this subject",
+        subject,
+        names,
+        prefer_desc,
+    )
     return None

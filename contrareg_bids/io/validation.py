@@ -66,12 +66,14 @@ def run_bids_validator(
     try:
         proc = subprocess.run(
             [*command, "--format", "json", str(bids_dir)],
-            capture_output=True, text=True, timeout=VALIDATOR_TIMEOUT_S, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=VALIDATOR_TIMEOUT_S,
+            check=False,
+        )
         report = json.loads(proc.stdout)
     except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as err:
-        LOGGER.warning("the BIDS validator could not run (%s); the dataset was not validated",
-                       err)  # fmt: skip
+        LOGGER.warning("the BIDS validator could not run (%s); the dataset was not validated", err)
         return None
     wanted = None if subjects is None else {str(s).removeprefix("sub-") for s in subjects}
     found = []
@@ -84,8 +86,11 @@ def run_bids_validator(
             continue
         code = str(issue.get("code") or "")
         message = str(issue.get("issueMessage") or issue.get("subCode") or "")
-        found.append(ValidatorIssue(code, location, message.strip().splitlines()[0]
-                                    if message.strip() else ""))  # fmt: skip
+        found.append(
+            ValidatorIssue(
+                code, location, message.strip().splitlines()[0] if message.strip() else ""
+            )
+        )
     return found
 
 

@@ -64,10 +64,12 @@ def _descriptor(img: torch.Tensor, distance: int, patch_size: int, eps: float) -
         x = img.float().reshape(n * c, 1, *size)
         padded = F.pad(x, [distance] * 6, mode="replicate")
         ssd = torch.cat(
-            [(_shift(padded, a, distance, size) - _shift(padded, b, distance, size)) ** 2
-             for a, b in _PAIRS],
+            [
+                (_shift(padded, a, distance, size) - _shift(padded, b, distance, size)) ** 2
+                for a, b in _PAIRS
+            ],
             dim=1,
-        )  # fmt: skip
+        )
         r = patch_size // 2
         if r > 0:
             ssd = F.avg_pool3d(F.pad(ssd, [r] * 6, mode="replicate"), patch_size, stride=1)

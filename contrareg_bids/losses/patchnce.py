@@ -246,9 +246,16 @@ class PatchNCELoss(nn.Module):
         total = torch.zeros((), device=device, dtype=torch.float32)
         for k in range(n_layers):
             total = total + self._layer_loss(
-                ff[k], fm[k], heads_fixed, heads_moved, k, masks[k],
-                None if fe is None else fe[k], masks_e[k], generator,
-            )  # fmt: skip
+                ff[k],
+                fm[k],
+                heads_fixed,
+                heads_moved,
+                k,
+                masks[k],
+                None if fe is None else fe[k],
+                masks_e[k],
+                generator,
+            )
         return total
 
     def _layer_loss(
@@ -365,8 +372,10 @@ class ContrastiveSimilarity(nn.Module):
             heads_fixed = ProjectionHeads(chans[0], width=width, depth=depth)
         if heads_moved is None:
             heads_moved = ProjectionHeads(chans[1], width=width, depth=depth)
-        for name, heads, ch in (("heads_fixed", heads_fixed, chans[0]),
-                                ("heads_moved", heads_moved, chans[1])):  # fmt: skip
+        for name, heads, ch in (
+            ("heads_fixed", heads_fixed, chans[0]),
+            ("heads_moved", heads_moved, chans[1]),
+        ):
             if not isinstance(heads, ProjectionHeads) or heads.channels != ch:
                 got = getattr(heads, "channels", type(heads).__name__)
                 raise ValueError(f"{name} must be ProjectionHeads for channels {ch}, got {got}")
@@ -435,11 +444,16 @@ class ContrastiveSimilarity(nn.Module):
     def swapped(self) -> ContrastiveSimilarity:
         """The reverse direction (``d21``), sharing these autoencoders and heads."""
         return ContrastiveSimilarity(
-            self.ae_moved, self.ae_fixed, self.heads_moved, self.heads_fixed,
-            num_negatives=self.nce.num_negatives, tau=self.nce.tau,
-            num_external=self.nce.num_external, masked=self.masked,
+            self.ae_moved,
+            self.ae_fixed,
+            self.heads_moved,
+            self.heads_fixed,
+            num_negatives=self.nce.num_negatives,
+            tau=self.nce.tau,
+            num_external=self.nce.num_external,
+            masked=self.masked,
             freeze_autoencoders=self.freeze_autoencoders,
-        )  # fmt: skip
+        )
 
     def _features(self, ae: nn.Module, x: torch.Tensor, name: str) -> list[torch.Tensor]:
         need_grad = torch.is_grad_enabled() and (x.requires_grad or not self.freeze_autoencoders)
@@ -510,6 +524,12 @@ class ContrastiveSimilarity(nn.Module):
         elif external_mask is not None:
             raise ValueError("external_mask given without external")
         return self.nce(
-            feats_f, feats_m, self.heads_fixed, self.heads_moved, mask=m,
-            feats_external=feats_e, mask_external=m_e, generator=generator,
-        )  # fmt: skip
+            feats_f,
+            feats_m,
+            self.heads_fixed,
+            self.heads_moved,
+            mask=m,
+            feats_external=feats_e,
+            mask_external=m_e,
+            generator=generator,
+        )

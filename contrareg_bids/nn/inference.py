@@ -103,9 +103,16 @@ def register_arrays(
                 for name, m in (("moving_mask", moving_mask), ("fixed_mask", fixed_mask))
             ]
             v = refine_velocity(
-                v.clone(), mov, fix, objective, 0.0 if lam is None else float(lam),
-                net.config.ts, refine, net.config.int_downsize, *masks,
-            )  # fmt: skip
+                v.clone(),
+                mov,
+                fix,
+                objective,
+                0.0 if lam is None else float(lam),
+                net.config.ts,
+                refine,
+                net.config.int_downsize,
+                *masks,
+            )
         with torch.inference_mode():
             fwd = integrate_velocity(v, net.config.ts, net.config.int_downsize)
             inv = integrate_velocity(-v, net.config.ts, net.config.int_downsize)

@@ -22,8 +22,9 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
         shape[2 + axis] = k.numel()
         pad = [0] * 6
         pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        x = F.conv3d(F.pad(x, pad, mode="replicate"), k.reshape(shape).expand(c, 1, *shape[2:]),
-                     groups=c)  # fmt: skip
+        x = F.conv3d(
+            F.pad(x, pad, mode="replicate"), k.reshape(shape).expand(c, 1, *shape[2:]), groups=c
+        )
     return x
 
 

@@ -141,8 +141,9 @@ def training_volumes(
         if src is None:
             return None
         path = out / name
-        resample_to_grid(src, grid, shape, transform=affine_path, interpolation=interpolation,
-                         out_path=path)  # fmt: skip
+        resample_to_grid(
+            src, grid, shape, transform=affine_path, interpolation=interpolation, out_path=path
+        )
         return path
 
     moving = put(moving_path, "moving_model.nii.gz")

@@ -158,9 +158,15 @@ def contrareg_register(
             refine = RefineSettings(steps=refine_steps, seed=seed)
             objective = objective_from_bundle(bundle)
         res = register_arrays(
-            bundle.regnet, moving, fixed, lam, device, amp=amp, refine=refine,
+            bundle.regnet,
+            moving,
+            fixed,
+            lam,
+            device,
+            amp=amp,
+            refine=refine,
             objective=objective,
-        )  # fmt: skip
+        )
     fwd, inv, moved, fixed_moved = _outputs(out_dir, prefix)
     affine = fix_img.affine  # one grid: the moving grid's affine is the same
     write_displacement_nifti(res.forward_disp, affine, fwd)

@@ -131,8 +131,9 @@ def write_group_tsv(path: Path, header: Sequence[str], table: Sequence[Sequence[
     return path
 
 
-def distribution_svg(name: str, values: Sequence[float], flagged: Sequence[bool],
-                     labels: Sequence[str]) -> str:  # fmt: skip
+def distribution_svg(
+    name: str, values: Sequence[float], flagged: Sequence[bool], labels: Sequence[str]
+) -> str:
     """A strip plot of one metric (one dot per subject-session, outliers in red), vector
     SVG with text kept as text (hover a dot for its subject)."""
     import matplotlib
@@ -140,8 +141,9 @@ def distribution_svg(name: str, values: Sequence[float], flagged: Sequence[bool]
 
     fig = Figure(figsize=(3.6, 2.3))
     ax = fig.add_subplot()
-    finite = [(v, f, lab) for v, f, lab in zip(values, flagged, labels, strict=True)
-              if math.isfinite(v)]  # fmt: skip
+    finite = [
+        (v, f, lab) for v, f, lab in zip(values, flagged, labels, strict=True) if math.isfinite(v)
+    ]
     for k, (v, f, lab) in enumerate(finite):
         jitter = ((k * 0.618) % 1 - 0.5) * 0.5
         dot = ax.scatter([v], [jitter], s=28, color="#d62728" if f else "#1f77b4", zorder=3)
@@ -206,8 +208,10 @@ def group_html(output_dir: Path, header: Sequence[str], table: Sequence[Sequence
         )
         cls = ' class="outlier"' if r[header.index("outlier")] == "yes" else ""
         cells = "".join(f"<td>{html.escape(r[i])}</td>" for i in idx)
-        body.append(f'<tr{cls} data-subject="{html.escape(stem)}"><td data-v="{stem}">{link}'
-                    f"</td>{cells}</tr>")  # fmt: skip
+        body.append(
+            f'<tr{cls} data-subject="{html.escape(stem)}"><td data-v="{stem}">{link}'
+            f"</td>{cells}</tr>"
+        )
     summary = (
         f"<p>{len(table)} subject-session(s); "
         f'<span class="{"bad" if n_out else "ok"}">{n_out} flagged as outlier(s)</span> '

@@ -103,10 +103,17 @@ def _mosaic(
     rows = []
     for i, mode in enumerate(("z", "y", "x")):
         display = plot_anat(
-            image, display_mode=mode, cut_coords=cuts[mode], vmin=vlim[0], vmax=vlim[1],
-            title=title if i == 0 else None, colorbar=False, annotate=i == 0,
-            draw_cross=False, black_bg=True,
-        )  # fmt: skip
+            image,
+            display_mode=mode,
+            cut_coords=cuts[mode],
+            vmin=vlim[0],
+            vmax=vlim[1],
+            title=title if i == 0 else None,
+            colorbar=False,
+            annotate=i == 0,
+            draw_cross=False,
+            black_bg=True,
+        )
         if contours is not None and levels:
             kwargs = {"linewidths": 0.6, "colors": "r", **(contour_kwargs or {})}
             display.add_contours(contours, levels=list(levels), **kwargs)
@@ -190,10 +197,17 @@ def plot_flicker(
     for img, title, div in ((ref, titles[0], "reference"), (mov, titles[1], "subject")):
         vlim = _limits(np.asanyarray(img.dataobj, dtype=np.float32), inside)
         frames.append(
-            _mosaic(img, cuts, title=title, vlim=vlim, contours=outline, levels=levels,
-                    contour_kwargs={"linewidths": 1.0 if len(levels) == 1 else 0.6},
-                    div_id=div)
-        )  # fmt: skip
+            _mosaic(
+                img,
+                cuts,
+                title=title,
+                vlim=vlim,
+                contours=outline,
+                levels=levels,
+                contour_kwargs={"linewidths": 1.0 if len(levels) == 1 else 0.6},
+                div_id=div,
+            )
+        )
     return _compose(frames[0], frames[1], out_file)
 
 
@@ -217,8 +231,16 @@ def plot_label_contours(
     kwargs: dict[str, Any] = {"colors": None, "cmap": "gist_rainbow"} if len(levels) > 1 else {}
     if len(levels) > MAX_FLICKER_LABELS:
         kwargs["linewidths"] = 0.35
-    rows = _mosaic(img, _cuts(msk), title=title, vlim=vlim, contours=lab, levels=levels,
-                   contour_kwargs=kwargs, div_id="labels")  # fmt: skip
+    rows = _mosaic(
+        img,
+        _cuts(msk),
+        title=title,
+        vlim=vlim,
+        contours=lab,
+        levels=levels,
+        contour_kwargs=kwargs,
+        div_id="labels",
+    )
     return _compose(rows, None, out_file)
 
 
@@ -287,9 +309,14 @@ def plot_jacobian(
     bg = np.asanyarray(_load(background).dataobj, dtype=np.float32) if background else None
 
     fig = Figure(figsize=(2.0 * n_slices + 5.0, 6.3))
-    grid = GridSpec(3, n_slices + 3, figure=fig,
-                    width_ratios=[1] * n_slices + [0.08, 0.55, 1.9], wspace=0.05,
-                    hspace=0.12)  # fmt: skip
+    grid = GridSpec(
+        3,
+        n_slices + 3,
+        figure=fig,
+        width_ratios=[1] * n_slices + [0.08, 0.55, 1.9],
+        wspace=0.05,
+        hspace=0.12,
+    )
     lim = display_limit(logj[brain])
     image = None
     for row, (axis, name) in enumerate(((2, "axial"), (1, "coronal"), (0, "sagittal"))):
@@ -298,12 +325,18 @@ def plot_jacobian(
             if bg is not None:
                 ax.imshow(_take(bg, axis, idx), cmap="gray", interpolation="nearest")
             over = np.ma.masked_where(~_take(brain, axis, idx), _take(logj, axis, idx))
-            image = ax.imshow(over, cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.85,
-                              interpolation="nearest")  # fmt: skip
+            image = ax.imshow(
+                over, cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.85, interpolation="nearest"
+            )
             fold = _take(folds, axis, idx)
             if fold.any():
-                ax.imshow(np.ma.masked_where(~fold, fold.astype(float)), cmap="brg",
-                          vmin=0, vmax=2, interpolation="nearest")  # fmt: skip
+                ax.imshow(
+                    np.ma.masked_where(~fold, fold.astype(float)),
+                    cmap="brg",
+                    vmin=0,
+                    vmax=2,
+                    interpolation="nearest",
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_rasterization_zorder(2.5)
@@ -404,11 +437,15 @@ def plot_lambda_strip(
     for col, item in enumerate(panels):
         for row, (axis, idx) in enumerate(((2, z), (1, y))):
             ax = axes[row, col]
-            ax.imshow(_take(item["moved"], axis, idx), cmap="gray", vmin=0, vmax=vmax,
-                      interpolation="nearest")  # fmt: skip
+            ax.imshow(
+                _take(item["moved"], axis, idx),
+                cmap="gray",
+                vmin=0,
+                vmax=vmax,
+                interpolation="nearest",
+            )
             if levels:
-                ax.contour(_take(outline, axis, idx), levels=levels, colors="r",
-                           linewidths=0.4)  # fmt: skip
+                ax.contour(_take(outline, axis, idx), levels=levels, colors="r", linewidths=0.4)
         jax = axes[2, col]
         if item["log_jacobian"] is not None:
             over = np.ma.masked_where(~_take(brain, 2, z), _take(item["log_jacobian"], 2, z))
@@ -421,8 +458,14 @@ def plot_lambda_strip(
             axes[0, 0].set_title(f"reference\n(outlines: {what})", fontsize=9)
             axes[0, 0].set_ylabel("axial")
             axes[1, 0].set_ylabel("coronal")
-            jax.text(0.5, 0.5, f"log det J\nblue -{jlim:.2g}\nred +{jlim:.2g}",
-                     ha="center", va="center", transform=jax.transAxes)  # fmt: skip
+            jax.text(
+                0.5,
+                0.5,
+                f"log det J\nblue -{jlim:.2g}\nred +{jlim:.2g}",
+                ha="center",
+                va="center",
+                transform=jax.transAxes,
+            )
             jax.axis("off")
             continue
         lam = item["lambda"]
@@ -433,8 +476,9 @@ def plot_lambda_strip(
             lines.append(f"Dice {item['mean_dice']:.3f}")
         lines.append(f"folds {item['folding_percent']:.3g} %")
         lines.append(f"std log|J| {item['std_log_jacobian']:.3g}")
-        axes[0, col].set_title("\n".join(lines), fontsize=9,
-                               fontweight="bold" if used else "normal")  # fmt: skip
+        axes[0, col].set_title(
+            "\n".join(lines), fontsize=9, fontweight="bold" if used else "normal"
+        )
         if used:
             for ax in axes[:, col]:
                 for spine in ax.spines.values():
@@ -567,20 +611,28 @@ def lambda_strip_from_files(
     shape = fix.shape
     ref_lab = subj_lab = None
     if reference_labels is not None:
-        ref_lab = resample_to_grid(reference_labels, fix_img.affine, shape,
-                                   interpolation="nearest").astype(np.int64)  # fmt: skip
+        ref_lab = resample_to_grid(
+            reference_labels, fix_img.affine, shape, interpolation="nearest"
+        ).astype(np.int64)
         if subject_labels is not None:
-            subj_lab = resample_to_grid(subject_labels, fix_img.affine, shape, transform=affine,
-                                        interpolation="nearest").astype(np.int64)  # fmt: skip
+            subj_lab = resample_to_grid(
+                subject_labels, fix_img.affine, shape, transform=affine, interpolation="nearest"
+            ).astype(np.int64)
     if bundle.regnet.hypernet is None:
         lambdas: list[float | None] = [None]
     else:
         lo, hi = bundle.metadata.lambda_range
         lambdas = list(lambda_values(lo, hi, lam, n))
     sweep = lambda_sweep(
-        bundle.regnet, mov, fix, lambdas, device=device, mask=brain,
-        fixed_labels=ref_lab if subj_lab is not None else None, moving_labels=subj_lab,
-    )  # fmt: skip
+        bundle.regnet,
+        mov,
+        fix,
+        lambdas,
+        device=device,
+        mask=brain,
+        fixed_labels=ref_lab if subj_lab is not None else None,
+        moving_labels=subj_lab,
+    )
     path = plot_lambda_strip(
         sweep, out_file, fixed=fix, fixed_labels=ref_lab, mask=brain, chosen=lam
     )

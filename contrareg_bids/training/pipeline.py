@@ -145,22 +145,34 @@ def _autoencoders(
     for role, recs in records.items():
         ae_dir = out_dir / "autoencoders" / role
         ds = AutoencoderDataset(
-            recs, crop=cfg.autoencoder.crop, flips=cfg.autoencoder.flips,
-            augment=cfg.autoencoder.augment, seed=cfg.seed,
-        )  # fmt: skip
+            recs,
+            crop=cfg.autoencoder.crop,
+            flips=cfg.autoencoder.flips,
+            augment=cfg.autoencoder.augment,
+            seed=cfg.seed,
+        )
         if ctx.is_main:
             aes[role] = train_autoencoder(
-                ds, cfg.autoencoder, ae_dir, seed=cfg.seed, device=str(ctx.device),
-                progress=progress, num_workers=cfg.num_workers,
-            )  # fmt: skip
+                ds,
+                cfg.autoencoder,
+                ae_dir,
+                seed=cfg.seed,
+                device=str(ctx.device),
+                progress=progress,
+                num_workers=cfg.num_workers,
+            )
     ddp.barrier(ctx)
     if not ctx.is_main:  # the checkpoints are complete: these calls only load them
         for role, recs in records.items():
             ds = AutoencoderDataset(recs, crop=cfg.autoencoder.crop, seed=cfg.seed)
             aes[role] = train_autoencoder(
-                ds, cfg.autoencoder, out_dir / "autoencoders" / role, seed=cfg.seed,
-                device=str(ctx.device), progress=False,
-            )  # fmt: skip
+                ds,
+                cfg.autoencoder,
+                out_dir / "autoencoders" / role,
+                seed=cfg.seed,
+                device=str(ctx.device),
+                progress=False,
+            )
     return aes, None
 
 
@@ -221,16 +233,26 @@ def train(
         else:
             fix_train = fix_val = []
         train_set = PairDataset(
-            mov_train, None if template is not None else fix_train, template=template,
-            seed=cfg.seed, same_subject=False,
-        )  # fmt: skip
+            mov_train,
+            None if template is not None else fix_train,
+            template=template,
+            seed=cfg.seed,
+            same_subject=False,
+        )
         val_set = validation_set(mov_val, [*fix_val, *fix_train], template, cfg)
         ae_records = {"moving": mov_train, "fixed": fix_train or [template]}
         aes, heads = _autoencoders(cfg, ae_records, (mov_train, fix_train), out_dir, ctx, progress)
         net, objective, result = train_registration(
-            train_set, cfg, out_dir, autoencoders=aes, heads=heads, val_set=val_set,
-            progress=progress, stop_after=stop_after, ctx=ctx,
-        )  # fmt: skip
+            train_set,
+            cfg,
+            out_dir,
+            autoencoders=aes,
+            heads=heads,
+            val_set=val_set,
+            progress=progress,
+            stop_after=stop_after,
+            ctx=ctx,
+        )
         if not ctx.is_main or result.step < cfg.steps:
             return None
         mov_mod, fix_mod = modalities

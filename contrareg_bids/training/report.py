@@ -100,26 +100,50 @@ def write_training_report(
     val = read_log(train_dir / "val.csv")
     figures: list[tuple[str, str]] = []
     if train:
-        figures.append(("Registration loss", svg_curves(
-            [(k, train["step"], train[k]) for k in ("loss", "sim", "reg") if k in train],
-            title="registration training", ylabel="value",
-        )))  # fmt: skip
+        figures.append(
+            (
+                "Registration loss",
+                svg_curves(
+                    [(k, train["step"], train[k]) for k in ("loss", "sim", "reg") if k in train],
+                    title="registration training",
+                    ylabel="value",
+                ),
+            )
+        )
     if val:
-        for key, label in (("val_sim", "similarity"), ("val_dice", "Dice"),
-                           ("val_folding_percent", "folding (%)")):  # fmt: skip
+        for key, label in (
+            ("val_sim", "similarity"),
+            ("val_dice", "Dice"),
+            ("val_folding_percent", "folding (%)"),
+        ):
             if key in val:
-                figures.append((f"Validation {label}", svg_curves(
-                    [(key, val["step"], val[key])], title=f"validation {label}", ylabel=label,
-                )))  # fmt: skip
+                figures.append(
+                    (
+                        f"Validation {label}",
+                        svg_curves(
+                            [(key, val["step"], val[key])],
+                            title=f"validation {label}",
+                            ylabel=label,
+                        ),
+                    )
+                )
     ae = []
     for log in sorted((train_dir / "autoencoders").glob("*/loss.csv")):
         data = read_log(log)
         if data:
             ae.append((log.parent.name, data["step"], data["loss"]))
     if ae:
-        figures.append(("Autoencoder pretraining", svg_curves(
-            ae, title="autoencoders (L1 + local NCC)", ylabel="loss", log_y=True,
-        )))  # fmt: skip
+        figures.append(
+            (
+                "Autoencoder pretraining",
+                svg_curves(
+                    ae,
+                    title="autoencoders (L1 + local NCC)",
+                    ylabel="loss",
+                    log_y=True,
+                ),
+            )
+        )
     body = [f"<h1>{html.escape(title)}</h1>", _table(summary)]
     for heading, svg in figures:
         if svg:

@@ -207,11 +207,17 @@ def train_autoencoder(
         step += 1
         bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.update(1)
-        log.write(step=step, loss=loss.item(), l1=l1.item(), ncc=lncc.item(),
-                  time_s=time.perf_counter() - t0)  # fmt: skip
+        log.write(
+            step=step,
+            loss=loss.item(),
+            l1=l1.item(),
+            ncc=lncc.item(),
+            time_s=time.perf_counter() - t0,
+        )
         if step % 100 == 0 or step == end:
-            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(),
-                            step=step)  # fmt: skip
+            save_checkpoint(
+                ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), step=step
+            )
     bar.close()
     return model.eval()
 
@@ -350,9 +356,11 @@ def _calibrate(
     if ctx.is_main:
         LOGGER.info(
             "regulariser scale %.4g (pull ratios %s at std log|J| %.2f): the terms balance "
-            "at lambda 0.5", res["reg_scale"],
-            ", ".join(f"{r:.3g}" for r in res["ratios"]), res["reference_std_log_jac"],
-        )  # fmt: skip
+            "at lambda 0.5",
+            res["reg_scale"],
+            ", ".join(f"{r:.3g}" for r in res["ratios"]),
+            res["reference_std_log_jac"],
+        )
     return res["reg_scale"]
 
 
@@ -419,9 +427,10 @@ def train_registration(
         net.unet.compile()
     if ctx.distributed:
         module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[dev.index] if dev.type == "cuda" else None,
+            module,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
             find_unused_parameters=step < warmup,  # the network sits out the warm-up
-        )  # fmt: skip
+        )
     columns = ["step", "loss", "sim", "reg", "lambda", "it_per_s", "time_s"]
     log = CsvLog(out_dir / "train.csv", columns, step) if ctx.is_main else None
     val_columns = ["step", "val_sim", "val_folding_percent", "val_dice"]
@@ -445,10 +454,15 @@ def train_registration(
         if not ctx.is_main:
             return
         save_checkpoint(
-            ckpt_path, net=net.state_dict(), heads=objective.heads.state_dict(),
-            optimizer=opt.state_dict(), step=step, generators=gens, config=cfg.to_json(),
+            ckpt_path,
+            net=net.state_dict(),
+            heads=objective.heads.state_dict(),
+            optimizer=opt.state_dict(),
+            step=step,
+            generators=gens,
+            config=cfg.to_json(),
             reg_scale=objective.reg_scale,
-        )  # fmt: skip
+        )
         LOGGER.info("checkpoint step %d written by rank %d: %s", step, ctx.rank, ckpt_path)
         if on_checkpoint is not None:
             on_checkpoint(step)
@@ -465,8 +479,9 @@ def train_registration(
         for batch in loader:
             batch = _to_device(batch, dev)
             if cfg.deform_augment > 0:
-                batch = deform_batch(batch, cfg.deform_augment, cfg.deform_sigma, cfg.regnet.ts,
-                                     gen)  # fmt: skip
+                batch = deform_batch(
+                    batch, cfg.deform_augment, cfg.deform_sigma, cfg.regnet.ts, gen
+                )
             lam = sample_lambda(cfg, batch["moving"].shape[0], gen).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 # during the head warm-up only the heads learn, on the pair as it is
@@ -485,10 +500,14 @@ def train_registration(
                 rate = (step - s_last) / max(now - t_last, 1e-9)
                 t_last, s_last = now, step
                 row = {
-                    "step": step, "loss": loss.item(), "sim": losses["sim"].item(),
-                    "reg": losses["reg"].item(), "lambda": lam.mean().item(),
-                    "it_per_s": rate, "time_s": now - t0,
-                }  # fmt: skip
+                    "step": step,
+                    "loss": loss.item(),
+                    "sim": losses["sim"].item(),
+                    "reg": losses["reg"].item(),
+                    "lambda": lam.mean().item(),
+                    "it_per_s": rate,
+                    "time_s": now - t0,
+                }
                 if log is not None:
                     log.write(**row)
                 if writer is not None:
@@ -511,12 +530,14 @@ def train_registration(
     if writer is not None:
         writer.close()
     digest = parameters_digest(net, objective.heads)
-    LOGGER.info("rank %d/%d at step %d, parameters sha256 %s", ctx.rank, ctx.world_size, step,
-                digest)  # fmt: skip
+    LOGGER.info(
+        "rank %d/%d at step %d, parameters sha256 %s", ctx.rank, ctx.world_size, step, digest
+    )
     if owns_group:
         ddp.teardown(ctx)
-    result = TrainResult(step, ckpt_path, out_dir / "train.csv", out_dir / "val.csv", digest,
-                         last_val)  # fmt: skip
+    result = TrainResult(
+        step, ckpt_path, out_dir / "train.csv", out_dir / "val.csv", digest, last_val
+    )
     return net, objective, result
 
 
@@ -550,9 +571,15 @@ def pretrain_supervised(
         for role, ae in aes.items()
     }
     sim = ContrastiveSimilarity(
-        aes["fixed"], aes["moving"], heads["fixed"], heads["moving"],
-        num_negatives=cfg.num_negatives, tau=cfg.tau, masked=True, freeze_autoencoders=False,
-    )  # fmt: skip
+        aes["fixed"],
+        aes["moving"],
+        heads["fixed"],
+        heads["moving"],
+        num_negatives=cfg.num_negatives,
+        tau=cfg.tau,
+        masked=True,
+        freeze_autoencoders=False,
+    )
     params = [p for m in (*aes.values(), *heads.values()) for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=acfg.lr)
     ncc = LocalNCC(window=acfg.ncc_window)
@@ -590,14 +617,22 @@ def pretrain_supervised(
             opt.step()
             step += 1
             bar.update(1)
-            log.write(step=step, loss=loss.item(), nce=nce.item(), recon=float(recon.detach()),
-                      time_s=time.perf_counter() - t0)  # fmt: skip
+            log.write(
+                step=step,
+                loss=loss.item(),
+                nce=nce.item(),
+                recon=float(recon.detach()),
+                time_s=time.perf_counter() - t0,
+            )
             if step % 100 == 0 or step == acfg.steps:
                 save_checkpoint(
-                    ckpt_path, optimizer=opt.state_dict(), generator=gen.get_state(), step=step,
+                    ckpt_path,
+                    optimizer=opt.state_dict(),
+                    generator=gen.get_state(),
+                    step=step,
                     **{f"ae_{r}": aes[r].state_dict() for r in aes},
                     **{f"heads_{r}": heads[r].state_dict() for r in heads},
-                )  # fmt: skip
+                )
         bar.close()
     for m in aes.values():
         m.eval()

@@ -29,8 +29,11 @@ class SubjectError(ValueError):
 
 def write_dataset_description(cfg: RunConfig) -> Path:
     """``dataset_description.json`` of the derivatives (atomic; rewritten each run)."""
-    generated = {"Name": "contrareg-bids", "Version": __version__,
-                 "CodeURL": "https://pypi.org/project/contrareg-bids/"}  # fmt: skip
+    generated = {
+        "Name": "contrareg-bids",
+        "Version": __version__,
+        "CodeURL": "https://pypi.org/project/contrareg-bids/",
+    }
     container = os.environ.get("CONTRAREG_CONTAINER")
     if container:
         kind, _, tag = container.partition(":")
@@ -65,8 +68,17 @@ def write_dataset_description(cfg: RunConfig) -> Path:
 
 
 #: What the app writes that BIDS does not define, hidden from the validator (as fMRIPrep's).
-BIDSIGNORE = ("*.html", "logs/", "figures/", "models/", "sub-*/log/", "group_*.tsv",
-              "group_*.json", "*_metrics.tsv", "*_metrics.json")  # fmt: skip
+BIDSIGNORE = (
+    "*.html",
+    "logs/",
+    "figures/",
+    "models/",
+    "sub-*/log/",
+    "group_*.tsv",
+    "group_*.json",
+    "*_metrics.tsv",
+    "*_metrics.json",
+)
 
 
 def write_bidsignore(output_dir: Path) -> Path:
@@ -106,16 +118,27 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
             cohort, warning = cohort_for_age(spec.template, age)
             if warning:
                 LOGGER.warning("sub-%s: %s", subject, warning)
-            LOGGER.info("sub-%s: age %.1f weeks (%s) -> %s cohort %s", subject, age, where,
-                        spec.template, cohort)  # fmt: skip
+            LOGGER.info(
+                "sub-%s: age %.1f weeks (%s) -> %s cohort %s",
+                subject,
+                age,
+                where,
+                spec.template,
+                cohort,
+            )
         files = get_template_files(
             spec.template, cohort, modality=cfg.fixed_modality, resolution=spec.resolution
         )
         return ReferenceInputs(
-            image=files["image"], space=spec.template, cohort=cohort, mask=files.get("mask"),
-            dseg=files.get("dseg"), dseg_tsv=files.get("dseg_tsv"), is_template=True,
+            image=files["image"],
+            space=spec.template,
+            cohort=cohort,
+            mask=files.get("mask"),
+            dseg=files.get("dseg"),
+            dseg_tsv=files.get("dseg_tsv"),
+            is_template=True,
             description=f"{spec.template}" + (f":cohort-{cohort}" if cohort else ""),
-        )  # fmt: skip
+        )
     if spec.kind == "participant":
         # the session named in sub-XX_ses-YY, else the first image of any session
         anat = collect_anatomicals(layout, spec.participant, spec.session, cfg.bids_filters)
@@ -127,12 +150,17 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
             cfg.derivatives, spec.participant, spec.session, labels_desc=cfg.labels_desc
         )
         return ReferenceInputs(
-            image=Path(images[0]), space=f"sub{spec.participant}", mask=derivs.get("mask"),
-            dseg=derivs.get("labels"), dseg_tsv=derivs.get("labels_tsv"), is_template=False,
+            image=Path(images[0]),
+            space=f"sub{spec.participant}",
+            mask=derivs.get("mask"),
+            dseg=derivs.get("labels"),
+            dseg_tsv=derivs.get("labels_tsv"),
+            is_template=False,
             description=f"{who} {cfg.fixed_modality}",
-        )  # fmt: skip
-    return ReferenceInputs(image=Path(spec.path), space="custom", is_template=False,
-                           description=str(spec.path))  # fmt: skip
+        )
+    return ReferenceInputs(
+        image=Path(spec.path), space="custom", is_template=False, description=str(spec.path)
+    )
 
 
 def check_reference(cfg: RunConfig, layout) -> None:
@@ -151,9 +179,11 @@ def check_reference(cfg: RunConfig, layout) -> None:
         cohorts = template_cohorts(spec.template)  # raises when the template is not there
         if spec.cohort is not None or not cohorts:
             get_template_files(
-                spec.template, spec.cohort, modality=cfg.fixed_modality,
+                spec.template,
+                spec.cohort,
+                modality=cfg.fixed_modality,
                 resolution=spec.resolution,
-            )  # fmt: skip
+            )
     elif spec.kind == "participant":
         available = sorted(str(s) for s in layout.get_subjects())
         if spec.participant not in available:
@@ -262,28 +292,44 @@ def build_subject_workflow(
     ref = resolve_reference(cfg, layout, subject, session)
     shape, spacing = _grid(cfg, model, ref)
     derivatives = find_subject_derivatives(
-        cfg.derivatives, subject, session, labels_desc=cfg.labels_desc,
+        cfg.derivatives,
+        subject,
+        session,
+        labels_desc=cfg.labels_desc,
         prefer_desc=entities(ref.dseg.name).get("desc") if ref.dseg else None,
-    )  # fmt: skip
+    )
     age_weeks, age_source = age_override(cfg.pma, cfg.age_months) or (None, "")
     subj = SubjectInputs(
-        subject=subject, session=session, anat={m: p[0] for m, p in found.items()},
-        moving_modality=cfg.moving_modality, derivatives=derivatives,
-        age_weeks=age_weeks, age_source=age_source,
-    )  # fmt: skip
+        subject=subject,
+        session=session,
+        anat={m: p[0] for m, p in found.items()},
+        moving_modality=cfg.moving_modality,
+        derivatives=derivatives,
+        age_weeks=age_weeks,
+        age_source=age_source,
+    )
     wf = init_subject_registration_wf(
-        subj=subj, ref=ref, output_dir=cfg.output_dir, registration=cfg.registration,
+        subj=subj,
+        ref=ref,
+        output_dir=cfg.output_dir,
+        registration=cfg.registration,
         reference_files=prepare_reference(
             cfg, ref, run_log_dir(cfg.output_dir, subject, cfg.run_uuid)
         ),
-        model=model, grid_shape=shape, grid_spacing=spacing, lam=cfg.lam, device=cfg.device,
-        max_folding=cfg.max_folding, use_gpu=bool(cfg.n_gpus), seed=cfg.random_seed,
+        model=model,
+        grid_shape=shape,
+        grid_spacing=spacing,
+        lam=cfg.lam,
+        device=cfg.device,
+        max_folding=cfg.max_folding,
+        use_gpu=bool(cfg.n_gpus),
+        seed=cfg.random_seed,
         refine_steps=cfg.refine_steps,
         sloppy=cfg.sloppy,
         omp_nthreads=cfg.omp_nthreads or default_threads(cfg.nprocs),
         bids_dir=cfg.bids_dir,
         name=f"{sid.replace('-', '_')}_wf",
-    )  # fmt: skip
+    )
     wf.base_dir = str(cfg.work_dir)
     wf.config["execution"] = {
         "crashdump_dir": str(run_log_dir(cfg.output_dir, subject, cfg.run_uuid)),
@@ -312,12 +358,19 @@ def prepare_reference(cfg: RunConfig, ref, crash_dir: Path) -> dict[str, Path]:
 
     from .registration import init_reference_wf
 
-    key = (str(ref.image), str(ref.mask), ref.is_template, cfg.sloppy, cfg.random_seed,
-           str(cfg.work_dir))  # fmt: skip
+    key = (
+        str(ref.image),
+        str(ref.mask),
+        ref.is_template,
+        cfg.sloppy,
+        cfg.random_seed,
+        str(cfg.work_dir),
+    )
     if key not in _PREPARED_REFERENCES:
         digest = hashlib.sha1(repr(key).encode()).hexdigest()[:8]
-        wf = init_reference_wf(ref=ref, sloppy=cfg.sloppy, seed=cfg.random_seed,
-                               name=f"reference_{digest}_wf")  # fmt: skip
+        wf = init_reference_wf(
+            ref=ref, sloppy=cfg.sloppy, seed=cfg.random_seed, name=f"reference_{digest}_wf"
+        )
         wf.base_dir = str(cfg.work_dir)
         wf.config["execution"] = {
             "hash_method": "content",
@@ -355,8 +408,11 @@ def write_workflow_graph(wf) -> None:
         wf.write_graph(graph2use="colored", format="svg", simple_form=True)
     except OSError:
         wf.write_graph(graph2use="colored", format="dot", simple_form=True)
-        LOGGER.warning("%s: Graphviz 'dot' is not installed: only the .dot graph was written "
-                       "(in %s)", wf.name, Path(wf.base_dir) / wf.name)  # fmt: skip
+        LOGGER.warning(
+            "%s: Graphviz 'dot' is not installed: only the .dot graph was written (in %s)",
+            wf.name,
+            Path(wf.base_dir) / wf.name,
+        )
 
 
 def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
@@ -380,8 +436,10 @@ def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
         LOGGER.error(
             "%s: participant label(s) not found: %s. Available: %s. Check "
             "--participant-label (labels without 'sub-' work too).",
-            cfg.bids_dir, ", ".join(unknown), ", ".join(sorted(folders)[:30]) or "none",
-        )  # fmt: skip
+            cfg.bids_dir,
+            ", ".join(unknown),
+            ", ".join(sorted(folders)[:30]) or "none",
+        )
         return exit_codes.NO_FILES
     if not cfg.skip_bids_validation and cfg.bids_dir.is_dir():
         issues = run_bids_validator(cfg.bids_dir, cfg.participant_label)
@@ -392,14 +450,18 @@ def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
                 "the BIDS validator found %d error(s) in %s (in the selected participants "
                 "or the whole dataset):\n  %s%s\nFix them (a file with a non-BIDS name "
                 "is invisible to the app), or run with --skip-bids-validation.",
-                len(issues), cfg.bids_dir, shown, more,
-            )  # fmt: skip
+                len(issues),
+                cfg.bids_dir,
+                shown,
+                more,
+            )
             return exit_codes.BIDS_VALIDATION
     try:
         layout = make_layout(
-            cfg.bids_dir, validate=not cfg.skip_bids_validation,
+            cfg.bids_dir,
+            validate=not cfg.skip_bids_validation,
             database_dir=cfg.bids_database_dir,
-        )  # fmt: skip
+        )
     except InvalidDatasetError as err:
         LOGGER.error("%s", err)
         return exit_codes.BIDS_VALIDATION
@@ -411,15 +473,21 @@ def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
             str(p.relative_to(cfg.bids_dir))
             for p in non_bids_images(cfg.bids_dir, cfg.participant_label or [])
         ]
-        LOGGER.error("%s%s", err, f" (its folder holds only files that are not BIDS names: "
-                     f"{', '.join(hidden)})" if hidden else "")  # fmt: skip
+        LOGGER.error(
+            "%s%s",
+            err,
+            f" (its folder holds only files that are not BIDS names: {', '.join(hidden)})"
+            if hidden
+            else "",
+        )
         return exit_codes.NO_FILES
     ignored = non_bids_images(cfg.bids_dir, subjects)
     if ignored:
         LOGGER.warning(
             "%d image(s) of the selected participants are not BIDS names and are ignored: %s",
-            len(ignored), ", ".join(str(p.relative_to(cfg.bids_dir)) for p in ignored),
-        )  # fmt: skip
+            len(ignored),
+            ", ".join(str(p.relative_to(cfg.bids_dir)) for p in ignored),
+        )
     try:
         check_reference(cfg, layout)
     except TemplateError as err:
@@ -450,8 +518,11 @@ def run_participant_level(cfg: RunConfig) -> int:
             )
             return exit_codes.USAGE
         if cfg.model is None:
-            LOGGER.info("using the newest model bundle in %s: %s (--model to choose another)",
-                        cfg.output_dir / "models", model)  # fmt: skip
+            LOGGER.info(
+                "using the newest model bundle in %s: %s (--model to choose another)",
+                cfg.output_dir / "models",
+                model,
+            )
         else:
             LOGGER.info("using the model bundle %s", model)
         if not _gpu_available(cfg):
@@ -459,7 +530,7 @@ def run_participant_level(cfg: RunConfig) -> int:
                 "--device %s: CUDA is not available here; run on a GPU node, or use "
                 "--device auto or cpu",
                 cfg.device,
-            )  # fmt: skip
+            )
             return exit_codes.EX_TEMPFAIL
     write_dataset_description(cfg)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
@@ -483,14 +554,15 @@ def run_participant_level(cfg: RunConfig) -> int:
     if stopped:
         LOGGER.error("stopping at the first failure (--stop-on-first-crash)")
     if failed:
-        LOGGER.error("%d failed: %s (see sub-*/log/%s/)", len(failed), ", ".join(failed),
-                     cfg.run_uuid)  # fmt: skip
+        LOGGER.error(
+            "%d failed: %s (see sub-*/log/%s/)", len(failed), ", ".join(failed), cfg.run_uuid
+        )
         if out_of_gpu_memory == failed:  # nothing wrong with the data: retry elsewhere
             LOGGER.error(
                 "every failure was the GPU running out of memory: exit %d so that a scheduler "
                 "can requeue on a GPU with more memory (or rerun with --device cpu)",
                 exit_codes.EX_TEMPFAIL,
-            )  # fmt: skip
+            )
             return exit_codes.EX_TEMPFAIL
         return exit_codes.PARTICIPANT_FAILED
     return exit_codes.OK
@@ -564,9 +636,11 @@ def _run_concurrently(cfg, layout, tasks, model, at_once: int, progress: _Progre
     from ..cli.logs import init_worker_logging, worker_logging
 
     with ProcessPoolExecutor(
-        max_workers=at_once, mp_context=context, initializer=init_worker_logging,
+        max_workers=at_once,
+        mp_context=context,
+        initializer=init_worker_logging,
         initargs=worker_logging(),
-    ) as pool:  # fmt: skip
+    ) as pool:
         queue = list(tasks)
         while queue or pending:
             while queue and len(pending) < at_once and not stopped:

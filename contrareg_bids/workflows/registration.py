@@ -198,8 +198,13 @@ def init_subject_registration_wf(
         reference_mask = given("reference_mask", "mask")
         normalize_reference = given("normalize_reference", "normalized")
         n4_reference = None if ref.is_template else given("n4_reference", "image")
-        wf.add_nodes([n for n in (validate_reference, reference_mask, normalize_reference,
-                                  n4_reference) if n is not None])  # fmt: skip
+        wf.add_nodes(
+            [
+                n
+                for n in (validate_reference, reference_mask, normalize_reference, n4_reference)
+                if n is not None
+            ]
+        )
     ref_image = (validate_reference if n4_reference is None else n4_reference, "out_file")
 
     # --- the subject: validate, N4, affine to the reference, mask, normalise
@@ -237,11 +242,19 @@ def init_subject_registration_wf(
         if model is None:
             raise ValueError("a model bundle is required for --registration contrareg")
         register = pe.Node(
-            ContraRegister(model=str(model), lam=0.1 if auto_lambda else lam,
-                           auto_lambda=auto_lambda, max_folding=max_folding, device=device,
-                           use_gpu=use_gpu, refine_steps=refine_steps, seed=seed),
-            name="register", n_procs=1,
-        )  # fmt: skip
+            ContraRegister(
+                model=str(model),
+                lam=0.1 if auto_lambda else lam,
+                auto_lambda=auto_lambda,
+                max_folding=max_folding,
+                device=device,
+                use_gpu=use_gpu,
+                refine_steps=refine_steps,
+                seed=seed,
+            ),
+            name="register",
+            n_procs=1,
+        )
     else:
         register = pe.Node(AntsRegister(seed=seed, sloppy=sloppy), name="register")
     export_xfms = pe.Node(ExportTransforms(), name="export_xfms")
@@ -279,10 +292,15 @@ def init_subject_registration_wf(
             if entities.get("space") == ref.space or entities.get("suffix") == "xfm":
                 entities["meta_dict"]["SpatialReference"] = spatial_ref
         node = pe.Node(
-            DerivativesDataSink(base_directory=str(output_dir), source_file=source,
-                                dismiss_entities=("echo",), **entities),
-            name=name, run_without_submitting=True,
-        )  # fmt: skip
+            DerivativesDataSink(
+                base_directory=str(output_dir),
+                source_file=source,
+                dismiss_entities=("echo",),
+                **entities,
+            ),
+            name=name,
+            run_without_submitting=True,
+        )
         wf.connect(in_node, in_field, node, "in_file")
         return node
 
@@ -290,25 +308,43 @@ def init_subject_registration_wf(
     sink("ds_mask", brain_mask, "out_file", desc="brain", suffix="mask")
     sink("ds_moving_ref", moving_to_ref, "out_file", desc="preproc", **entity_space)
     ds_xfm_fwd = sink(
-        "ds_xfm_to_ref", export_xfms, "reference_to_subject",
-        to=ref_label, mode="image", suffix="xfm", extension=".h5",
-    )  # fmt: skip
+        "ds_xfm_to_ref",
+        export_xfms,
+        "reference_to_subject",
+        to=ref_label,
+        mode="image",
+        suffix="xfm",
+        extension=".h5",
+    )
     setattr(ds_xfm_fwd.inputs, "from", mod)
     ds_xfm_inv = sink(
-        "ds_xfm_from_ref", export_xfms, "subject_to_reference",
-        to=mod, mode="image", suffix="xfm", extension=".h5",
-    )  # fmt: skip
+        "ds_xfm_from_ref",
+        export_xfms,
+        "subject_to_reference",
+        to=mod,
+        mode="image",
+        suffix="xfm",
+        extension=".h5",
+    )
     setattr(ds_xfm_inv.inputs, "from", ref_label)
-    sink("ds_ref_mask", ref_mask_to_subject, "out_file", space=mod, label="brain",
-         desc=ref_label, suffix="mask")  # fmt: skip
+    sink(
+        "ds_ref_mask",
+        ref_mask_to_subject,
+        "out_file",
+        space=mod,
+        label="brain",
+        desc=ref_label,
+        suffix="mask",
+    )
 
     metrics = pe.Node(
         RegistrationMetrics(extra={"seed": seed, "reference": ref.description}),
         name="metrics",
-    )  # fmt: skip
+    )
     if registration == "contrareg" and auto_lambda:
-        wf.connect([(register, metrics, [("lam", "lam"),
-                                         ("lambda_search_info", "lambda_search")])])  # fmt: skip
+        wf.connect(
+            [(register, metrics, [("lam", "lam"), ("lambda_search_info", "lambda_search")])]
+        )
     elif registration == "contrareg":
         metrics.inputs.lam = lam
     wf.connect([
@@ -326,15 +362,28 @@ def init_subject_registration_wf(
             (n4_moving, ref_dseg_to_subject, [("out_file", "reference")]),
             (export_xfms, ref_dseg_to_subject, [("subject_to_reference", "transforms")]),
         ])  # fmt: skip
-        sink("ds_ref_dseg", ref_dseg_to_subject, "out_file", space=mod, desc=ref_label,
-             suffix="dseg")  # fmt: skip
+        sink(
+            "ds_ref_dseg",
+            ref_dseg_to_subject,
+            "out_file",
+            space=mod,
+            desc=ref_label,
+            suffix="dseg",
+        )
         if ref.dseg_tsv is not None:
             ds_tsv = pe.Node(
-                DerivativesDataSink(base_directory=str(output_dir), source_file=source,
-                                    in_file=str(ref.dseg_tsv), space=mod, desc=ref_label,
-                                    suffix="dseg", extension=".tsv"),
-                name="ds_ref_dseg_tsv", run_without_submitting=True,
-            )  # fmt: skip
+                DerivativesDataSink(
+                    base_directory=str(output_dir),
+                    source_file=source,
+                    in_file=str(ref.dseg_tsv),
+                    space=mod,
+                    desc=ref_label,
+                    suffix="dseg",
+                    extension=".tsv",
+                ),
+                name="ds_ref_dseg_tsv",
+                run_without_submitting=True,
+            )
             wf.add_nodes([ds_tsv])
         if "labels" in subj.derivatives:
             metrics.inputs.subject_labels = str(subj.derivatives["labels"])
@@ -351,21 +400,30 @@ def init_subject_registration_wf(
 
     if "labels" in subj.derivatives:
         subject_labels_to_ref = pe.Node(
-            ApplyWarp(in_file=str(subj.derivatives["labels"]), interpolation="label",
-                      out_name="subject_dseg_in_ref.nii.gz"),
+            ApplyWarp(
+                in_file=str(subj.derivatives["labels"]),
+                interpolation="label",
+                out_name="subject_dseg_in_ref.nii.gz",
+            ),
             name="subject_labels_to_ref",
-        )  # fmt: skip
+        )
         wf.connect([
             (validate_reference, subject_labels_to_ref, [("out_file", "reference")]),
             (export_xfms, subject_labels_to_ref, [("reference_to_subject", "transforms")]),
         ])  # fmt: skip
-        sink("ds_subject_dseg_ref", subject_labels_to_ref, "out_file", suffix="dseg",
-             **entity_space)  # fmt: skip
+        sink(
+            "ds_subject_dseg_ref", subject_labels_to_ref, "out_file", suffix="dseg", **entity_space
+        )
 
-    sink("ds_metrics", metrics, "out_tsv", desc="registration", suffix="metrics",
-         extension=".tsv")  # fmt: skip
-    sink("ds_metrics_json", metrics, "out_json", desc="registration", suffix="metrics",
-         extension=".json")  # fmt: skip
+    sink("ds_metrics", metrics, "out_tsv", desc="registration", suffix="metrics", extension=".tsv")
+    sink(
+        "ds_metrics_json",
+        metrics,
+        "out_json",
+        desc="registration",
+        suffix="metrics",
+        extension=".json",
+    )
 
     # --- the other modality: coregistered to the moving one, carried through the transforms
     if other is not None:
@@ -392,8 +450,10 @@ def init_subject_registration_wf(
         # from-<other>_to-<moving> resamples the other modality into the moving one's space
         export_coreg = pe.Node(ExportLinearTransform(), name="export_coreg")
         wf.connect(coreg_other, "transform", export_coreg, "transform")
-        for nm, fld, frm, to in (("ds_coreg_to_moving", "forward", other, mod),
-                                 ("ds_coreg_to_other", "inverse", mod, other)):  # fmt: skip
+        for nm, fld, frm, to in (
+            ("ds_coreg_to_moving", "forward", other, mod),
+            ("ds_coreg_to_other", "inverse", mod, other),
+        ):
             ds = sink(nm, export_coreg, fld, to=to, mode="image", suffix="xfm", extension=".h5")
             setattr(ds.inputs, "from", frm)
         other_source = subj.anat[other]
@@ -406,10 +466,16 @@ def init_subject_registration_wf(
             if "space" in ents:
                 meta["SpatialReference"] = spatial_ref
             ds = pe.Node(
-                DerivativesDataSink(base_directory=str(output_dir), source_file=other_source,
-                                    compress=True, meta_dict=meta, **ents),
-                name=nm, run_without_submitting=True,
-            )  # fmt: skip
+                DerivativesDataSink(
+                    base_directory=str(output_dir),
+                    source_file=other_source,
+                    compress=True,
+                    meta_dict=meta,
+                    **ents,
+                ),
+                name=nm,
+                run_without_submitting=True,
+            )
             wf.connect(node, fld, ds, "in_file")
 
     # --- QC reportlets (the HTML page is assembled after the run, workflows/base.py)
@@ -417,23 +483,33 @@ def init_subject_registration_wf(
         from .reports import init_report_wf, report_device, subject_age
 
         age, age_source = (
-            (subj.age_weeks, subj.age_source) if subj.age_weeks is not None else subject_age(
-            bids_dir, subj.subject, subj.session, source)
-        )  # fmt: skip
+            (subj.age_weeks, subj.age_source)
+            if subj.age_weeks is not None
+            else subject_age(bids_dir, subj.subject, subj.session, source)
+        )
         info = {
-            "subject": subj.subject, "session": subj.session, "moving_modality": mod,
+            "subject": subj.subject,
+            "session": subj.session,
+            "moving_modality": mod,
             "inputs": {m: source_uri(p, bids_dir) for m, p in subj.anat.items()},
-            "age_weeks": age, "age_source": age_source if age is not None else "",
-            "reference": ref.description or ref.space, "cohort": ref.cohort,
+            "age_weeks": age,
+            "age_source": age_source if age is not None else "",
+            "reference": ref.description or ref.space,
+            "cohort": ref.cohort,
             "method": "contrareg" if registration == "contrareg" else "ants-syn",
-        }  # fmt: skip
+        }
         dev = report_device(device, use_gpu) if registration == "contrareg" else "cpu (ANTs)"
         report_wf = init_report_wf(
-            output_dir=output_dir, source_file=source, moving_modality=mod,
-            other_modality=other, info=info, reference_labels=ref.dseg,
+            output_dir=output_dir,
+            source_file=source,
+            moving_modality=mod,
+            other_modality=other,
+            info=info,
+            reference_labels=ref.dseg,
             subject_labels=subj.derivatives.get("labels"),
-            model=model if registration == "contrareg" else None, device=dev,
-        )  # fmt: skip
+            model=model if registration == "contrareg" else None,
+            device=dev,
+        )
         labels_in_subject = ref_dseg_to_subject if ref.dseg is not None else ref_mask_to_subject
         wf.connect([
             (ref_image[0], report_wf, [(ref_image[1], "inputnode.reference")]),

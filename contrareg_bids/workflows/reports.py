@@ -80,21 +80,29 @@ def init_report_wf(
 
     def sink(name: str, node: pe.Node, desc: str, suffix: str = mod) -> pe.Node:
         ds = pe.Node(
-            DerivativesDataSink(base_directory=str(output_dir), source_file=source_file,
-                                datatype="figures", desc=desc, suffix=suffix,
-                                dismiss_entities=("echo",)),
-            name=name, run_without_submitting=True,
-        )  # fmt: skip
+            DerivativesDataSink(
+                base_directory=str(output_dir),
+                source_file=source_file,
+                datatype="figures",
+                desc=desc,
+                suffix=suffix,
+                dismiss_entities=("echo",),
+            ),
+            name=name,
+            run_without_submitting=True,
+        )
         wf.connect(node, "out_report", ds, "in_file")
         return ds
 
     flicker_titles = {"affine": "after the affine only", "registration": "after registration"}
     for desc, field in (("affine", "affine_moved"), ("registration", "registered")):
         node = pe.Node(
-            FlickerReport(titles=(f"reference ({ref_name})", f"{mod} {flicker_titles[desc]}"),
-                          out_name=f"{desc}.svg"),
+            FlickerReport(
+                titles=(f"reference ({ref_name})", f"{mod} {flicker_titles[desc]}"),
+                out_name=f"{desc}.svg",
+            ),
             name=f"flicker_{desc}",
-        )  # fmt: skip
+        )
         if reference_labels is not None:
             node.inputs.labels = str(reference_labels)
         wf.connect([
@@ -106,7 +114,7 @@ def init_report_wf(
     labels_subject = pe.Node(
         LabelContoursReport(title=f"{mod}, reference labels", out_name="labels.svg"),
         name="labels_subject",
-    )  # fmt: skip
+    )
     wf.connect([
         (inputnode, labels_subject, [("subject", "image"), ("labels_in_subject", "labels"),
                                      ("subject_mask", "mask")]),
@@ -114,10 +122,11 @@ def init_report_wf(
     sink("ds_report_labels", labels_subject, "labels")
     if other_modality is not None:
         labels_other = pe.Node(
-            LabelContoursReport(title=f"{other_modality}, reference labels",
-                                out_name="labels_other.svg"),
+            LabelContoursReport(
+                title=f"{other_modality}, reference labels", out_name="labels_other.svg"
+            ),
             name="labels_other",
-        )  # fmt: skip
+        )
         wf.connect([
             (inputnode, labels_other, [("other", "image"), ("labels_in_subject", "labels"),
                                        ("subject_mask", "mask")]),

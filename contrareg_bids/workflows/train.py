@@ -59,8 +59,14 @@ def build_train_config(cfg: RunConfig):
     opts = cfg.train
     base = sloppy_config() if cfg.sloppy else TrainConfig()
     changes: dict = {"seed": cfg.random_seed, "device": training_device(cfg)}
-    fields = {"loss": "loss", "train_steps": "steps", "lr": "lr", "batch_size": "batch_size",
-              "val_fraction": "val_fraction", "deform_augment": "deform_augment"}  # fmt: skip
+    fields = {
+        "loss": "loss",
+        "train_steps": "steps",
+        "lr": "lr",
+        "batch_size": "batch_size",
+        "val_fraction": "val_fraction",
+        "deform_augment": "deform_augment",
+    }
     for key, field in fields.items():
         if opts.get(key) is not None:
             changes[field] = opts[key]
@@ -119,10 +125,19 @@ def init_train_inputs_wf(
     from ..interfaces.training import TrainingVolumes
 
     wf = init_subject_registration_wf(
-        subj=subj, ref=ref, output_dir=output_dir, registration="ants", grid_shape=grid_shape,
-        grid_spacing=grid_spacing, seed=seed, sloppy=sloppy, bids_dir=bids_dir, reports=False,
-        omp_nthreads=omp_nthreads, name=name,
-    )  # fmt: skip
+        subj=subj,
+        ref=ref,
+        output_dir=output_dir,
+        registration="ants",
+        grid_shape=grid_shape,
+        grid_spacing=grid_spacing,
+        seed=seed,
+        sloppy=sloppy,
+        bids_dir=bids_dir,
+        reports=False,
+        omp_nthreads=omp_nthreads,
+        name=name,
+    )
     prune_workflow(wf, KEEP)
     volumes = pe.Node(
         TrainingVolumes(shape=tuple(grid_shape), spacing=tuple(grid_spacing)),
@@ -162,23 +177,32 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
     found = {m: paths for m, paths in anat.items() if paths}
     if cfg.moving_modality not in found:
         have = ", ".join(found) or "no anatomical image"
-        raise SubjectError(f"{sid}: no {cfg.moving_modality} image (the moving modality); "
-                           f"found {have}")  # fmt: skip
+        raise SubjectError(
+            f"{sid}: no {cfg.moving_modality} image (the moving modality); found {have}"
+        )
     ref = resolve_reference(cfg, layout, subject, session)
     subj = SubjectInputs(
-        subject=subject, session=session, anat={m: p[0] for m, p in found.items()},
+        subject=subject,
+        session=session,
+        anat={m: p[0] for m, p in found.items()},
         moving_modality=cfg.moving_modality,
         derivatives=find_subject_derivatives(cfg.derivatives, subject, session),
-    )  # fmt: skip
+    )
     shape, spacing = (
         grid if grid is not None else reference_grid(ref.image, cfg.train.get("model_spacing"))
     )
     wf = init_train_inputs_wf(
-        subj=subj, ref=ref, output_dir=cfg.output_dir, grid_shape=shape, grid_spacing=spacing,
-        seed=cfg.random_seed, sloppy=cfg.sloppy, bids_dir=cfg.bids_dir,
+        subj=subj,
+        ref=ref,
+        output_dir=cfg.output_dir,
+        grid_shape=shape,
+        grid_spacing=spacing,
+        seed=cfg.random_seed,
+        sloppy=cfg.sloppy,
+        bids_dir=cfg.bids_dir,
         omp_nthreads=cfg.omp_nthreads or default_threads(cfg.nprocs),
         name=f"{sid.replace('-', '_')}_wf",
-    )  # fmt: skip
+    )
     wf.base_dir = str(cfg.work_dir)
     wf.config["execution"] = {
         "crashdump_dir": str(run_log_dir(cfg.output_dir, subject, cfg.run_uuid)),
@@ -197,10 +221,15 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
         return Path(value) if isdefined(value) and value else None
 
     return SubjectVolumes(
-        subject=subject, session=session, moving=Path(vol.moving), fixed=opt(vol.fixed),
-        mask=Path(vol.mask), labels=opt(vol.labels), reference=Path(pair.fixed),
+        subject=subject,
+        session=session,
+        moving=Path(vol.moving),
+        fixed=opt(vol.fixed),
+        mask=Path(vol.mask),
+        labels=opt(vol.labels),
+        reference=Path(pair.fixed),
         reference_mask=opt(pair.fixed_mask),
-    ), (tuple(shape), tuple(spacing))  # fmt: skip
+    ), (tuple(shape), tuple(spacing))
 
 
 def reference_grid(
@@ -227,16 +256,23 @@ def training_records(volumes: list[SubjectVolumes]):
     paper's set-up), else every subject to the reference (the participant level's task)."""
     from ..training.data import VolumeRecord
 
-    moving = [VolumeRecord(image=v.moving, subject=v.subject, mask=v.mask, labels=v.labels,
-                           session=v.session) for v in volumes]  # fmt: skip
+    moving = [
+        VolumeRecord(
+            image=v.moving, subject=v.subject, mask=v.mask, labels=v.labels, session=v.session
+        )
+        for v in volumes
+    ]
     with_fixed = [v for v in volumes if v.fixed is not None]
     if len({v.subject for v in with_fixed}) >= 2:
-        fixed = [VolumeRecord(image=v.fixed, subject=v.subject, mask=v.mask, labels=v.labels,
-                              session=v.session) for v in with_fixed]  # fmt: skip
+        fixed = [
+            VolumeRecord(
+                image=v.fixed, subject=v.subject, mask=v.mask, labels=v.labels, session=v.session
+            )
+            for v in with_fixed
+        ]
         return moving, fixed, None
     first = volumes[0]
-    template = VolumeRecord(image=first.reference, subject="reference",
-                            mask=first.reference_mask)  # fmt: skip
+    template = VolumeRecord(image=first.reference, subject="reference", mask=first.reference_mask)
     return moving, None, template
 
 
@@ -259,8 +295,9 @@ def check_selection(train_dir: Path, selection: dict) -> None:
     if path.is_file():
         before = json.loads(path.read_text())
         if before != selection:
-            changed = sorted(k for k in set(before) | set(selection)
-                             if before.get(k) != selection.get(k))  # fmt: skip
+            changed = sorted(
+                k for k in set(before) | set(selection) if before.get(k) != selection.get(k)
+            )
             raise ValueError(
                 f"{train_dir} holds a training run on other data ({', '.join(changed)} "
                 "differ); give another --model-name, or delete the folder to restart"
@@ -298,13 +335,19 @@ def run_train_level(cfg: RunConfig) -> int:
         return opened
     layout, subjects, sessions_of = opened
     if not _gpu_available(cfg):
-        LOGGER.error("--device %s: CUDA is not available here; run on a GPU node, or use "
-                     "--device auto or cpu", cfg.device)  # fmt: skip
+        LOGGER.error(
+            "--device %s: CUDA is not available here; run on a GPU node, or use "
+            "--device auto or cpu",
+            cfg.device,
+        )
         return exit_codes.EX_TEMPFAIL
     if (cfg.n_gpus or 0) > 1:
-        LOGGER.warning("--n-gpus %d: the train level trains in one process on one device; for "
-                       "several GPUs use torchrun with contrareg-train on the lists it writes "
-                       "(docs/training.md)", cfg.n_gpus)  # fmt: skip
+        LOGGER.warning(
+            "--n-gpus %d: the train level trains in one process on one device; for "
+            "several GPUs use torchrun with contrareg-train on the lists it writes "
+            "(docs/training.md)",
+            cfg.n_gpus,
+        )
     name = cfg.train.get("model_name") or default_model_name(
         cfg.moving_modality, cfg.fixed_modality, tcfg.loss
     )
@@ -333,9 +376,12 @@ def run_train_level(cfg: RunConfig) -> int:
                     LOGGER.error("stopping at the first failure (--stop-on-first-crash)")
                     return exit_codes.PARTICIPANT_FAILED
     if len({v.subject for v in volumes}) < 2:
-        LOGGER.error("training needs at least two participants with a %s image; %d usable "
-                     "(failed: %s)", cfg.moving_modality, len(volumes),
-                     ", ".join(failed) or "none")  # fmt: skip
+        LOGGER.error(
+            "training needs at least two participants with a %s image; %d usable (failed: %s)",
+            cfg.moving_modality,
+            len(volumes),
+            ", ".join(failed) or "none",
+        )
         return exit_codes.PARTICIPANT_FAILED if failed else exit_codes.NO_FILES
 
     moving, fixed, template = training_records(volumes)
@@ -344,54 +390,80 @@ def run_train_level(cfg: RunConfig) -> int:
         write_record_list(train_dir / "fixed.tsv", fixed)
     selection = {
         "subjects": sorted(subject_session_id(v.subject, v.session) for v in volumes),
-        "reference": cfg.reference, "modalities": [cfg.moving_modality, cfg.fixed_modality],
+        "reference": cfg.reference,
+        "modalities": [cfg.moving_modality, cfg.fixed_modality],
         "pairs": "between subjects" if template is None else "to the reference",
         "grid": {"shape": list(grid[0]), "spacing": list(grid[1])},
-    }  # fmt: skip
+    }
     bundle = models / f"{name}.safetensors"
-    LOGGER.info("training %s on %d subject-session(s), pairs %s; state in %s", name,
-                len(volumes), selection["pairs"], train_dir)  # fmt: skip
+    LOGGER.info(
+        "training %s on %d subject-session(s), pairs %s; state in %s",
+        name,
+        len(volumes),
+        selection["pairs"],
+        train_dir,
+    )
     try:
         check_selection(train_dir, selection)
         out = train(
-            moving, fixed, tcfg, train_dir, template=template,
-            modalities=(cfg.moving_modality, cfg.fixed_modality), progress=True,
-            stop_after=cfg.train.get("stop_after"), bundle_path=bundle,
+            moving,
+            fixed,
+            tcfg,
+            train_dir,
+            template=template,
+            modalities=(cfg.moving_modality, cfg.fixed_modality),
+            progress=True,
+            stop_after=cfg.train.get("stop_after"),
+            bundle_path=bundle,
             normalization=normalization_description(),
-        )  # fmt: skip
+        )
     except ValueError as err:
         LOGGER.error("%s", err)
         return exit_codes.USAGE
     except Exception as err:
         if not is_gpu_out_of_memory(err):
             raise
-        LOGGER.error("training %s: the GPU ran out of memory (%s); the run resumes from its "
-                     "last checkpoint in %s: rerun on a GPU with more memory, or lower "
-                     "--batch-size", name, err, train_dir / "checkpoints")  # fmt: skip
+        LOGGER.error(
+            "training %s: the GPU ran out of memory (%s); the run resumes from its "
+            "last checkpoint in %s: rerun on a GPU with more memory, or lower "
+            "--batch-size",
+            name,
+            err,
+            train_dir / "checkpoints",
+        )
         return exit_codes.EX_TEMPFAIL
     summary = {
-        "model": name, "loss": tcfg.loss, "moving -> fixed":
-        f"{cfg.moving_modality} -> {cfg.fixed_modality}", "reference": cfg.reference,
-        "subject-sessions": ", ".join(selection["subjects"]), "pairs": selection["pairs"],
-        "grid": f"{'x'.join(map(str, grid[0]))} at "
-        f"{'x'.join(f'{s:g}' for s in grid[1])} mm",
+        "model": name,
+        "loss": tcfg.loss,
+        "moving -> fixed": f"{cfg.moving_modality} -> {cfg.fixed_modality}",
+        "reference": cfg.reference,
+        "subject-sessions": ", ".join(selection["subjects"]),
+        "pairs": selection["pairs"],
+        "grid": f"{'x'.join(map(str, grid[0]))} at {'x'.join(f'{s:g}' for s in grid[1])} mm",
         "steps": f"{tcfg.steps} registration, {tcfg.autoencoder.steps} autoencoder",
         "network": f"ch={tcfg.regnet.ch}, ts={tcfg.regnet.ts}, lambda in "
-        f"{list(tcfg.lambda_range)}", "device": tcfg.device, "seed": tcfg.seed,
-    }  # fmt: skip
+        f"{list(tcfg.lambda_range)}",
+        "device": tcfg.device,
+        "seed": tcfg.seed,
+    }
     if out is None:
-        write_training_report(train_dir, train_dir / "report.html",
-                              title=f"{name} (in progress)", summary=summary)  # fmt: skip
-        LOGGER.info("stopped early (--stop-after); run the same command again to resume from "
-                    "%s", train_dir / "checkpoints")  # fmt: skip
+        write_training_report(
+            train_dir, train_dir / "report.html", title=f"{name} (in progress)", summary=summary
+        )
+        LOGGER.info(
+            "stopped early (--stop-after); run the same command again to resume from %s",
+            train_dir / "checkpoints",
+        )
         return exit_codes.PARTICIPANT_FAILED if failed else exit_codes.OK
     summary["last validation"] = ", ".join(f"{k} {v:.4g}" for k, v in out.last_val.items()) or "-"
     summary["bundle"] = str(bundle)
-    report = write_training_report(train_dir, models / f"{name}.html", title=name,
-                                   summary=summary)  # fmt: skip
+    report = write_training_report(train_dir, models / f"{name}.html", title=name, summary=summary)
     LOGGER.info("model bundle %s (sidecar %s, report %s)", bundle, out.sidecar, report)
     if failed:
-        LOGGER.error("%d failed: %s (see sub-*/log/); the model was trained on the others",
-                     len(failed), ", ".join(failed))  # fmt: skip
+        LOGGER.error(
+            "%d failed: %s (see sub-*/log/); the model was trained on the others",
+            len(failed),
+            ", ".join(failed),
+        )
         return exit_codes.PARTICIPANT_FAILED
     return exit_codes.OK
