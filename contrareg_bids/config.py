@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .io.atomic import write_text_atomic
 from .metrics import FOLDING_LIMIT_PERCENT
 
 #: Command-line options of the train level (``contrareg_bids.workflows.train``).
@@ -222,11 +223,7 @@ class RunConfig:
 
     def write(self, path: Path) -> Path:
         """Write as JSON atomically; returns the path."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     def seed_everything(self) -> None:
         """One seed for Python, NumPy, torch and ANTs (ITK threads made deterministic)."""

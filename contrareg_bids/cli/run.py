@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from ..io.atomic import write_text_atomic
 from . import exit_codes
 from .logs import setup_logging
 from .parser import LEVELS, explicit_options, parse_args
@@ -20,11 +21,10 @@ def write_boilerplate(cfg) -> int:
         "method": "ants-syn" if cfg.registration == "ants" else "contrareg",
         "lambda": str(cfg.lam),
     }
-    path = cfg.output_dir / "logs" / "CITATION.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(methods_markdown(row, cfg.moving_modality, cfg.reference))
-    tmp.replace(path)
+    path = write_text_atomic(
+        cfg.output_dir / "logs" / "CITATION.md",
+        methods_markdown(row, cfg.moving_modality, cfg.reference),
+    )
     LOGGER.info("methods text written: %s", path)
     return exit_codes.OK
 

@@ -23,16 +23,16 @@ it behind ``affine_first`` and the tests check it on points.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+
+from .atomic import atomic_output
 
 __all__ = [
     "LPS",
@@ -82,34 +82,6 @@ PathLike = str | os.PathLike
 
 
 # --------------------------------------------------------------------------- atomic writes
-
-
-def _suffix(path: Path) -> str:
-    """``.nii.gz`` for ``x.nii.gz``: the full extension ITK / nibabel choose the format by."""
-    name = path.name
-    for ext in (".nii.gz", ".nii", ".h5", ".hdf5", ".mat", ".txt", ".tfm"):
-        if name.endswith(ext):
-            return ext
-    return path.suffix
-
-
-@contextlib.contextmanager
-def atomic_output(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same extension); ``os.replace`` it on success.
-
-    A crash or an exception leaves no partial file under the final name (a half-written
-    NIfTI would otherwise be picked up by a resumed workflow).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{_suffix(path)}"
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise OSError(f"{path}: the writer produced no file")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _xform_code(header: nib.Nifti1Header | None, key: str) -> int:

@@ -8,6 +8,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..io.atomic import write_text_atomic
+
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0;
        color: #222; background: #fff; }
@@ -62,8 +64,4 @@ def slug(text: str) -> str:
 
 def write_page(path: Path, text: str) -> Path:
     """Write atomically (a browser may have the old page open)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, text)

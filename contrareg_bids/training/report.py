@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..io.atomic import write_text_atomic
+
 __all__ = ["read_log", "svg_curves", "write_training_report"]
 
 
@@ -159,7 +161,5 @@ def write_training_report(
         "</style></head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
     )
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_html.with_name(f".{out_html.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out_html)
+    write_text_atomic(out_html, page)
     return out_html

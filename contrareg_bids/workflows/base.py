@@ -18,6 +18,7 @@ from ..processing.threads import limit_threads
 
 if TYPE_CHECKING:
     from .registration import ReferenceInputs
+from ..io.atomic import write_text_atomic
 from ..io.run_logs import run_log_dir
 
 LOGGER = logging.getLogger("contrareg_bids.participant")
@@ -60,11 +61,9 @@ def write_dataset_description(cfg: RunConfig) -> Path:
             desc[key] = src_desc[key]
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     write_bidsignore(cfg.output_dir)
-    path = cfg.output_dir / "dataset_description.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(desc, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(
+        cfg.output_dir / "dataset_description.json", json.dumps(desc, indent=2)
+    )
 
 
 #: What the app writes that BIDS does not define, hidden from the validator (as fMRIPrep's).
@@ -83,11 +82,7 @@ BIDSIGNORE = (
 
 def write_bidsignore(output_dir: Path) -> Path:
     """``OUTPUT_DIR/.bidsignore`` for our non-BIDS outputs (atomic)."""
-    path = Path(output_dir) / ".bidsignore"
-    tmp = path.with_name(f".bidsignore.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(BIDSIGNORE) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(output_dir) / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
 
 
 def newest_model(output_dir: Path) -> Path | None:
