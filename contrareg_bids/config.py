@@ -184,22 +184,25 @@ class RunConfig:
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
-    def make_writable_dirs(self) -> None:
-        """Create the output and work directories and check that files can be written there,
-        before anything runs: an unwritable folder is refused with its name (exit code 73),
-        not a traceback half-way through."""
+    def check_writable_dirs(self) -> None:
+        """Refuse, before anything runs, an output or work directory that cannot be made or
+        written (exit code 73, naming it), instead of a traceback half-way through. Nothing
+        is created here: the nearest existing folder up the path must be a writable folder."""
         for what, folder in (("output", self.output_dir), ("work", self.work_dir)):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                probe = folder / f".contrareg-write-test-{os.getpid()}"
-                probe.write_text("")
-                probe.unlink()
-            except OSError as err:
+            existing = folder
+            while not existing.exists() and existing.parent != existing:
+                existing = existing.parent
+            problem = None
+            if not existing.is_dir():
+                problem = f"{existing} is not a folder"
+            elif not os.access(existing, os.W_OK | os.X_OK):
+                problem = f"{existing} is not writable"
+            if problem:
                 raise ConfigError(
-                    f"cannot write to the {what} directory {folder}: "
-                    f"{err.strerror or err}; choose a folder you can write to",
+                    f"cannot write to the {what} directory {folder}: {problem}; choose a "
+                    "folder you can write to",
                     exit_code=73,
-                ) from None
+                )
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.boilerplate_only:
             return write_boilerplate(cfg)
         if cfg.analysis_level != "group":  # the group level reads what is already there
-            cfg.make_writable_dirs()
+            cfg.check_writable_dirs()
     except ConfigError as err:
         print(f"contrareg-bids: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -326,16 +326,7 @@ def build_subject_workflow(
         name=f"{sid.replace('-', '_')}_wf",
     )
     wf.base_dir = str(cfg.work_dir)
-    wf.config["execution"] = {
-        "crashdump_dir": str(run_log_dir(cfg.output_dir, subject, cfg.run_uuid)),
-        "crashfile_format": "txt",
-        "hash_method": "content",
-        "remove_unnecessary_outputs": False,
-        "stop_on_first_crash": True,
-        # MultiProc polls its workers every 2 s by default, most of the run time of a small
-        # subject (HALFpipe uses 0.1 s too)
-        "poll_sleep_duration": 0.1,
-    }
+    wf.config["execution"] = execution_config(run_log_dir(cfg.output_dir, subject, cfg.run_uuid))
     if cfg.write_graph:
         write_workflow_graph(wf)
     return wf
@@ -367,12 +358,7 @@ def prepare_reference(cfg: RunConfig, ref, crash_dir: Path) -> dict[str, Path]:
             ref=ref, sloppy=cfg.sloppy, seed=cfg.random_seed, name=f"reference_{digest}_wf"
         )
         wf.base_dir = str(cfg.work_dir)
-        wf.config["execution"] = {
-            "hash_method": "content",
-            "remove_unnecessary_outputs": False,
-            "crashfile_format": "txt",
-            "crashdump_dir": str(crash_dir),  # a failure is the asking subject's
-        }
+        wf.config["execution"] = execution_config(crash_dir)  # a failure is the asker's
         graph = wf.run(plugin="Linear")  # identity nodes (outputnode) are not in its graph
 
         def out(node: str) -> Path:
@@ -394,6 +380,20 @@ def node_outputs(execgraph, name: str):
         if node.name == name:
             return node.result.outputs
     raise RuntimeError(f"the workflow ran without its node {name!r}")
+
+
+def execution_config(crash_dir: Path) -> dict:
+    """Nipype's execution settings of every workflow the app runs."""
+    return {
+        "crashdump_dir": str(crash_dir),
+        "crashfile_format": "txt",
+        "hash_method": "content",  # a work directory survives copying
+        "remove_unnecessary_outputs": False,
+        "stop_on_first_crash": True,
+        # MultiProc polls its workers every 2 s by default, most of the run time of a small
+        # subject (HALFpipe uses 0.1 s too)
+        "poll_sleep_duration": 0.1,
+    }
 
 
 def write_workflow_graph(wf) -> None:

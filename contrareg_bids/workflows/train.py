@@ -170,7 +170,7 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
 
     from ..io.bids import collect_anatomicals, subject_session_id
     from ..io.derivatives import find_subject_derivatives
-    from .base import SubjectError, _plugin, node_outputs, resolve_reference
+    from .base import SubjectError, _plugin, execution_config, node_outputs, resolve_reference
 
     sid = subject_session_id(subject, session)
     anat = collect_anatomicals(layout, subject, session, cfg.bids_filters)
@@ -204,14 +204,7 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
         name=f"{sid.replace('-', '_')}_wf",
     )
     wf.base_dir = str(cfg.work_dir)
-    wf.config["execution"] = {
-        "crashdump_dir": str(run_log_dir(cfg.output_dir, subject, cfg.run_uuid)),
-        "crashfile_format": "txt",
-        "hash_method": "content",
-        "remove_unnecessary_outputs": False,
-        "stop_on_first_crash": True,
-        "poll_sleep_duration": 0.1,
-    }
+    wf.config["execution"] = execution_config(run_log_dir(cfg.output_dir, subject, cfg.run_uuid))
     plugin, plugin_args = _plugin(cfg)
     eg = wf.run(plugin=plugin, plugin_args=plugin_args)
     vol = node_outputs(eg, "training_volumes")
