@@ -268,9 +268,9 @@ def train_options(args) -> dict:
 
 def default_threads(nprocs: int | None) -> int:
     """``--omp-nthreads`` when not given: fMRIPrep's rule on ``--nprocs`` (or the CPUs)."""
-    from .processing.threads import default_omp_nthreads
+    from .processing.threads import available_cpus, default_omp_nthreads
 
-    return default_omp_nthreads(nprocs or os.cpu_count() or 1)
+    return default_omp_nthreads(nprocs or available_cpus())
 
 
 def _run_uuid() -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
+
+from .processing.threads import available_cpus
 
 LOGGER = logging.getLogger("contrareg_bids.demo")
 
@@ -233,14 +234,6 @@ def write_bids_dataset(
     return ids
 
 
-def _threads() -> int:
-    """CPUs this process may use (the affinity mask, not the machine's count)."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _app(argv: list[str], stage: str) -> None:
     """``contrareg-bids ARGV`` in this process; a non-zero exit code stops the demo."""
     from contrareg_bids.cli.run import main as app_main
@@ -300,7 +293,7 @@ def run_demo(
     ids = write_bids_dataset(bids, n_subjects, seed, factor=mm)
     times["simulate"] = time.perf_counter() - t0
     train_ids, test_ids = ids[:-n_test], ids[-n_test:]
-    threads = str(nthreads or min(_threads(), 8))
+    threads = str(nthreads or min(available_cpus(), 8))
     common = [
         "-w",
         str(work),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["MAX_DEFAULT_OMP_NTHREADS", "default_omp_nthreads", "limit_threads"]
+__all__ = ["MAX_DEFAULT_OMP_NTHREADS", "available_cpus", "default_omp_nthreads", "limit_threads"]
 
 #: fMRIPrep's cap on the default threads per process: more rarely pays off for one node.
 MAX_DEFAULT_OMP_NTHREADS = 8
@@ -25,6 +25,15 @@ THREAD_VARIABLES = (
     "MKL_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
 )
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (the affinity mask where the OS has one, e.g. in cgroups or
+    a SLURM allocation), not the machine's count."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def default_omp_nthreads(nprocs: int) -> int:

@@ -18,7 +18,6 @@ in the middle of an epoch pass ``skip=`` the number of samples this rank already
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
+
+from contrareg_bids.processing.threads import available_cpus
 
 _MASK63 = (1 << 63) - 1
 
@@ -116,14 +117,6 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)  # noqa: NPY002 - the legacy global state is what is seeded here
     random.seed(seed)
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (the affinity mask where the OS has one, e.g. in cgroups)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def default_num_workers() -> int:

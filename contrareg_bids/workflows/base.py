@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..cli import exit_codes
 from ..config import RunConfig, default_threads
-from ..processing.threads import limit_threads
+from ..processing.threads import available_cpus, limit_threads
 
 if TYPE_CHECKING:
     from .registration import ReferenceInputs
@@ -228,7 +228,7 @@ def _plugin(cfg: RunConfig, share: int = 1) -> tuple[str, dict]:
 
         settings = yaml.safe_load(cfg.use_plugin.read_text()) or {}
         return settings.get("plugin", "MultiProc"), settings.get("plugin_args", {})
-    nprocs = max(1, (cfg.nprocs or os.cpu_count() or 1) // share)
+    nprocs = max(1, (cfg.nprocs or available_cpus()) // share)
     if nprocs == 1:
         return "Linear", {}
     args: dict = {"n_procs": nprocs, "raise_insufficient": False}
@@ -245,7 +245,7 @@ def concurrent_subjects(cfg: RunConfig, n_tasks: int) -> int:
     with a user's Nipype plugin (it decides) or a single subject."""
     if cfg.use_plugin is not None or n_tasks < 2:
         return 1
-    nprocs = cfg.nprocs or os.cpu_count() or 1
+    nprocs = cfg.nprocs or available_cpus()
     slots = max(1, nprocs // max(1, cfg.omp_nthreads or default_threads(cfg.nprocs)))
     if cfg.registration == "contrareg" and cfg.n_gpus:
         slots = min(slots, cfg.n_gpus)
