@@ -173,3 +173,15 @@ def tiny_bundle(tmp_path_factory, icbm_small, icbm_subjects) -> Path:
     """A tiny ContraReg bundle (MI loss, a few steps, ch=8) on the 4 mm ICBM grid, trained
     once per session: enough to run the participant level, not to beat the affine."""
     return train_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"), icbm_small, icbm_subjects)
+
+
+@pytest.fixture(autouse=True)
+def _drop_app_log_handler():
+    """The app's command lines install a root log handler (contrareg_bids.cli.logs); a test
+    that calls one in this process must not leave it writing into the next test's stderr."""
+    yield
+    import logging
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "contrareg", False)]:
+        root.removeHandler(handler)

@@ -97,9 +97,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--seed", "--random-seed", dest="seed", type=int, default=0, help="ANTs random seed"
     )
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bar; warnings and errors only"
-    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -120,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(quiet=int(args.quiet), fmt="%(message)s")
+    setup_logging(fmt="%(message)s")  # -q hides the progress bar only
     from ..evaluation.sweep import read_pairs_tsv, run_sweep
     from ..io.bundle import BundleError
 

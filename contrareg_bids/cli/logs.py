@@ -11,6 +11,7 @@ warnings and errors.
 from __future__ import annotations
 
 import logging
+import sys
 
 #: Loggers of libraries that report routine things at INFO (bidsschematools: "No schema
 #: path specified..." on every run).
@@ -29,6 +30,19 @@ CHATTY = (
 IMPORTANT = 25
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (test runners and notebooks
+    swap it; a handler bound to an old, closed stream would fail on every record)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def log_level(verbose: int = 0, quiet: int = 0) -> int:
     """The level of our own loggers for ``-v`` x verbose and ``-q`` x quiet."""
     if quiet:
@@ -43,7 +57,7 @@ def setup_logging(verbose: int = 0, quiet: int = 0, fmt: str | None = None) -> N
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "contrareg", False)]:
         root.removeHandler(old)  # ours from an earlier call; others' handlers stay
-    handler = logging.StreamHandler()
+    handler = _CurrentStderr()
     handler.contrareg = True
     fmt = fmt or "%(asctime)s [%(name)s] %(levelname)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))

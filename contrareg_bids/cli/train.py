@@ -87,9 +87,7 @@ def get_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--workers", type=int, help="data loader workers")
-    t.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bar; warnings and errors only"
-    )
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -141,7 +139,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    setup_logging(quiet=int(args.quiet))
+    setup_logging()  # -q hides the progress bar only: the log says what resumed and where
     from ..training.data import VolumeRecord
     from ..training.pipeline import read_record_list, train
 
