@@ -267,6 +267,11 @@ def collect_anatomicals(
     merged over the defaults ``datatype=anat, suffix=<modality>, extension=.nii/.nii.gz``;
     ``null`` means "entity absent" and ``"*"`` "any value". ``session=None`` does not filter
     on sessions. Several runs are all returned (the workflow uses the first and warns).
+
+    Why not niworkflows' ``collect_data``: it queries fMRIPrep's set of suffixes (T1w, T2w,
+    FLAIR, bold, ...) with their own defaults and no ``"*"``; here only the two anatomical
+    modalities are wanted, with the same filter file semantics, and a bad entity in the
+    filter file is named as the user wrote it.
     """
     from bids.exceptions import BIDSEntityError
 

@@ -417,6 +417,11 @@ def standardize_image(
     ``kind="image"`` -> float32; ``"mask"`` -> uint8 (``> 0.5``); ``"labels"`` -> int16 (int32
     when needed; non-integer values refused). World coordinates are preserved exactly: only
     the voxel order changes, so the output overlays the input in any viewer.
+
+    Why ours and not niworkflows' ``ValidateImage``: that one repairs qform/sform and
+    reports it, but lets a truncated gzip, NaN/inf values, a real 4-D image or non-integer
+    labels through, each of which fails much later here with a message naming no file; this
+    one refuses them up front (and reorients to RAS, which the model grid needs).
     """
     in_file = Path(in_file)
     name = str(in_file)

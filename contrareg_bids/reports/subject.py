@@ -181,7 +181,11 @@ def build_subject_report(
     run_uuid: str | None = None,
 ) -> Path:
     """Write ``OUTPUT_DIR/sub-X[_ses-Y].html`` from what is on disk, with the errors of run
-    ``run_uuid`` (default: the newest run); returns its path."""
+    ``run_uuid`` (default: the newest run); returns its path.
+
+    Not (yet) nireports' YAML-driven assembler: the page's sections, captions and the
+    run-specific errors are here in a few dozen lines; moving to nireports is worth it when
+    the reports grow more sections."""
     output_dir = Path(output_dir)
     items = find_reportlets(output_dir, subject, session)
     by_desc: dict[str, list[Reportlet]] = {}

@@ -29,7 +29,11 @@ class SubjectError(ValueError):
 
 
 def write_dataset_description(cfg: RunConfig) -> Path:
-    """``dataset_description.json`` of the derivatives (atomic; rewritten each run)."""
+    """``dataset_description.json`` of the derivatives (atomic; rewritten each run).
+
+    smriprep's ``write_derivative_description``/``write_bidsignore`` do the same for
+    sMRIPrep's own names and version; smriprep (with its FreeSurfer/niworkflows chain) is not
+    a dependency of this app, and the two writers here are twenty lines."""
     generated = {
         "Name": "contrareg-bids",
         "Version": __version__,
