@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "DEFAULT_LOG_JACOBIAN_CLIP",
@@ -56,6 +55,14 @@ DEFAULT_LOG_JACOBIAN_CLIP = 1e-9
 
 
 # --------------------------------------------------------------------------- helpers
+def _ndimage():
+    """scipy.ndimage, imported when first needed: the configuration imports this module for
+    :data:`FOLDING_LIMIT_PERCENT`, and a command line that exits early should not pay for it."""
+    from scipy import ndimage
+
+    return ndimage
+
+
 def _to_numpy(x: Any, name: str) -> np.ndarray:
     """Return ``x`` as a numpy array (torch tensors are detached and moved to the CPU)."""
     if x is None:
@@ -159,12 +166,12 @@ def _label_masks(
 
     Voxel counts are unchanged by the crop, and the margin keeps surfaces identical (grid
     borders still count as outside); this makes per-label work proportional to the size of
-    each structure instead of the whole volume. Boxes come from ``ndimage.find_objects``
+    each structure instead of the whole volume. Boxes come from ``_ndimage().find_objects``
     (one pass) when labels are non-negative; absent labels yield empty masks.
     """
     fast = a.size > 0 and min(a.min(), b.min()) >= 0 and max(a.max(), b.max()) < 2**20
-    objs_a = ndimage.find_objects(a) if fast else []
-    objs_b = ndimage.find_objects(b) if fast else []
+    objs_a = _ndimage().find_objects(a) if fast else []
+    objs_b = _ndimage().find_objects(b) if fast else []
     full = tuple(slice(0, s) for s in a.shape)
     for lab in wanted:
         if not fast or lab <= 0:
@@ -372,13 +379,13 @@ def summarize_warp(
 
 
 # --------------------------------------------------------------------------- HD95
-_SIX_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
+_SIX_NEIGHBOURS = _ndimage().generate_binary_structure(3, 1)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Label voxels with at least one non-label 6-neighbour (outside the grid counts as
     non-label, so voxels on the array border are surface)."""
-    return mask & ~ndimage.binary_erosion(mask, structure=_SIX_NEIGHBOURS, border_value=0)
+    return mask & ~_ndimage().binary_erosion(mask, structure=_SIX_NEIGHBOURS, border_value=0)
 
 
 def _hd95_masks(in_a: np.ndarray, in_b: np.ndarray, spacing: tuple[float, ...]) -> float:
@@ -391,8 +398,8 @@ def _hd95_masks(in_a: np.ndarray, in_b: np.ndarray, spacing: tuple[float, ...]) 
     idx = np.nonzero(surf_a | surf_b)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
     surf_a, surf_b = surf_a[box], surf_b[box]
-    d_ab = ndimage.distance_transform_edt(~surf_b, sampling=spacing)[surf_a]
-    d_ba = ndimage.distance_transform_edt(~surf_a, sampling=spacing)[surf_b]
+    d_ab = _ndimage().distance_transform_edt(~surf_b, sampling=spacing)[surf_a]
+    d_ba = _ndimage().distance_transform_edt(~surf_a, sampling=spacing)[surf_b]
     return float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
 
 
@@ -400,7 +407,7 @@ def hd95(a: Any, b: Any, label: int, spacing: Sequence[float] = (1.0, 1.0, 1.0))
     """95th-percentile symmetric Hausdorff distance (mm) between the surfaces of ``label``.
 
     Boundary agreement that Dice under-weights. Surfaces are label voxels with a non-label
-    6-neighbour; distances use ``scipy.ndimage.distance_transform_edt(sampling=spacing)``
+    6-neighbour; distances use ``scipy._ndimage().distance_transform_edt(sampling=spacing)``
     between voxel centres. Symmetric = ``max`` of the two directed 95th percentiles (as in
     MONAI's ``compute_hausdorff_distance(percentile=95)``). NaN if the label is absent from
     either map.

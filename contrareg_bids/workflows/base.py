@@ -497,15 +497,14 @@ def open_inputs(cfg: RunConfig) -> tuple[object, list[str], dict] | int:
 
 def run_participant_level(cfg: RunConfig) -> int:
     """Process every selected subject-session; exit code 0, 1 (some failed), 2, 16 or 18."""
-
-    cfg.seed_everything()
     from ..reports.subject import run_reports_only
 
     if cfg.reports_only:  # rebuild the HTML pages from the outputs on disk; run nothing
         return run_reports_only(cfg)
-    opened = open_inputs(cfg)
+    opened = open_inputs(cfg)  # before seeding, which imports torch: a bad label exits fast
     if isinstance(opened, int):
         return opened
+    cfg.seed_everything()
     layout, subjects, sessions_of = opened
     model = None
     if cfg.registration == "contrareg":
