@@ -388,3 +388,29 @@ def test_prepared_reference_keeps_the_node_names_and_connections(files, tmp_path
         assert names(prepared) == names(plain)
         assert edges(prepared) - edges(plain) == set()
         assert all(e[0] in own and e[2] in own for e in edges(plain) - edges(prepared))
+
+
+def test_prepared_reference_is_remade_when_its_files_are_gone(tmp_path):
+    """Regression: the per-process cache of the prepared reference pointed at files of a
+    work directory that had been removed since."""
+    import shutil
+
+    from contrareg_bids.workflows import base
+
+    brain = np.zeros((12, 14, 10), np.float32)
+    brain[2:10, 3:11, 2:8] = 100.0
+    ref_img = tmp_path / "ref_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(brain, np.eye(4)), str(ref_img))
+    mask = tmp_path / "ref_mask.nii.gz"
+    nib.save(nib.Nifti1Image((brain > 0).astype(np.uint8), np.eye(4)), str(mask))
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(brain * (1 + 0.1 * rng.random(brain.shape)).astype(np.float32),
+                             np.eye(4)), str(ref_img))  # fmt: skip
+    ref = ReferenceInputs(image=ref_img, space="X", mask=mask, is_template=True)
+    cfg = _cfg("x", work_dir=tmp_path / "w", output_dir=tmp_path / "o", sloppy=True,
+               random_seed=0, run_uuid="r")  # fmt: skip
+    first = base.prepare_reference(cfg, ref, tmp_path / "crash")
+    assert all(f.is_file() for f in first.values())
+    shutil.rmtree(tmp_path / "w")
+    again = base.prepare_reference(cfg, ref, tmp_path / "crash")
+    assert all(f.is_file() for f in again.values())

@@ -356,7 +356,9 @@ def prepare_reference(cfg: RunConfig, ref, crash_dir: Path) -> dict[str, Path]:
         cfg.random_seed,
         str(cfg.work_dir),
     )
-    if key not in _PREPARED_REFERENCES:
+    cached = _PREPARED_REFERENCES.get(key)
+    if cached is None or not all(f.is_file() for f in cached.values()):
+        # (files gone: a work directory removed between two runs of this process)
         digest = hashlib.sha1(repr(key).encode()).hexdigest()[:8]
         wf = init_reference_wf(
             ref=ref, sloppy=cfg.sloppy, seed=cfg.random_seed, name=f"reference_{digest}_wf"
