@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from contrareg_bids.training import samplers
+from contrareg_bids.training import stream
 from contrareg_bids.training.augment import IntensityAugment, IntensityParams, random_window
 from contrareg_bids.training.data import (
     AutoencoderDataset,
@@ -24,8 +24,6 @@ from contrareg_bids.training.data import (
     load_labels,
     load_mask,
     load_volume,
-    make_loader,
-    set_loader_epoch,
     split_records,
 )
 
@@ -342,13 +340,17 @@ def test_masks_labels_and_joint_crop(subjects, tmp_path):
 # ----------------------------------------------------------------------------- loaders
 
 
-def _batches(loader, epochs=(0, 1)):
-    out = []
-    for epoch in epochs:
-        loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            out.append((batch["image"].clone(), list(batch["id"])))
-    return out
+def _trainer_loader(ds, workers, seed=0, start_step=0, total_steps=6, rank=0, world_size=1):
+    """The loader the trainer builds (its step sampler, seeded generator, worker seeding)."""
+    from contrareg_bids.training.distributed import DistContext
+    from contrareg_bids.training.trainer import _loader
+
+    ctx = DistContext(rank, world_size, 0, torch.device("cpu"))
+    return _loader(ds, 2, seed, start_step, total_steps, ctx, workers)
+
+
+def _batches(loader):
+    return [(batch["image"].clone(), list(batch["id"])) for batch in loader]
 
 
 def _same(a, b):
@@ -360,52 +362,30 @@ def _same(a, b):
 def test_loader_reproducible_with_workers(subjects):
     t1, _ = subjects
 
-    def loader(workers, seed=0):
+    def loader(workers, seed=0, **kw):
         ds = AutoencoderDataset(t1, crop=6, seed=seed, samples_per_volume=3)
-        return make_loader(ds, batch_size=2, device="cpu", num_workers=workers, seed=seed)
+        return _trainer_loader(ds, workers, seed=seed, **kw)
 
     first = loader(2)
-    assert first.num_workers == 2 and first.persistent_workers and not first.pin_memory
+    assert first.num_workers == 2 and not first.pin_memory
     run1 = _batches(first)
-    run2 = _batches(loader(2))
-    assert _same(run1, run2)
+    assert _same(run1, _batches(loader(2)))
     assert run1[0][0].shape == (2, 1, 6, 6, 6)
     assert _same(run1, _batches(loader(0)))  # independent of the worker count
     assert not _same(run1, _batches(loader(2, seed=1)))
-    n = len(first)
-    assert not _same(run1[:n], run1[n:])  # epochs differ
+    assert _same(run1[4:], _batches(loader(0, start_step=4)))  # resumed mid-run
+    shards = [list(loader(0, rank=r, world_size=2, total_steps=3).sampler) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 6
+    assert sorted(i for shard in shards for _, i in shard) == list(range(12))  # rank shards
 
 
-def test_resume_mid_epoch_and_sharding(subjects):
-    t1, t2 = subjects
-    ds = PairDataset(t2, t1, samples_per_epoch=10)
-    full = make_loader(ds, batch_size=1, num_workers=0, seed=4)
-    set_loader_epoch(full, 3)
-    ids = [(b["moving_id"][0], b["fixed_id"][0]) for b in full]
-    resumed = make_loader(PairDataset(t2, t1, samples_per_epoch=10), num_workers=0, seed=4)
-    set_loader_epoch(resumed, 3, skip=4)
-    assert [(b["moving_id"][0], b["fixed_id"][0]) for b in resumed] == ids[4:]
-    shards = []
-    for rank in range(2):
-        ld = make_loader(ds, num_workers=0, seed=4, distributed=True, rank=rank, world_size=2)
-        ld.sampler.set_epoch(1)
-        shards.append([i for _, i in ld.sampler])
-    assert not set(shards[0]) & set(shards[1])
-    assert sorted(shards[0] + shards[1]) == list(range(10))
-    val = PairDataset(t2, t1, random=False)
-    assert [i for _, i in make_loader(val, num_workers=0).sampler] == list(range(len(val)))
-
-
-def test_default_workers_and_pinning(monkeypatch, subjects):
-    monkeypatch.setattr(samplers, "available_cpus", lambda: 2)
-    assert samplers.default_num_workers() == 1
-    monkeypatch.setattr(samplers, "available_cpus", lambda: 1)
-    assert samplers.default_num_workers() == 0
-    monkeypatch.setattr(samplers, "available_cpus", lambda: 32)
-    assert samplers.default_num_workers() == 2
-    ds = AutoencoderDataset(subjects[0], crop=4)
-    assert make_loader(ds, device="cuda:1", num_workers=0).pin_memory
-    assert not make_loader(ds, device=torch.device("cpu"), num_workers=0).pin_memory
+def test_default_workers(monkeypatch):
+    monkeypatch.setattr(stream, "available_cpus", lambda: 2)
+    assert stream.default_num_workers() == 1
+    monkeypatch.setattr(stream, "available_cpus", lambda: 1)
+    assert stream.default_num_workers() == 0
+    monkeypatch.setattr(stream, "available_cpus", lambda: 32)
+    assert stream.default_num_workers() == 2
 
 
 # ----------------------------------------------------------------------------- split, fingerprint

@@ -1,7 +1,7 @@
 """Spatial and intensity augmentation of single volumes, driven by an explicit generator.
 
 Every function takes a ``numpy.random.Generator`` (never global state) so that a sample is a
-pure function of ``(seed, epoch, index)``; see :func:`contrareg_bids.training.samplers.
+pure function of ``(seed, epoch, index)``; see :func:`contrareg_bids.training.stream.
 sample_rngs`. Arrays are ``(X, Y, Z)`` float32 intensities in [0, 1] (preprocessed volumes).
 
 Autoencoder pretraining (Dey et al., MICCAI 2022, Sec. 3) uses 128^3 crops, random flips and

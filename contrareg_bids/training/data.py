@@ -6,7 +6,7 @@ Nipype. Samples are dicts of ``(C, X, Y, Z)`` tensors (``C = 1``); ``DataLoader`
 make them ``(N, C, X, Y, Z)``.
 
 All randomness of a sample is a function of ``(seed, epoch, index)`` (see
-:mod:`contrareg_bids.training.samplers`), so a resumed run reproduces the data stream.
+:mod:`contrareg_bids.training.stream`), so a resumed run reproduces the data stream.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .augment import (
     random_flips,
     random_window,
 )
-from .samplers import EpochSampler, make_loader, sample_rngs, set_loader_epoch, unpack_index
+from .stream import sample_rngs, unpack_index
 
 Source = str | os.PathLike | np.ndarray
 
@@ -681,7 +681,6 @@ def data_fingerprint(records: Iterable[VolumeRecord], *, content: bool = False) 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "AutoencoderDataset",
-    "EpochSampler",
     "IntensityAugment",
     "PairDataset",
     "VolumeCache",
@@ -690,8 +689,6 @@ __all__ = [
     "load_labels",
     "load_mask",
     "load_volume",
-    "make_loader",
-    "set_loader_epoch",
     "split_records",
     "split_subjects",
 ]

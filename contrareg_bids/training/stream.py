@@ -1,12 +1,84 @@
-"""A resumable, rank-aware stream of sample indices: batch ``s`` is a pure function of
-``(seed, s)``, so a run killed at step ``k`` and resumed draws exactly the batches it would have.
+"""A resumable, rank-aware stream of sample indices and the randomness of each sample.
+
+Reproducibility model (what makes an interrupted-and-resumed run see the same data):
+
+* Batch ``s`` is a pure function of ``(seed, s)`` (:class:`StepSampler`), so a run killed at
+  step ``k`` and resumed draws exactly the batches it would have.
+* The randomness of sample ``index`` in ``epoch`` comes only from :func:`sample_rngs`
+  ``(seed, epoch, index)``, never from global or per-worker state, so it does not depend on
+  the number of workers, on which worker loads the sample, or on what was loaded before.
+* The trainer's sampler yields ``(epoch, index)`` items (:func:`unpack_index`), so the epoch
+  travels with each index into the workers: persistent workers hold their own copy of the
+  dataset, on which a ``dataset.set_epoch`` call in the main process would have no effect.
 """
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+from ..processing.threads import available_cpus
+
+__all__ = [
+    "StepSampler",
+    "default_num_workers",
+    "epoch_permutation",
+    "sample_rngs",
+    "seed_worker",
+    "seeded_generator",
+    "unpack_index",
+]
+
+
+def _entropy(*values: int) -> list[int]:
+    out = []
+    for v in values:
+        v = int(v)
+        if v < 0:
+            raise ValueError(f"seed, epoch and index must be >= 0, got {v}")
+        out.append(v)
+    return out
+
+
+def sample_rngs(seed: int, epoch: int, index: int, n: int = 1) -> list[np.random.Generator]:
+    """``n`` independent generators for sample ``index`` of ``epoch`` (``SeedSequence`` spawn).
+
+    Independent streams per purpose (crop, flips, intensities, pairing) mean that switching
+    one augmentation off does not change the draws of the others.
+    """
+    ss = np.random.SeedSequence(_entropy(seed, epoch, index))
+    return [np.random.default_rng(child) for child in ss.spawn(n)]
+
+
+def unpack_index(item: Any, default_epoch: int) -> tuple[int, int]:
+    """``index`` or ``(epoch, index)`` (as the trainer's sampler yields them) -> both."""
+    if isinstance(item, tuple | list):
+        epoch, index = item
+        return int(epoch), int(index)
+    return int(default_epoch), int(item)
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn``: seed Python and NumPy global state from the worker's torch seed.
+
+    The datasets here do not use global state; this only makes third-party code that does
+    (and anything a user adds) reproducible too. The torch seed of a worker is derived by the
+    DataLoader from its seeded ``generator``.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002 - the legacy global state is what is seeded here
+    random.seed(seed)
+
+
+def default_num_workers() -> int:
+    """``min(2, cpus - 1)``: one core stays with the training process (which runs the model),
+    so a 2-core machine gets 1 loader worker and both cores are busy without
+    oversubscription; loading preprocessed, cached volumes rarely needs more than 2."""
+    return max(0, min(2, available_cpus() - 1))
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:

@@ -34,8 +34,7 @@ from . import distributed as ddp
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from .config import AutoencoderTrainConfig, TrainConfig
 from .objective import RegistrationObjective
-from .samplers import default_num_workers, seed_worker
-from .stream import StepSampler, seeded_generator
+from .stream import StepSampler, default_num_workers, seed_worker, seeded_generator
 
 LOGGER = logging.getLogger("contrareg_bids.training")
 
