@@ -92,18 +92,35 @@ def build(
     return init_subject_registration_wf(**args)
 
 
+def executed(wf):
+    """The graph Nipype runs: nested workflows flattened, identity nodes (inputnode,
+    outputnode) removed and their connections joined up."""
+    from nipype.pipeline.engine.utils import generate_expanded_graph
+
+    return generate_expanded_graph(wf._create_flat_graph())
+
+
 def names(wf) -> set[str]:
-    """Nodes of the workflow, the QC reportlets aside (``test_report_nodes``)."""
-    return {n for n in wf.list_node_names() if not n.startswith("report_wf.")}
+    """Nodes that run, the QC reportlets aside (``test_report_nodes``)."""
+    return {n.name for n in executed(wf).nodes() if ".report_wf." not in f".{n.fullname}"}
 
 
 def edges(wf) -> set[tuple[str, str, str, str]]:
-    """``(source node, source field, destination node, destination field)``."""
+    """``(source node, source field, destination node, destination field)`` of the nodes
+    that run, across the factories' inputnode/outputnode."""
     out = set()
-    for u, v, d in wf._graph.edges(data=True):
+    for u, v, d in executed(wf).edges(data=True):
         for src, dst in d["connect"]:
             out.add((u.name, src if isinstance(src, str) else src[0], v.name, dst))
     return out
+
+
+def node_of(wf, name: str):
+    """The node ``name`` as it runs (names are unique), with the inputs its factory's
+    inputnode gave it."""
+    found = [n for n in executed(wf).nodes() if n.name == name]
+    assert len(found) == 1, (name, found)
+    return found[0]
 
 
 def test_both_modalities(files, tmp_path):
@@ -133,18 +150,18 @@ def test_both_modalities(files, tmp_path):
     # the reference mask reaches the subject through the affine when no mask is given
     assert ("affine_moving", "transform", "brain_mask", "affine") in e
     assert ("reference_mask", "out_file", "brain_mask", "reference_mask") in e
-    assert not isdefined(wf.get_node("brain_mask").inputs.given_mask)
+    assert not isdefined(node_of(wf, "brain_mask").inputs.given_mask)
     # output names
-    ds = wf.get_node("ds_xfm_to_ref").inputs
+    ds = node_of(wf, "ds_xfm_to_ref").inputs
     assert (getattr(ds, "from"), ds.to, ds.mode, ds.suffix) == ("T2w", "X", "image", "xfm")
-    ds = wf.get_node("ds_xfm_from_ref").inputs
+    ds = node_of(wf, "ds_xfm_from_ref").inputs
     assert (getattr(ds, "from"), ds.to) == ("X", "T2w")
-    ds = wf.get_node("ds_ref_dseg").inputs
+    ds = node_of(wf, "ds_ref_dseg").inputs
     assert (ds.space, ds.desc, ds.suffix) == ("T2w", "X", "dseg")
-    ds = wf.get_node("ds_ref_dseg_tsv").inputs
+    ds = node_of(wf, "ds_ref_dseg_tsv").inputs
     assert (ds.space, ds.desc, ds.extension) == ("T2w", "X", ".tsv")
-    assert wf.get_node("ds_other_ref").inputs.source_file == [str(files["T1w"])]
-    assert wf.get_node("ds_moving_ref").inputs.source_file == [str(files["T2w"])]
+    assert node_of(wf, "ds_other_ref").inputs.source_file == [str(files["T1w"])]
+    assert node_of(wf, "ds_moving_ref").inputs.source_file == [str(files["T2w"])]
 
 
 @pytest.mark.parametrize("moving", ["T1w", "T2w"])
@@ -152,33 +169,33 @@ def test_one_modality(files, tmp_path, moving):
     """Only the moving modality: no coregistration branch; names follow the modality."""
     wf = build(files, tmp_path, anat=(moving,), moving=moving)
     assert names(wf) == CORE | REF_DSEG | {"ds_ref_dseg_tsv"}
-    assert wf.get_node("validate_moving").inputs.in_file == str(files[moving])
-    assert getattr(wf.get_node("ds_xfm_to_ref").inputs, "from") == moving
-    assert wf.get_node("ds_ref_dseg").inputs.space == moving
-    assert wf.get_node("ds_ref_mask").inputs.space == moving
+    assert node_of(wf, "validate_moving").inputs.in_file == str(files[moving])
+    assert getattr(node_of(wf, "ds_xfm_to_ref").inputs, "from") == moving
+    assert node_of(wf, "ds_ref_dseg").inputs.space == moving
+    assert node_of(wf, "ds_ref_mask").inputs.space == moving
 
 
 def test_moving_t1w_with_t2w_as_the_other(files, tmp_path):
     wf = build(files, tmp_path, moving="T1w")
     assert OTHER <= names(wf)
-    assert wf.get_node("validate_moving").inputs.in_file == str(files["T1w"])
-    assert wf.get_node("validate_other").inputs.in_file == str(files["T2w"])
+    assert node_of(wf, "validate_moving").inputs.in_file == str(files["T1w"])
+    assert node_of(wf, "validate_other").inputs.in_file == str(files["T2w"])
 
 
 @pytest.mark.parametrize("session", [None, "1"])
 def test_sessions(files, tmp_path, session):
     wf = build(files, tmp_path, anat=("T2w",), session=session)
-    source = wf.get_node("ds_preproc").inputs.source_file
+    source = node_of(wf, "ds_preproc").inputs.source_file
     assert ("_ses-1_" in source[0]) is (session is not None)
     for node in ("ds_mask", "ds_moving_ref", "ds_xfm_to_ref", "ds_metrics"):
-        assert wf.get_node(node).inputs.source_file == source
+        assert node_of(wf, node).inputs.source_file == source
 
 
 def test_precomputed_mask_and_labels(files, tmp_path):
     wf = build(files, tmp_path, derivs=("mask", "labels"))
     assert names(wf) == CORE | OTHER | REF_DSEG | SUBJECT_LABELS | {"ds_ref_dseg_tsv"}
-    assert wf.get_node("brain_mask").inputs.given_mask == str(files["mask"])
-    metrics = wf.get_node("metrics").inputs
+    assert node_of(wf, "brain_mask").inputs.given_mask == str(files["mask"])
+    metrics = node_of(wf, "metrics").inputs
     assert metrics.subject_labels == str(files["labels"])
     e = edges(wf)
     assert ("ref_dseg_to_subject", "out_file", "metrics", "reference_labels") in e
@@ -186,33 +203,33 @@ def test_precomputed_mask_and_labels(files, tmp_path):
     assert metrics.reference_dseg  # the reference labels, for the affine-only Dice
     assert ("export_xfms", "reference_to_subject", "subject_labels_to_ref", "transforms") in e
     assert ("validate_reference", "out_file", "subject_labels_to_ref", "reference") in e
-    assert wf.get_node("subject_labels_to_ref").inputs.interpolation == "label"
-    assert wf.get_node("ds_subject_dseg_ref").inputs.space == "X"
+    assert node_of(wf, "subject_labels_to_ref").inputs.interpolation == "label"
+    assert node_of(wf, "ds_subject_dseg_ref").inputs.space == "X"
 
 
 def test_labels_without_reference_dseg(files, tmp_path):
     """Subject labels still go to the reference; no Dice without reference labels."""
     wf = build(files, tmp_path, derivs=("labels",), ref_dseg=False)
     assert names(wf) == CORE | OTHER | SUBJECT_LABELS
-    assert not isdefined(wf.get_node("metrics").inputs.subject_labels)
+    assert not isdefined(node_of(wf, "metrics").inputs.subject_labels)
     assert not any(dst == "metrics" and f == "reference_labels" for *_, dst, f in edges(wf))
 
 
 def test_contrareg_and_ants(files, tmp_path):
     wf = build(files, tmp_path, lam=0.3, device="cuda:1", use_gpu=True)
-    register = wf.get_node("register")
+    register = node_of(wf, "register")
     assert isinstance(register.interface, ContraRegister)
     assert register.inputs.model == str(files["model"])
     assert (register.inputs.lam, register.inputs.device, register.inputs.use_gpu) == (
         0.3, "cuda:1", True,
     )  # fmt: skip
-    assert wf.get_node("metrics").inputs.lam == 0.3
+    assert node_of(wf, "metrics").inputs.lam == 0.3
 
     wf = build(files, tmp_path, registration="ants", seed=7, sloppy=True)
-    register = wf.get_node("register")
+    register = node_of(wf, "register")
     assert isinstance(register.interface, AntsRegister)
     assert (register.inputs.seed, register.inputs.sloppy) == (7, True)
-    assert not isdefined(wf.get_node("metrics").inputs.lam)
+    assert not isdefined(node_of(wf, "metrics").inputs.lam)
     assert names(wf) == CORE | OTHER | REF_DSEG | {"ds_ref_dseg_tsv"}
 
 
@@ -228,32 +245,32 @@ def test_template_vs_participant_reference(files, tmp_path):
     wf = build(files, tmp_path, anat=("T2w",))
     assert "n4_reference" not in names(wf)
     assert ("validate_reference", "out_file", "reference_mask", "in_file") in edges(wf)
-    assert wf.get_node("reference_mask").inputs.given_mask == str(files["tpl_mask"])
+    assert node_of(wf, "reference_mask").inputs.given_mask == str(files["tpl_mask"])
 
     wf = build(files, tmp_path, anat=("T2w",), template=False)
     assert "n4_reference" in names(wf)
     e = edges(wf)
     assert ("n4_reference", "out_file", "reference_mask", "in_file") in e
     assert ("n4_reference", "out_file", "affine_moving", "fixed") in e
-    assert not isdefined(wf.get_node("reference_mask").inputs.given_mask)
+    assert not isdefined(node_of(wf, "reference_mask").inputs.given_mask)
     assert "ds_ref_dseg_tsv" not in names(wf)  # labels of a participant have no table
-    assert wf.get_node("ds_moving_ref").inputs.space == "sub02"
+    assert node_of(wf, "ds_moving_ref").inputs.space == "sub02"
 
 
 def test_cohort_entity(files, tmp_path):
     wf = build(files, tmp_path, cohort=2)
     for node in ("ds_moving_ref", "ds_other_ref"):
-        inputs = wf.get_node(node).inputs
+        inputs = node_of(wf, node).inputs
         assert (inputs.space, inputs.cohort) == ("X", "2")
     # the reference as a label of to-/from-/desc- keeps its cohort (smriprep's X+2)
-    assert wf.get_node("ds_xfm_to_ref").inputs.to == "X+2"
-    assert getattr(wf.get_node("ds_xfm_from_ref").inputs, "from") == "X+2"
+    assert node_of(wf, "ds_xfm_to_ref").inputs.to == "X+2"
+    assert getattr(node_of(wf, "ds_xfm_from_ref").inputs, "from") == "X+2"
     for node in ("ds_ref_mask", "ds_ref_dseg", "ds_ref_dseg_tsv"):
-        assert wf.get_node(node).inputs.desc == "X+2", node
+        assert node_of(wf, node).inputs.desc == "X+2", node
     wf = build(files, tmp_path)
-    assert not isdefined(wf.get_node("ds_moving_ref").inputs.cohort)
-    assert wf.get_node("ds_xfm_to_ref").inputs.to == "X"
-    assert wf.get_node("ds_ref_dseg").inputs.desc == "X"
+    assert not isdefined(node_of(wf, "ds_moving_ref").inputs.cohort)
+    assert node_of(wf, "ds_xfm_to_ref").inputs.to == "X"
+    assert node_of(wf, "ds_ref_dseg").inputs.desc == "X"
 
 
 def test_omp_nthreads_on_threaded_nodes(files, tmp_path):
@@ -264,11 +281,11 @@ def test_omp_nthreads_on_threaded_nodes(files, tmp_path):
                 "moving_to_ref", "ref_mask_to_subject", "ref_dseg_to_subject",
                 "other_to_ref"}  # fmt: skip
     for name in threaded:
-        node = wf.get_node(name)
+        node = node_of(wf, name)
         assert (node.inputs.num_threads, node.n_procs) == (3, 3), name
-    assert wf.get_node("normalize_moving").n_procs == 1
+    assert node_of(wf, "normalize_moving").n_procs == 1
     wf = build(files, tmp_path, registration="ants")
-    assert (wf.get_node("register").inputs.num_threads, wf.get_node("register").n_procs) == (1, 1)
+    assert (node_of(wf, "register").inputs.num_threads, node_of(wf, "register").n_procs) == (1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,22 +389,24 @@ def test_report_nodes(files, tmp_path):
     assert not any(n.startswith("report_wf.") for n in off)
 
 
-def test_prepared_reference_keeps_the_node_names_and_connections(files, tmp_path):
+def test_prepared_reference_feeds_the_same_connections(files, tmp_path):
     """A run prepares the reference once (``init_reference_wf``); subject workflows then
-    hold its files under the same node names, wired the same way."""
-    from contrareg_bids.workflows.registration import init_reference_wf
+    take its files in place of its nodes, wired the same way."""
+    from contrareg_bids.workflows.anatomical import init_reference_wf
 
     own = {"validate_reference", "n4_reference", "reference_mask", "normalize_reference"}
-    ref_wf = init_reference_wf(ref=ReferenceInputs(image=files["T1w"], space="X",
-                                                   is_template=False))  # fmt: skip
-    assert {n.name for n in ref_wf._graph.nodes()} == own | {"outputnode"}
+    ref_wf = init_reference_wf(is_template=False)
+    assert {n.name for n in ref_wf._graph.nodes()} == own | {"inputnode", "outputnode"}
     for template in (True, False):
         plain = build(files, tmp_path, template=template)
         prepared = build(files, tmp_path, template=template, reference_files={
             k: files["T1w"] for k in ("validated", "image", "mask", "normalized")})  # fmt: skip
-        assert names(prepared) == names(plain)
+        assert names(prepared) == names(plain) - own
         assert edges(prepared) - edges(plain) == set()
-        assert all(e[0] in own and e[2] in own for e in edges(plain) - edges(prepared))
+        assert all(e[0] in own for e in edges(plain) - edges(prepared))
+        given = node_of(prepared, "affine_moving")  # what the removed nodes would have fed
+        assert not any(e[2] == "affine_moving" and e[3] == "fixed" for e in edges(prepared))
+        assert given.name == "affine_moving"
 
 
 def test_prepared_reference_is_remade_when_its_files_are_gone(tmp_path):

@@ -156,7 +156,7 @@ def test_training_inputs_listed_for_contrareg_train(trained):
 def test_participant_uses_the_newest_bundle_and_the_work_dir(trained, tiny_templateflow, caplog):
     """``participant`` without ``--model`` takes ``OUT/models/<name>.safetensors``, says so,
     and reuses the preprocessing nodes ``train`` ran (same ``-w``)."""
-    n4 = trained["work"] / "sub_01_wf" / "n4_moving" / "result_n4_moving.pklz"
+    n4 = trained["work"] / "sub_01_wf" / "anat_preproc_wf" / "n4_moving" / "result_n4_moving.pklz"
     before = n4.stat().st_mtime_ns
     caplog.set_level(logging.INFO, logger="contrareg_bids")
     rc = run(trained["bids"], trained["out"], trained["work"], "participant", "--sloppy",

@@ -13,10 +13,11 @@ fixed grid) and ``out/moving_to_fixed_xfm.h5`` (the inverse), readable by
 ``antsApplyTransforms``, SimpleITK and nitransforms. Nipype's work directory is kept
 (``--work-dir``): running again reuses every finished node.
 
-The nodes, in order (the same chain as the BIDS-App's participant workflow):
-StandardizeImage -> N4BiasCorrect -> AffineRegister -> BrainMask -> NormalizeIntensity ->
-PrepareModelPair (the model grid, from the bundle) -> ContraRegister -> ExportTransforms ->
-ApplyWarp.
+Built from the same factories as the BIDS-App's participant workflow, each with an
+``inputnode`` and an ``outputnode``: ``init_reference_wf`` (FIXED: validate, mask,
+normalise), ``init_anat_preproc_wf`` (MOVING: validate, N4, affine, mask, normalise),
+``init_registration_wf`` (model grid, ContraReg, composite transforms) and
+``init_apply_wf`` (resampling).
 """
 
 from __future__ import annotations
@@ -29,23 +30,14 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from contrareg_bids.interfaces import (
-    AffineRegister,
-    ApplyWarp,
-    BrainMask,
-    ContraRegister,
-    ExportTransforms,
-    N4BiasCorrect,
-    NormalizeIntensity,
-    PrepareModelPair,
-    StandardizeImage,
-)
 from contrareg_bids.io.bundle import describe_bundle
+from contrareg_bids.workflows.anatomical import init_anat_preproc_wf, init_reference_wf
+from contrareg_bids.workflows.registration import init_apply_wf, init_registration_wf
 
-#: Workflow outputs -> (node, output) that makes it, and the file name in the output folder.
+#: Workflow outputs -> (node that makes it, its output) and the file name in the output folder.
 OUTPUTS = {
-    "moving_in_fixed": ("moving_to_fixed", "out_file", "moving_in_fixed.nii.gz"),
-    "fixed_mask_in_moving": ("mask_to_moving", "out_file", "fixed_mask_in_moving.nii.gz"),
+    "moving_in_fixed": ("moving_to_ref", "out_file", "moving_in_fixed.nii.gz"),
+    "fixed_mask_in_moving": ("ref_mask_to_subject", "out_file", "fixed_mask_in_moving.nii.gz"),
     "fixed_to_moving_xfm": ("export_xfms", "reference_to_subject", "fixed_to_moving_xfm.h5"),
     "moving_to_fixed_xfm": ("export_xfms", "subject_to_reference", "moving_to_fixed_xfm.h5"),
 }
@@ -69,68 +61,43 @@ def init_embedded_contrareg_wf(
     name: str = "embedded_contrareg_wf",
 ) -> pe.Workflow:
     """A workflow with ``inputnode.moving``/``inputnode.fixed`` and the keys of
-    :data:`OUTPUTS` as fields of ``outputnode``; ``fixed_mask`` is needed when FIXED is not
-    skull-stripped (the mask of the moving image is then carried through the affine)."""
+    :data:`OUTPUTS` as fields of ``outputnode``, built from the package's factories;
+    ``fixed_mask`` is needed when FIXED is not skull-stripped (the mask of the moving image
+    is then carried through the affine)."""
     shape, spacing = model_grid(model)
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["moving", "fixed"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=list(OUTPUTS)), name="outputnode")
-
-    validate_fixed = pe.Node(StandardizeImage(), name="validate_fixed")
-    validate_moving = pe.Node(StandardizeImage(), name="validate_moving")
-    fixed_brain = pe.Node(BrainMask(), name="fixed_brain")
-    if fixed_mask is not None:
-        fixed_brain.inputs.given_mask = str(fixed_mask)
-    normalize_fixed = pe.Node(NormalizeIntensity(), name="normalize_fixed")
-    n4_moving = pe.Node(N4BiasCorrect(sloppy=sloppy, seed=seed), name="n4_moving")
-    affine_moving = pe.Node(AffineRegister(sloppy=sloppy, seed=seed), name="affine_moving")
-    moving_brain = pe.Node(BrainMask(), name="moving_brain")
-    normalize_moving = pe.Node(NormalizeIntensity(), name="normalize_moving")
-    prepare_pair = pe.Node(PrepareModelPair(shape=shape, spacing=spacing), name="prepare_pair")
+    # FIXED as a template: validated, masked, normalised, no N4
+    fixed_wf = init_reference_wf(given_mask=fixed_mask, sloppy=sloppy, seed=seed, name="fixed_wf")
+    moving_wf = init_anat_preproc_wf(sloppy=sloppy, seed=seed, name="moving_wf")
     # use_gpu asks MultiProc for one of its n_gpu_procs slots (nipype >= 1.9)
-    register = pe.Node(
-        ContraRegister(model=str(model), lam=lam, device=device, use_gpu=use_gpu),
-        name="register",
-    )
-    export_xfms = pe.Node(ExportTransforms(), name="export_xfms")
-    moving_to_fixed = pe.Node(ApplyWarp(out_name="moving_in_fixed.nii.gz"), name="moving_to_fixed")
-    mask_to_moving = pe.Node(
-        ApplyWarp(interpolation="nearest", out_name="fixed_mask_in_moving.nii.gz"),
-        name="mask_to_moving",
-    )
-
+    registration_wf = init_registration_wf(
+        grid_shape=shape, grid_spacing=spacing, model=model, lam=lam, device=device,
+        use_gpu=use_gpu, seed=seed,
+    )  # fmt: skip
+    apply_wf = init_apply_wf()
     wf.connect([
-        (inputnode, validate_fixed, [("fixed", "in_file")]),
-        (inputnode, validate_moving, [("moving", "in_file")]),
-        (validate_fixed, fixed_brain, [("out_file", "in_file")]),
-        (validate_fixed, normalize_fixed, [("out_file", "in_file")]),
-        (fixed_brain, normalize_fixed, [("out_file", "mask_file")]),
-        (validate_moving, n4_moving, [("out_file", "in_file")]),
-        (validate_fixed, affine_moving, [("out_file", "fixed")]),
-        (n4_moving, affine_moving, [("out_file", "moving")]),
-        (n4_moving, moving_brain, [("out_file", "in_file")]),
-        (affine_moving, moving_brain, [("transform", "affine")]),
-        (fixed_brain, moving_brain, [("out_file", "reference_mask")]),
-        (n4_moving, normalize_moving, [("out_file", "in_file")]),
-        (moving_brain, normalize_moving, [("out_file", "mask_file")]),
-        (normalize_moving, prepare_pair, [("out_file", "moving")]),
-        (normalize_fixed, prepare_pair, [("out_file", "reference")]),
-        (fixed_brain, prepare_pair, [("out_file", "reference_mask")]),
-        (affine_moving, prepare_pair, [("transform", "affine")]),
-        (prepare_pair, register, [("moving", "moving"), ("fixed", "fixed")]),
-        (register, export_xfms, [("forward_field", "forward_field"),
-                                 ("inverse_field", "inverse_field")]),
-        (affine_moving, export_xfms, [("transform", "affine")]),
-        (n4_moving, moving_to_fixed, [("out_file", "in_file")]),
-        (validate_fixed, moving_to_fixed, [("out_file", "reference")]),
-        (export_xfms, moving_to_fixed, [("reference_to_subject", "transforms")]),
-        (fixed_brain, mask_to_moving, [("out_file", "in_file")]),
-        (n4_moving, mask_to_moving, [("out_file", "reference")]),
-        (export_xfms, mask_to_moving, [("subject_to_reference", "transforms")]),
-        (moving_to_fixed, outputnode, [("out_file", "moving_in_fixed")]),
-        (mask_to_moving, outputnode, [("out_file", "fixed_mask_in_moving")]),
-        (export_xfms, outputnode, [("reference_to_subject", "fixed_to_moving_xfm"),
-                                   ("subject_to_reference", "moving_to_fixed_xfm")]),
+        (inputnode, fixed_wf, [("fixed", "inputnode.in_file")]),
+        (inputnode, moving_wf, [("moving", "inputnode.in_file")]),
+        (fixed_wf, moving_wf, [("outputnode.image", "inputnode.reference"),
+                               ("outputnode.mask", "inputnode.reference_mask")]),
+        (fixed_wf, registration_wf, [("outputnode.normalized", "inputnode.reference"),
+                                     ("outputnode.mask", "inputnode.reference_mask")]),
+        (moving_wf, registration_wf, [("outputnode.normalized", "inputnode.moving"),
+                                      ("outputnode.affine", "inputnode.affine")]),
+        (fixed_wf, apply_wf, [("outputnode.validated", "inputnode.reference"),
+                              ("outputnode.mask", "inputnode.reference_mask")]),
+        (moving_wf, apply_wf, [("outputnode.preproc", "inputnode.moving")]),
+        (registration_wf, apply_wf, [
+            ("outputnode.reference_to_subject", "inputnode.reference_to_subject"),
+            ("outputnode.subject_to_reference", "inputnode.subject_to_reference")]),
+        (apply_wf, outputnode, [
+            ("outputnode.moving_in_reference", "moving_in_fixed"),
+            ("outputnode.reference_mask_in_subject", "fixed_mask_in_moving")]),
+        (registration_wf, outputnode, [
+            ("outputnode.reference_to_subject", "fixed_to_moving_xfm"),
+            ("outputnode.subject_to_reference", "moving_to_fixed_xfm")]),
     ])  # fmt: skip
     return wf
 

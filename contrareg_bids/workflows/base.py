@@ -267,14 +267,13 @@ def run_workflow(wf, plugin: str, plugin_args: dict) -> None:
     wf.run(plugin=plugin, plugin_args=plugin_args)
 
 
-def build_subject_workflow(
-    cfg: RunConfig, layout, subject: str, session: str | None, model: Path | None
-):
-    """The workflow of one subject-session, ready to run; raises :class:`SubjectError` when
-    the subject cannot be processed as asked."""
+def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None, ref):
+    """What the workflow factories need to know of one subject-session (its images, label
+    map and mask derivatives, an age given on the command line); raises
+    :class:`SubjectError` when it has no image of the moving modality."""
     from ..io.bids import age_override, collect_anatomicals, subject_session_id
     from ..io.derivatives import entities, find_subject_derivatives
-    from .registration import SubjectInputs, init_subject_registration_wf
+    from .registration import SubjectInputs
 
     sid = subject_session_id(subject, session)
     anat = collect_anatomicals(layout, subject, session, cfg.bids_filters)
@@ -288,8 +287,6 @@ def build_subject_workflow(
     for m, paths in found.items():
         if len(paths) > 1:
             LOGGER.warning("%s: %d %s images; using %s", sid, len(paths), m, paths[0])
-    ref = resolve_reference(cfg, layout, subject, session)
-    shape, spacing = _grid(cfg, model, ref)
     derivatives = find_subject_derivatives(
         cfg.derivatives,
         subject,
@@ -307,7 +304,23 @@ def build_subject_workflow(
         age_weeks=age_weeks,
         age_source=age_source,
     )
+    return subj
+
+
+def build_subject_workflow(
+    cfg: RunConfig, layout, subject: str, session: str | None, model: Path | None
+):
+    """The workflow of one subject-session, ready to run; raises :class:`SubjectError` when
+    the subject cannot be processed as asked."""
+    from ..io.bids import subject_session_id
+    from .registration import init_subject_registration_wf
+
+    sid = subject_session_id(subject, session)
+    ref = resolve_reference(cfg, layout, subject, session)
+    subj = subject_inputs(cfg, layout, subject, session, ref)
+    shape, spacing = _grid(cfg, model, ref)
     wf = init_subject_registration_wf(
+
         subj=subj,
         ref=ref,
         output_dir=cfg.output_dir,
@@ -346,7 +359,7 @@ def prepare_reference(cfg: RunConfig, ref, crash_dir: Path) -> dict[str, Path]:
     bias-corrected a participant reference again. Cached in the work directory too."""
     import hashlib
 
-    from .registration import init_reference_wf
+    from .anatomical import init_reference_wf
 
     key = (
         str(ref.image),
@@ -361,8 +374,13 @@ def prepare_reference(cfg: RunConfig, ref, crash_dir: Path) -> dict[str, Path]:
         # (files gone: a work directory removed between two runs of this process)
         digest = hashlib.sha1(repr(key).encode()).hexdigest()[:8]
         wf = init_reference_wf(
-            ref=ref, sloppy=cfg.sloppy, seed=cfg.random_seed, name=f"reference_{digest}_wf"
+            is_template=ref.is_template,
+            given_mask=ref.mask,
+            sloppy=cfg.sloppy,
+            seed=cfg.random_seed,
+            name=f"reference_{digest}_wf",
         )
+        wf.inputs.inputnode.in_file = str(ref.image)
         wf.base_dir = str(cfg.work_dir)
         wf.config["execution"] = execution_config(crash_dir)  # a failure is the asker's
         graph = wf.run(plugin="Linear")  # identity nodes (outputnode) are not in its graph

@@ -1,25 +1,169 @@
-"""Derivatives sinks: BIDS-Derivatives names in OUTPUT_DIR (niworkflows' DerivativesDataSink)."""
+"""Derivatives sinks (``init_ds_*_wf``): what one subject-session writes to OUTPUT_DIR, with
+BIDS-Derivatives names and sidecars (``Sources``, ``SpatialReference``), as smriprep's
+``init_ds_*`` workflows do. Their ``inputnode`` takes the files; nothing else is decided
+here."""
 
 from __future__ import annotations
 
-from niworkflows.interfaces.bids import DerivativesDataSink as _DDS
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-#: Patterns tried BEFORE niworkflows' own: the label table of a dseg keeps the entities of its
-#: image (niworkflows' ``dseg.tsv`` pattern has no ``space``/``cohort`` and would drop them).
-FIRST_PATTERNS = (
-    "sub-{subject}[/ses-{session}]/{datatype<anat>|anat}/sub-{subject}[_ses-{session}]"
-    "[_space-{space}][_cohort-{cohort}][_desc-{desc}]_{suffix<dseg>}{extension<.tsv|.json>}",
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.bids import DerivativesDataSink
+
+if TYPE_CHECKING:
+    from .registration import ReferenceInputs
+
+#: ``inputnode`` fields of :func:`init_ds_registration_wf`.
+DS_REGISTRATION_FIELDS = (
+    "preproc",  # bias-corrected moving image, subject space
+    "mask",  # its brain mask
+    "moving_in_reference",
+    "reference_to_subject",  # .h5
+    "subject_to_reference",  # .h5
+    "reference_mask_in_subject",
+    "reference_dseg_in_subject",
+    "subject_dseg_in_reference",
+    "metrics_tsv",
+    "metrics_json",
 )
-#: What niworkflows' patterns lack: the per-subject registration metrics table.
-EXTRA_PATTERNS = (
-    "sub-{subject}[/ses-{session}]/{datatype<anat>|anat}/sub-{subject}[_ses-{session}]"
-    "[_space-{space}][_cohort-{cohort}][_desc-{desc}]_{suffix<metrics>}{extension<.tsv|.json>}",
-)
 
 
-class DerivativesDataSink(_DDS):
-    """niworkflows' sink writing straight into ``OUTPUT_DIR`` (as fMRIPrep and nibabies do),
-    with our extra file patterns."""
+def _sink(
+    wf: pe.Workflow,
+    name: str,
+    field: str,
+    *,
+    output_dir: Path,
+    source_file: str,
+    meta: dict | None = None,
+    dismiss: tuple[str, ...] = ("echo",),
+    **entities,
+) -> pe.Node:
+    """One DerivativesDataSink fed by ``inputnode.<field>`` (None: ``in_file`` set by the
+    caller); NIfTI compressed; ``from`` is a Python keyword, hence ``from_``."""
+    frm = entities.pop("from_", None)
+    if entities.get("extension") is None:
+        entities["compress"] = True
+    node = pe.Node(
+        DerivativesDataSink(
+            base_directory=str(output_dir),
+            source_file=source_file,
+            **({"dismiss_entities": dismiss} if dismiss else {}),
+            **({"meta_dict": meta} if meta else {}),
+            **entities,
+        ),
+        name=name,
+        run_without_submitting=True,
+    )
+    if frm is not None:
+        setattr(node.inputs, "from", frm)
+    if field is None:
+        wf.add_nodes([node])
+    else:
+        wf.connect(wf.get_node("inputnode"), field, node, "in_file")
+    return node
 
-    out_path_base = ""
-    _file_patterns = FIRST_PATTERNS + tuple(_DDS._file_patterns) + EXTRA_PATTERNS
+
+def init_ds_registration_wf(
+    *,
+    output_dir: Path,
+    source_file: str,
+    moving_modality: str,
+    ref: ReferenceInputs,
+    bids_dir: Path | None = None,
+    reference_dseg: bool = False,
+    subject_dseg: bool = False,
+    name: str = "ds_registration_wf",
+) -> pe.Workflow:
+    """The moving image's outputs: preprocessed image and mask, the image in reference space,
+    the transforms both ways, the reference's mask (and labels, ``reference_dseg``) in the
+    subject, the subject's labels in reference space (``subject_dseg``), the metrics table.
+
+    Inputs: :data:`DS_REGISTRATION_FIELDS` (those of absent outputs are left unconnected).
+    """
+    from .registration import reference_label, source_uri, spatial_reference
+
+    wf = pe.Workflow(name=name)
+    fields = list(DS_REGISTRATION_FIELDS)
+    wf.add_nodes([pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")])
+    mod = moving_modality
+    label = reference_label(ref)
+    space = {"space": ref.space, **({"cohort": str(ref.cohort)} if ref.cohort else {})}
+    sources = {"Sources": [source_uri(source_file, bids_dir)]}
+    in_ref = {**sources, "SpatialReference": spatial_reference(ref, bids_dir)}
+    common = {"output_dir": output_dir, "source_file": source_file}
+    xfm = {"mode": "image", "suffix": "xfm", "extension": ".h5", "meta": in_ref}
+
+    _sink(wf, "ds_preproc", "preproc", desc="preproc", meta=sources, **common)
+    _sink(wf, "ds_mask", "mask", desc="brain", suffix="mask", meta=sources, **common)
+    _sink(wf, "ds_moving_ref", "moving_in_reference", desc="preproc", meta=in_ref, **space,
+          **common)  # fmt: skip
+    _sink(wf, "ds_xfm_to_ref", "reference_to_subject", from_=mod, to=label, **xfm, **common)
+    _sink(wf, "ds_xfm_from_ref", "subject_to_reference", from_=label, to=mod, **xfm, **common)
+    _sink(wf, "ds_ref_mask", "reference_mask_in_subject", space=mod, label="brain", desc=label,
+          suffix="mask", meta=sources, **common)  # fmt: skip
+    if reference_dseg:
+        _sink(wf, "ds_ref_dseg", "reference_dseg_in_subject", space=mod, desc=label,
+              suffix="dseg", meta=sources, **common)  # fmt: skip
+        if ref.dseg_tsv is not None:
+            ds_tsv = _sink(wf, "ds_ref_dseg_tsv", None, space=mod, desc=label, suffix="dseg",
+                           extension=".tsv", dismiss=(), **common)  # fmt: skip
+            ds_tsv.inputs.in_file = str(ref.dseg_tsv)
+    if subject_dseg:
+        _sink(wf, "ds_subject_dseg_ref", "subject_dseg_in_reference", suffix="dseg",
+              meta=in_ref, **space, **common)  # fmt: skip
+    for field, ext in (("metrics_tsv", ".tsv"), ("metrics_json", ".json")):
+        _sink(wf, f"ds_{field}".replace("_tsv", ""), field, desc="registration",
+              suffix="metrics", extension=ext, **common)  # fmt: skip
+    return wf
+
+
+def init_ds_other_wf(
+    *,
+    output_dir: Path,
+    source_file: str,
+    moving_source: str,
+    moving_modality: str,
+    other_modality: str,
+    ref: ReferenceInputs,
+    bids_dir: Path | None = None,
+    name: str = "ds_other_wf",
+) -> pe.Workflow:
+    """The other modality's outputs: coregistered onto the moving one, in reference space,
+    and the T1w <-> T2w coregistration both ways.
+
+    Inputs
+    ------
+    preproc
+        the other modality on the moving image's grid
+    in_reference
+        the other modality in reference space
+    to_moving, to_other
+        the coregistration as ITK .h5 (``from-<other>_to-<moving>`` and back)
+    """
+    from .registration import source_uri, spatial_reference
+
+    wf = pe.Workflow(name=name)
+    fields = ["preproc", "in_reference", "to_moving", "to_other"]
+    wf.add_nodes([pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")])
+    space = {"space": ref.space, **({"cohort": str(ref.cohort)} if ref.cohort else {})}
+    moving_sources = [source_uri(moving_source, bids_dir)]
+    sources = {"Sources": [source_uri(source_file, bids_dir), *moving_sources]}
+    in_ref = {**sources, "SpatialReference": spatial_reference(ref, bids_dir)}
+    _sink(wf, "ds_other_preproc", "preproc", desc="preproc", meta=sources, dismiss=(),
+          output_dir=output_dir, source_file=source_file)  # fmt: skip
+    _sink(wf, "ds_other_ref", "in_reference", desc="preproc", meta=in_ref, **space, dismiss=(),
+          output_dir=output_dir, source_file=source_file)  # fmt: skip
+    # the coregistration is named after the moving image (as the participant's transforms)
+    coreg = {"mode": "image", "suffix": "xfm", "extension": ".h5",
+             "meta": {"Sources": moving_sources,
+                      "SpatialReference": spatial_reference(ref, bids_dir)},
+             "output_dir": output_dir, "source_file": moving_source}  # fmt: skip
+    _sink(wf, "ds_coreg_to_moving", "to_moving", from_=other_modality, to=moving_modality,
+          **coreg)  # fmt: skip
+    _sink(wf, "ds_coreg_to_other", "to_other", from_=moving_modality, to=other_modality,
+          **coreg)  # fmt: skip
+    return wf

@@ -1,6 +1,9 @@
-"""One subject-session: preprocessing, affine, ContraReg (or SyN), transforms, outputs.
+"""Registration: the pair onto the model grid, ContraReg (or ANTs SyN), the transforms
+(:func:`init_registration_wf`), resampling with them (:func:`init_apply_wf`), and one
+subject-session of the participant level built from these and the anatomical pieces
+(:func:`init_subject_registration_wf`, DESIGN.md data flow steps 2-10).
 
-Node order follows DESIGN.md (data flow steps 2-10). Node names equal variable names.
+Node names equal variable names; every factory has an ``inputnode`` and an ``outputnode``.
 """
 
 from __future__ import annotations
@@ -12,21 +15,14 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces import (
-    AffineRegister,
     AntsRegister,
     ApplyWarp,
-    BrainMask,
     ContraRegister,
-    ExportLinearTransform,
     ExportTransforms,
-    N4BiasCorrect,
-    NormalizeIntensity,
     PrepareModelPair,
     RegistrationMetrics,
-    StandardizeImage,
 )
 from ..metrics import FOLDING_LIMIT_PERCENT
-from .outputs import DerivativesDataSink
 
 
 @dataclass
@@ -88,52 +84,197 @@ def spatial_reference(ref: ReferenceInputs, bids_dir: Path | None) -> str:
     return source_uri(ref.image, bids_dir)
 
 
-def _reference_nodes(wf: pe.Workflow, ref: ReferenceInputs, *, sloppy: bool, seed: int):
-    """validate -> [N4, not for templates] -> mask -> normalise, added to ``wf``; returns the
-    nodes (N4 None for a template)."""
-    validate_reference = pe.Node(
-        StandardizeImage(in_file=str(ref.image)), name="validate_reference"
-    )
-    reference_mask = pe.Node(BrainMask(), name="reference_mask")
-    if ref.mask is not None:
-        reference_mask.inputs.given_mask = str(ref.mask)
-    normalize_reference = pe.Node(NormalizeIntensity(), name="normalize_reference")
-    n4_reference = None
-    image = validate_reference
-    if not ref.is_template:
-        n4_reference = pe.Node(N4BiasCorrect(sloppy=sloppy, seed=seed), name="n4_reference")
-        wf.connect(validate_reference, "out_file", n4_reference, "in_file")
-        image = n4_reference
-    wf.connect([
-        (image, reference_mask, [("out_file", "in_file")]),
-        (image, normalize_reference, [("out_file", "in_file")]),
-        (reference_mask, normalize_reference, [("out_file", "mask_file")]),
-    ])  # fmt: skip
-    return validate_reference, n4_reference, reference_mask, normalize_reference
+#: ``outputnode`` fields of :func:`init_registration_wf`.
+REGISTRATION_FIELDS = (
+    "reference_to_subject",  # composite .h5: resamples the subject onto the reference grid
+    "subject_to_reference",  # its inverse
+    "forward_field",  # displacement on the model grid
+    "lam",  # the lambda used (chosen per subject with ``lam="auto"``)
+    "lambda_search",  # the search trace (``lam="auto"``)
+    "method",  # what ran: "contrareg" or "ants-syn"
+    "model_moving",  # the pair on the model grid, and the fixed mask there
+    "model_fixed",
+    "model_mask",
+)
 
 
-def init_reference_wf(
-    *, ref: ReferenceInputs, sloppy: bool = False, seed: int = 0, name: str = "reference_wf"
+def init_registration_wf(
+    *,
+    grid_shape: tuple[int, int, int],
+    grid_spacing: tuple[float, float, float],
+    registration: str = "contrareg",
+    model: Path | None = None,
+    lam: float | str = 0.1,
+    max_folding: float = FOLDING_LIMIT_PERCENT,
+    refine_steps: int = 0,
+    device: str = "auto",
+    use_gpu: bool = False,
+    seed: int = 0,
+    sloppy: bool = False,
+    name: str = "registration_wf",
 ) -> pe.Workflow:
-    """The reference's preprocessing alone (validate, N4 unless a template, brain mask,
-    intensity normalisation), to run once for every subject of a run.
+    """Deformable registration of a preprocessed pair: onto the model grid, ContraReg (or
+    ANTs SyN), and the composite transforms (affine + deformation) at native resolution.
 
-    Outputs (``outputnode``): ``validated`` (the grid the outputs are resampled on),
-    ``image`` (what the affine sees: N4-corrected unless a template), ``mask``,
-    ``normalized``.
+    ``lam="auto"`` chooses lambda per pair under the ``max_folding`` % budget;
+    ``refine_steps`` refines each warp with the bundle's own objective
+    (:mod:`contrareg_bids.nn.refine`).
+
+    Inputs
+    ------
+    moving
+        the subject, intensity-normalised, subject space
+    reference
+        the reference, intensity-normalised
+    reference_mask
+        the reference's brain mask
+    affine
+        reference -> subject affine (ITK .mat, :func:`init_anat_preproc_wf`)
+
+    Outputs: :data:`REGISTRATION_FIELDS`.
+    """
+    if registration == "contrareg" and model is None:
+        raise ValueError("a model bundle is required for --registration contrareg")
+    auto_lambda = lam == "auto"
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["moving", "reference", "reference_mask", "affine"]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=list(REGISTRATION_FIELDS)), name="outputnode"
+    )
+    prepare_pair = pe.Node(
+        PrepareModelPair(shape=tuple(grid_shape), spacing=tuple(grid_spacing)), name="prepare_pair"
+    )
+    if registration == "contrareg":
+        register = pe.Node(
+            ContraRegister(
+                model=str(model),
+                lam=0.1 if auto_lambda else lam,
+                auto_lambda=auto_lambda,
+                max_folding=max_folding,
+                device=device,
+                use_gpu=use_gpu,
+                refine_steps=refine_steps,
+                seed=seed,
+            ),
+            name="register",
+            n_procs=1,
+        )
+        wf.connect(register, "lam", outputnode, "lam")
+        if auto_lambda:
+            wf.connect(register, "lambda_search_info", outputnode, "lambda_search")
+    else:
+        register = pe.Node(AntsRegister(seed=seed, sloppy=sloppy), name="register")
+    export_xfms = pe.Node(ExportTransforms(), name="export_xfms")
+    wf.connect([
+        (inputnode, prepare_pair, [("moving", "moving"), ("reference", "reference"),
+                                   ("reference_mask", "reference_mask"), ("affine", "affine")]),
+        (inputnode, export_xfms, [("affine", "affine")]),
+        (prepare_pair, register, [("moving", "moving"), ("fixed", "fixed")]),
+        (register, export_xfms, [("forward_field", "forward_field"),
+                                 ("inverse_field", "inverse_field")]),
+        (export_xfms, outputnode, [("reference_to_subject", "reference_to_subject"),
+                                   ("subject_to_reference", "subject_to_reference")]),
+        # the method the node ran ("contrareg", "ants-syn"), not the --registration choice
+        (register, outputnode, [("forward_field", "forward_field"), ("method", "method")]),
+        (prepare_pair, outputnode, [("moving", "model_moving"), ("fixed", "model_fixed"),
+                                    ("fixed_mask", "model_mask")]),
+    ])  # fmt: skip
+    return wf
+
+
+#: ``outputnode`` fields of :func:`init_apply_wf`.
+APPLY_FIELDS = (
+    "moving_in_reference",
+    "reference_mask_in_subject",
+    "reference_dseg_in_subject",  # with ``reference_dseg``
+    "subject_dseg_in_reference",  # with ``subject_dseg``
+    "other_in_reference",  # with ``other``
+)
+
+
+def init_apply_wf(
+    *,
+    reference_dseg: Path | None = None,
+    subject_dseg: Path | None = None,
+    other: bool = False,
+    name: str = "apply_wf",
+) -> pe.Workflow:
+    """Resample with the registration's transforms: the subject (and its other modality)
+    into reference space, the reference's mask and labels into the subject, the subject's
+    labels into reference space.
+
+    Inputs
+    ------
+    moving
+        the subject's bias-corrected image (subject space)
+    reference
+        the reference on its own grid (the grid of reference-space outputs)
+    reference_mask
+        the reference's brain mask
+    reference_to_subject, subject_to_reference
+        :func:`init_registration_wf`'s transforms
+    other, other_transform
+        the other modality (own space) and its coregistration onto ``moving``
+
+    Outputs: :data:`APPLY_FIELDS`.
     """
     wf = pe.Workflow(name=name)
-    validate, n4, mask, normalize = _reference_nodes(wf, ref, sloppy=sloppy, seed=seed)
-    outputnode = pe.Node(
-        niu.IdentityInterface(fields=["validated", "image", "mask", "normalized"]),
-        name="outputnode",
+    inputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=["moving", "reference", "reference_mask", "reference_to_subject",
+                    "subject_to_reference", "other", "other_transform"]
+        ),
+        name="inputnode",
+    )  # fmt: skip
+    outputnode = pe.Node(niu.IdentityInterface(fields=list(APPLY_FIELDS)), name="outputnode")
+    moving_to_ref = pe.Node(ApplyWarp(out_name="moving_in_ref.nii.gz"), name="moving_to_ref")
+    ref_mask_to_subject = pe.Node(
+        ApplyWarp(interpolation="nearest", out_name="ref_mask.nii.gz"), name="ref_mask_to_subject"
     )
     wf.connect([
-        (validate, outputnode, [("out_file", "validated")]),
-        (validate if n4 is None else n4, outputnode, [("out_file", "image")]),
-        (mask, outputnode, [("out_file", "mask")]),
-        (normalize, outputnode, [("out_file", "normalized")]),
+        (inputnode, moving_to_ref, [("moving", "in_file"), ("reference", "reference"),
+                                    ("reference_to_subject", "transforms")]),
+        (inputnode, ref_mask_to_subject, [("reference_mask", "in_file"), ("moving", "reference"),
+                                          ("subject_to_reference", "transforms")]),
+        (moving_to_ref, outputnode, [("out_file", "moving_in_reference")]),
+        (ref_mask_to_subject, outputnode, [("out_file", "reference_mask_in_subject")]),
     ])  # fmt: skip
+    if reference_dseg is not None:
+        ref_dseg_to_subject = pe.Node(
+            ApplyWarp(in_file=str(reference_dseg), interpolation="label",
+                      out_name="ref_dseg.nii.gz"),
+            name="ref_dseg_to_subject",
+        )  # fmt: skip
+        wf.connect([
+            (inputnode, ref_dseg_to_subject, [("moving", "reference"),
+                                              ("subject_to_reference", "transforms")]),
+            (ref_dseg_to_subject, outputnode, [("out_file", "reference_dseg_in_subject")]),
+        ])  # fmt: skip
+    if subject_dseg is not None:
+        subject_labels_to_ref = pe.Node(
+            ApplyWarp(in_file=str(subject_dseg), interpolation="label",
+                      out_name="subject_dseg_in_ref.nii.gz"),
+            name="subject_labels_to_ref",
+        )  # fmt: skip
+        wf.connect([
+            (inputnode, subject_labels_to_ref, [("reference", "reference"),
+                                                ("reference_to_subject", "transforms")]),
+            (subject_labels_to_ref, outputnode, [("out_file", "subject_dseg_in_reference")]),
+        ])  # fmt: skip
+    if other:
+        other_to_ref = pe.Node(ApplyWarp(out_name="other_in_ref.nii.gz"), name="other_to_ref")
+        merge_xfms = pe.Node(niu.Merge(2), name="merge_xfms", run_without_submitting=True)
+        wf.connect([
+            # antspyx transformlist order: the FIRST acts first on the reference point
+            # (reference -> moving-modality subject space -> other modality)
+            (inputnode, merge_xfms, [("reference_to_subject", "in1"), ("other_transform", "in2")]),
+            (inputnode, other_to_ref, [("other", "in_file"), ("reference", "reference")]),
+            (merge_xfms, other_to_ref, [("out", "transforms")]),
+            (other_to_ref, outputnode, [("out_file", "other_in_reference")]),
+        ])  # fmt: skip
     return wf
 
 
@@ -159,234 +300,98 @@ def init_subject_registration_wf(
     reference_files: dict[str, Path] | None = None,
     name: str = "subject_wf",
 ) -> pe.Workflow:
-    """Build the workflow of one subject-session (see the module docstring).
-
-    ``reference_files`` (``validated``, ``image``, ``mask``, ``normalized``: what
-    :func:`init_reference_wf` makes) skips the reference's preprocessing: a run prepares a
-    reference once for all its subjects.
+    """One subject-session of the participant level, from the pieces: the reference
+    (:func:`init_reference_wf`, or ``reference_files`` it made once for a whole run), the
+    subject (:func:`init_anat_preproc_wf`, :func:`init_coreg_other_wf`), the registration
+    (:func:`init_registration_wf`), resampling (:func:`init_apply_wf`), the metrics, the
+    derivatives (``init_ds_*_wf``) and the QC reportlets (``reports``).
 
     ``bids_dir`` lets the sidecars name their ``Sources`` as BIDS URIs (``bids:raw:...``).
-    ``reports`` adds the QC reportlets (``sub-X/figures/``, :mod:`.reports`).
     ``omp_nthreads`` is the threads (and MultiProc slots) of each multi-threaded node.
-    ``lam="auto"`` chooses lambda per subject under the ``max_folding`` % budget; the
-    chosen lambda and the search trace go to the metrics TSV/JSON. ``refine_steps`` refines
-    each subject's warp with the bundle's objective (:mod:`contrareg_bids.nn.refine`).
+    ``lam="auto"``: the chosen lambda and the search trace go to the metrics TSV/JSON.
     """
+    from .anatomical import init_anat_preproc_wf, init_coreg_other_wf
+    from .outputs import init_ds_other_wf, init_ds_registration_wf
+
+    if grid_shape is None or grid_spacing is None:
+        raise ValueError("grid_shape and grid_spacing are required (model grid or reference grid)")
     wf = pe.Workflow(name=name)
-    auto_lambda = lam == "auto"
     mod = subj.moving_modality
     source = subj.anat[mod]
     other = next((m for m in subj.anat if m != mod), None)
-    entity_space = {"space": ref.space, **({"cohort": str(ref.cohort)} if ref.cohort else {})}
-    ref_label = reference_label(ref)  # the reference as the label of to-/from-/desc-
+    labels = subj.derivatives.get("labels")
 
-    # --- the reference (fixed modality): validate, [N4], mask, normalise; or, when the run
-    # prepared it once for all subjects (reference_files), the same node names holding
-    # its files, so that every connection below is the same either way
-    if reference_files is None:
-        validate_reference, n4_reference, reference_mask, normalize_reference = _reference_nodes(
-            wf, ref, sloppy=sloppy, seed=seed
-        )
-    else:
-
-        def given(node_name: str, key: str) -> pe.Node:
-            node = pe.Node(niu.IdentityInterface(fields=["out_file"]), name=node_name)
-            node.inputs.out_file = str(reference_files[key])
-            return node
-
-        validate_reference = given("validate_reference", "validated")
-        reference_mask = given("reference_mask", "mask")
-        normalize_reference = given("normalize_reference", "normalized")
-        n4_reference = None if ref.is_template else given("n4_reference", "image")
-        wf.add_nodes(
-            [
-                n
-                for n in (validate_reference, reference_mask, normalize_reference, n4_reference)
-                if n is not None
-            ]
-        )
-    ref_image = (validate_reference if n4_reference is None else n4_reference, "out_file")
-
-    # --- the subject: validate, N4, affine to the reference, mask, normalise
-    validate_moving = pe.Node(StandardizeImage(in_file=source), name="validate_moving")
-    n4_moving = pe.Node(N4BiasCorrect(sloppy=sloppy, seed=seed), name="n4_moving")
-    affine_moving = pe.Node(AffineRegister(seed=seed, sloppy=sloppy), name="affine_moving")
-    brain_mask = pe.Node(BrainMask(), name="brain_mask")
-    if "mask" in subj.derivatives:
-        brain_mask.inputs.given_mask = str(subj.derivatives["mask"])
-    normalize_moving = pe.Node(NormalizeIntensity(), name="normalize_moving")
-    wf.connect([
-        (validate_moving, n4_moving, [("out_file", "in_file")]),
-        (n4_moving, affine_moving, [("out_file", "moving")]),
-        (n4_moving, brain_mask, [("out_file", "in_file")]),
-        (affine_moving, brain_mask, [("transform", "affine")]),
-        (reference_mask, brain_mask, [("out_file", "reference_mask")]),
-        (n4_moving, normalize_moving, [("out_file", "in_file")]),
-        (brain_mask, normalize_moving, [("out_file", "mask_file")]),
-    ])  # fmt: skip
-    wf.connect(*ref_image, affine_moving, "fixed")
-
-    # --- the model grid and the registration
-    if grid_shape is None or grid_spacing is None:
-        raise ValueError("grid_shape and grid_spacing are required (model grid or reference grid)")
-    prepare_pair = pe.Node(
-        PrepareModelPair(shape=tuple(grid_shape), spacing=tuple(grid_spacing)), name="prepare_pair"
+    reference = reference_node(wf, ref, reference_files, sloppy=sloppy, seed=seed)
+    anat_preproc_wf = init_anat_preproc_wf(
+        given_mask=subj.derivatives.get("mask"), sloppy=sloppy, seed=seed
     )
-    wf.connect([
-        (normalize_moving, prepare_pair, [("out_file", "moving")]),
-        (normalize_reference, prepare_pair, [("out_file", "reference")]),
-        (reference_mask, prepare_pair, [("out_file", "reference_mask")]),
-        (affine_moving, prepare_pair, [("transform", "affine")]),
-    ])  # fmt: skip
-    if registration == "contrareg":
-        if model is None:
-            raise ValueError("a model bundle is required for --registration contrareg")
-        register = pe.Node(
-            ContraRegister(
-                model=str(model),
-                lam=0.1 if auto_lambda else lam,
-                auto_lambda=auto_lambda,
-                max_folding=max_folding,
-                device=device,
-                use_gpu=use_gpu,
-                refine_steps=refine_steps,
-                seed=seed,
-            ),
-            name="register",
-            n_procs=1,
-        )
-    else:
-        register = pe.Node(AntsRegister(seed=seed, sloppy=sloppy), name="register")
-    export_xfms = pe.Node(ExportTransforms(), name="export_xfms")
-    wf.connect([
-        (prepare_pair, register, [("moving", "moving"), ("fixed", "fixed")]),
-        (register, export_xfms, [("forward_field", "forward_field"),
-                                 ("inverse_field", "inverse_field")]),
-        (affine_moving, export_xfms, [("transform", "affine")]),
-    ])  # fmt: skip
-
-    # --- apply: subject into reference space, reference labels and mask into the subject
-    moving_to_ref = pe.Node(ApplyWarp(out_name="moving_in_ref.nii.gz"), name="moving_to_ref")
-    wf.connect([
-        (n4_moving, moving_to_ref, [("out_file", "in_file")]),
-        (validate_reference, moving_to_ref, [("out_file", "reference")]),
-        (export_xfms, moving_to_ref, [("reference_to_subject", "transforms")]),
-    ])  # fmt: skip
-    ref_mask_to_subject = pe.Node(
-        ApplyWarp(interpolation="nearest", out_name="ref_mask.nii.gz"), name="ref_mask_to_subject"
+    anat_preproc_wf.inputs.inputnode.in_file = source
+    registration_wf = init_registration_wf(
+        grid_shape=grid_shape,
+        grid_spacing=grid_spacing,
+        registration=registration,
+        model=model,
+        lam=lam,
+        max_folding=max_folding,
+        refine_steps=refine_steps,
+        device=device,
+        use_gpu=use_gpu,
+        seed=seed,
+        sloppy=sloppy,
     )
-    wf.connect([
-        (reference_mask, ref_mask_to_subject, [("out_file", "in_file")]),
-        (n4_moving, ref_mask_to_subject, [("out_file", "reference")]),
-        (export_xfms, ref_mask_to_subject, [("subject_to_reference", "transforms")]),
-    ])  # fmt: skip
-
-    spatial_ref = spatial_reference(ref, bids_dir)
-    sources = [source_uri(source, bids_dir)]
-
-    def sink(name, in_node, in_field, **entities):
-        if entities.get("extension") is None:
-            entities["compress"] = True  # NIfTI outputs as .nii.gz
-        if entities.get("extension") in (None, ".h5"):  # images and transforms: sidecars
-            entities["meta_dict"] = {"Sources": sources}
-            if entities.get("space") == ref.space or entities.get("suffix") == "xfm":
-                entities["meta_dict"]["SpatialReference"] = spatial_ref
-        node = pe.Node(
-            DerivativesDataSink(
-                base_directory=str(output_dir),
-                source_file=source,
-                dismiss_entities=("echo",),
-                **entities,
-            ),
-            name=name,
-            run_without_submitting=True,
-        )
-        wf.connect(in_node, in_field, node, "in_file")
-        return node
-
-    sink("ds_preproc", n4_moving, "out_file", desc="preproc")
-    sink("ds_mask", brain_mask, "out_file", desc="brain", suffix="mask")
-    sink("ds_moving_ref", moving_to_ref, "out_file", desc="preproc", **entity_space)
-    ds_xfm_fwd = sink(
-        "ds_xfm_to_ref",
-        export_xfms,
-        "reference_to_subject",
-        to=ref_label,
-        mode="image",
-        suffix="xfm",
-        extension=".h5",
-    )
-    setattr(ds_xfm_fwd.inputs, "from", mod)
-    ds_xfm_inv = sink(
-        "ds_xfm_from_ref",
-        export_xfms,
-        "subject_to_reference",
-        to=mod,
-        mode="image",
-        suffix="xfm",
-        extension=".h5",
-    )
-    setattr(ds_xfm_inv.inputs, "from", ref_label)
-    sink(
-        "ds_ref_mask",
-        ref_mask_to_subject,
-        "out_file",
-        space=mod,
-        label="brain",
-        desc=ref_label,
-        suffix="mask",
-    )
-
+    apply_wf = init_apply_wf(reference_dseg=ref.dseg, subject_dseg=labels, other=other is not None)
     metrics = pe.Node(
         RegistrationMetrics(extra={"seed": seed, "reference": ref.description}),
         name="metrics",
     )
-    if registration == "contrareg" and auto_lambda:
-        wf.connect(
-            [(register, metrics, [("lam", "lam"), ("lambda_search_info", "lambda_search")])]
-        )
+    ds_registration_wf = init_ds_registration_wf(
+        output_dir=output_dir,
+        source_file=source,
+        moving_modality=mod,
+        ref=ref,
+        bids_dir=bids_dir,
+        reference_dseg=ref.dseg is not None,
+        subject_dseg=labels is not None,
+    )
+    wf.connect([
+        (reference, anat_preproc_wf, [("image", "inputnode.reference"),
+                                      ("mask", "inputnode.reference_mask")]),
+        (reference, registration_wf, [("normalized", "inputnode.reference"),
+                                      ("mask", "inputnode.reference_mask")]),
+        (anat_preproc_wf, registration_wf, [("outputnode.normalized", "inputnode.moving"),
+                                            ("outputnode.affine", "inputnode.affine")]),
+        (reference, apply_wf, [("validated", "inputnode.reference"),
+                               ("mask", "inputnode.reference_mask")]),
+        (anat_preproc_wf, apply_wf, [("outputnode.preproc", "inputnode.moving")]),
+        (registration_wf, apply_wf, [
+            ("outputnode.reference_to_subject", "inputnode.reference_to_subject"),
+            ("outputnode.subject_to_reference", "inputnode.subject_to_reference")]),
+        (registration_wf, metrics, [("outputnode.forward_field", "forward_field"),
+                                    ("outputnode.method", "method"),
+                                    ("outputnode.model_mask", "mask")]),
+        (anat_preproc_wf, ds_registration_wf, [("outputnode.preproc", "inputnode.preproc"),
+                                               ("outputnode.mask", "inputnode.mask")]),
+        (registration_wf, ds_registration_wf, [
+            ("outputnode.reference_to_subject", "inputnode.reference_to_subject"),
+            ("outputnode.subject_to_reference", "inputnode.subject_to_reference")]),
+        (apply_wf, ds_registration_wf, [
+            ("outputnode.moving_in_reference", "inputnode.moving_in_reference"),
+            ("outputnode.reference_mask_in_subject", "inputnode.reference_mask_in_subject")]),
+        (metrics, ds_registration_wf, [("out_tsv", "inputnode.metrics_tsv"),
+                                       ("out_json", "inputnode.metrics_json")]),
+    ])  # fmt: skip
+    if registration == "contrareg" and lam == "auto":
+        wf.connect([
+            (registration_wf, metrics, [("outputnode.lam", "lam"),
+                                        ("outputnode.lambda_search", "lambda_search")]),
+        ])  # fmt: skip
     elif registration == "contrareg":
         metrics.inputs.lam = lam
-    wf.connect([
-        # the method the node ran ("contrareg", "ants-syn"), not the --registration choice
-        (register, metrics, [("forward_field", "forward_field"), ("method", "method")]),
-        (prepare_pair, metrics, [("fixed_mask", "mask")]),
-    ])  # fmt: skip
-
     if ref.dseg is not None:
-        ref_dseg_to_subject = pe.Node(
-            ApplyWarp(in_file=str(ref.dseg), interpolation="label", out_name="ref_dseg.nii.gz"),
-            name="ref_dseg_to_subject",
-        )
-        wf.connect([
-            (n4_moving, ref_dseg_to_subject, [("out_file", "reference")]),
-            (export_xfms, ref_dseg_to_subject, [("subject_to_reference", "transforms")]),
-        ])  # fmt: skip
-        sink(
-            "ds_ref_dseg",
-            ref_dseg_to_subject,
-            "out_file",
-            space=mod,
-            desc=ref_label,
-            suffix="dseg",
-        )
-        if ref.dseg_tsv is not None:
-            ds_tsv = pe.Node(
-                DerivativesDataSink(
-                    base_directory=str(output_dir),
-                    source_file=source,
-                    in_file=str(ref.dseg_tsv),
-                    space=mod,
-                    desc=ref_label,
-                    suffix="dseg",
-                    extension=".tsv",
-                ),
-                name="ds_ref_dseg_tsv",
-                run_without_submitting=True,
-            )
-            wf.add_nodes([ds_tsv])
-        if "labels" in subj.derivatives:
-            metrics.inputs.subject_labels = str(subj.derivatives["labels"])
+        wf.connect(apply_wf, "outputnode.reference_dseg_in_subject",
+                   ds_registration_wf, "inputnode.reference_dseg_in_subject")  # fmt: skip
+        if labels is not None:
+            metrics.inputs.subject_labels = str(labels)
             if "labels_tsv" in subj.derivatives:
                 metrics.inputs.subject_labels_tsv = str(subj.derivatives["labels_tsv"])
             if ref.dseg_tsv is not None:
@@ -394,91 +399,39 @@ def init_subject_registration_wf(
             # the affine-only baseline (mean_dice_affine): the same labels, no deformation
             metrics.inputs.reference_dseg = str(ref.dseg)
             wf.connect([
-                (ref_dseg_to_subject, metrics, [("out_file", "reference_labels")]),
-                (affine_moving, metrics, [("transform", "affine")]),
+                (apply_wf, metrics, [("outputnode.reference_dseg_in_subject",
+                                      "reference_labels")]),
+                (anat_preproc_wf, metrics, [("outputnode.affine", "affine")]),
             ])  # fmt: skip
-
-    if "labels" in subj.derivatives:
-        subject_labels_to_ref = pe.Node(
-            ApplyWarp(
-                in_file=str(subj.derivatives["labels"]),
-                interpolation="label",
-                out_name="subject_dseg_in_ref.nii.gz",
-            ),
-            name="subject_labels_to_ref",
-        )
-        wf.connect([
-            (validate_reference, subject_labels_to_ref, [("out_file", "reference")]),
-            (export_xfms, subject_labels_to_ref, [("reference_to_subject", "transforms")]),
-        ])  # fmt: skip
-        sink(
-            "ds_subject_dseg_ref", subject_labels_to_ref, "out_file", suffix="dseg", **entity_space
-        )
-
-    sink("ds_metrics", metrics, "out_tsv", desc="registration", suffix="metrics", extension=".tsv")
-    sink(
-        "ds_metrics_json",
-        metrics,
-        "out_json",
-        desc="registration",
-        suffix="metrics",
-        extension=".json",
-    )
+    if labels is not None:
+        wf.connect(apply_wf, "outputnode.subject_dseg_in_reference",
+                   ds_registration_wf, "inputnode.subject_dseg_in_reference")  # fmt: skip
 
     # --- the other modality: coregistered to the moving one, carried through the transforms
     if other is not None:
-        validate_other = pe.Node(StandardizeImage(in_file=subj.anat[other]), name="validate_other")
-        n4_other = pe.Node(N4BiasCorrect(sloppy=sloppy, seed=seed), name="n4_other")
-        coreg_other = pe.Node(
-            AffineRegister(transform_type="Rigid", seed=seed, sloppy=sloppy), name="coreg_other"
+        coreg_other_wf = init_coreg_other_wf(sloppy=sloppy, seed=seed)
+        coreg_other_wf.inputs.inputnode.in_file = subj.anat[other]
+        ds_other_wf = init_ds_other_wf(
+            output_dir=output_dir,
+            source_file=subj.anat[other],
+            moving_source=source,
+            moving_modality=mod,
+            other_modality=other,
+            ref=ref,
+            bids_dir=bids_dir,
         )
-        other_to_ref = pe.Node(ApplyWarp(out_name="other_in_ref.nii.gz"), name="other_to_ref")
-        merge_xfms = pe.Node(niu.Merge(2), name="merge_xfms", run_without_submitting=True)
         wf.connect([
-            (validate_other, n4_other, [("out_file", "in_file")]),
-            (n4_moving, coreg_other, [("out_file", "fixed")]),
-            (n4_other, coreg_other, [("out_file", "moving")]),
-            # antspyx transformlist order: the FIRST acts first on the reference point
-            # (reference -> moving-modality subject space -> other modality)
-            (export_xfms, merge_xfms, [("reference_to_subject", "in1")]),
-            (coreg_other, merge_xfms, [("transform", "in2")]),
-            (n4_other, other_to_ref, [("out_file", "in_file")]),
-            (validate_reference, other_to_ref, [("out_file", "reference")]),
-            (merge_xfms, other_to_ref, [("out", "transforms")]),
+            (anat_preproc_wf, coreg_other_wf, [("outputnode.preproc", "inputnode.target")]),
+            (coreg_other_wf, apply_wf, [("outputnode.corrected", "inputnode.other"),
+                                        ("outputnode.transform", "inputnode.other_transform")]),
+            (coreg_other_wf, ds_other_wf, [("outputnode.preproc", "inputnode.preproc"),
+                                           ("outputnode.to_target", "inputnode.to_moving"),
+                                           ("outputnode.from_target", "inputnode.to_other")]),
+            (apply_wf, ds_other_wf, [("outputnode.other_in_reference",
+                                      "inputnode.in_reference")]),
         ])  # fmt: skip
-        # the subject's own T1w <-> T2w coregistration, both ways (as nibabies writes it):
-        # from-<other>_to-<moving> resamples the other modality into the moving one's space
-        export_coreg = pe.Node(ExportLinearTransform(), name="export_coreg")
-        wf.connect(coreg_other, "transform", export_coreg, "transform")
-        for nm, fld, frm, to in (
-            ("ds_coreg_to_moving", "forward", other, mod),
-            ("ds_coreg_to_other", "inverse", mod, other),
-        ):
-            ds = sink(nm, export_coreg, fld, to=to, mode="image", suffix="xfm", extension=".h5")
-            setattr(ds.inputs, "from", frm)
-        other_source = subj.anat[other]
-        other_sources = [source_uri(other_source, bids_dir), *sources]
-        for nm, node, fld, ents in (
-            ("ds_other_preproc", coreg_other, "moved", {"desc": "preproc"}),
-            ("ds_other_ref", other_to_ref, "out_file", {"desc": "preproc", **entity_space}),
-        ):
-            meta = {"Sources": other_sources}
-            if "space" in ents:
-                meta["SpatialReference"] = spatial_ref
-            ds = pe.Node(
-                DerivativesDataSink(
-                    base_directory=str(output_dir),
-                    source_file=other_source,
-                    compress=True,
-                    meta_dict=meta,
-                    **ents,
-                ),
-                name=nm,
-                run_without_submitting=True,
-            )
-            wf.connect(node, fld, ds, "in_file")
 
-    # --- QC reportlets (the HTML page is assembled after the run, workflows/base.py)
+    # --- QC reportlets (the HTML page is assembled after the run, cli/)
     if reports:
         from .reports import init_report_wf, report_device, subject_age
 
@@ -506,32 +459,66 @@ def init_subject_registration_wf(
             other_modality=other,
             info=info,
             reference_labels=ref.dseg,
-            subject_labels=subj.derivatives.get("labels"),
+            subject_labels=labels,
             model=model if registration == "contrareg" else None,
             device=dev,
         )
-        labels_in_subject = ref_dseg_to_subject if ref.dseg is not None else ref_mask_to_subject
+        labels_in_subject = (
+            "outputnode.reference_dseg_in_subject"
+            if ref.dseg is not None
+            else "outputnode.reference_mask_in_subject"
+        )
         wf.connect([
-            (ref_image[0], report_wf, [(ref_image[1], "inputnode.reference")]),
-            (reference_mask, report_wf, [("out_file", "inputnode.reference_mask")]),
-            (affine_moving, report_wf, [("moved", "inputnode.affine_moved"),
-                                        ("transform", "inputnode.affine")]),
-            (moving_to_ref, report_wf, [("out_file", "inputnode.registered")]),
-            (n4_moving, report_wf, [("out_file", "inputnode.subject")]),
-            (brain_mask, report_wf, [("out_file", "inputnode.subject_mask")]),
-            (labels_in_subject, report_wf, [("out_file", "inputnode.labels_in_subject")]),
-            (register, report_wf, [("forward_field", "inputnode.forward_field")]),
-            (prepare_pair, report_wf, [("moving", "inputnode.model_moving"),
-                                       ("fixed", "inputnode.model_fixed"),
-                                       ("fixed_mask", "inputnode.model_mask")]),
+            (reference, report_wf, [("image", "inputnode.reference"),
+                                    ("mask", "inputnode.reference_mask")]),
+            (anat_preproc_wf, report_wf, [("outputnode.affine_moved", "inputnode.affine_moved"),
+                                          ("outputnode.affine", "inputnode.affine"),
+                                          ("outputnode.preproc", "inputnode.subject"),
+                                          ("outputnode.mask", "inputnode.subject_mask")]),
+            (apply_wf, report_wf, [("outputnode.moving_in_reference", "inputnode.registered"),
+                                   (labels_in_subject, "inputnode.labels_in_subject")]),
+            (registration_wf, report_wf, [
+                ("outputnode.forward_field", "inputnode.forward_field"),
+                ("outputnode.model_moving", "inputnode.model_moving"),
+                ("outputnode.model_fixed", "inputnode.model_fixed"),
+                ("outputnode.model_mask", "inputnode.model_mask")]),
             (metrics, report_wf, [("metrics", "inputnode.metrics")]),
         ])  # fmt: skip
         if registration == "contrareg":
-            wf.connect(register, "lam", report_wf, "inputnode.lam")
+            wf.connect(registration_wf, "outputnode.lam", report_wf, "inputnode.lam")
         if other is not None:
-            wf.connect(coreg_other, "moved", report_wf, "inputnode.other")
+            wf.connect(coreg_other_wf, "outputnode.preproc", report_wf, "inputnode.other")
     set_node_threads(wf, omp_nthreads)
     return wf
+
+
+def reference_node(
+    wf: pe.Workflow,
+    ref: ReferenceInputs,
+    reference_files: dict[str, Path] | None,
+    *,
+    sloppy: bool,
+    seed: int,
+) -> pe.Node:
+    """A node ``reference`` of ``wf`` with the fields of
+    :data:`~.anatomical.REFERENCE_FIELDS`: fed by :func:`init_reference_wf` inside ``wf``, or
+    holding ``reference_files``, the files that workflow made once for a whole run."""
+    from .anatomical import REFERENCE_FIELDS, init_reference_wf
+
+    reference = pe.Node(niu.IdentityInterface(fields=list(REFERENCE_FIELDS)), name="reference")
+    if reference_files is None:
+        reference_wf = init_reference_wf(
+            is_template=ref.is_template, given_mask=ref.mask, sloppy=sloppy, seed=seed
+        )
+        reference_wf.inputs.inputnode.in_file = str(ref.image)
+        wf.connect([
+            (reference_wf, reference, [(f"outputnode.{f}", f) for f in REFERENCE_FIELDS]),
+        ])  # fmt: skip
+    else:
+        for f in REFERENCE_FIELDS:
+            setattr(reference.inputs, f, str(reference_files[f]))
+        wf.add_nodes([reference])
+    return reference
 
 
 def set_node_threads(wf: pe.Workflow, omp_nthreads: int) -> None:

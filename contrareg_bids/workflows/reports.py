@@ -10,6 +10,7 @@ from typing import Any
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..interfaces.bids import DerivativesDataSink
 from ..interfaces.reports import (
     FlickerReport,
     JacobianReport,
@@ -17,7 +18,6 @@ from ..interfaces.reports import (
     LambdaStripReport,
     SummaryReport,
 )
-from .outputs import DerivativesDataSink
 
 #: Fields of the report workflow's ``inputnode`` (what the registration workflow provides).
 REPORT_FIELDS = (

@@ -1,7 +1,7 @@
 """Train level: the participant preprocessing for every selected subject-session, then
 ContraReg training on the result, and a model bundle in ``OUTPUT_DIR/models/``.
 
-The preprocessing is the participant workflow itself, cut after the model grid
+The preprocessing is built from the participant workflow's own factories
 (:func:`init_train_inputs_wf`): same workflow and node names, same inputs, so a
 ``participant`` run with the same ``-w`` reuses what ``train`` computed, and the other way
 round. Training state (checkpoints, CSV logs) lives in ``WORK_DIR/train/<name>/``; running
@@ -16,18 +16,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import networkx as nx
 from nipype.pipeline import engine as pe
 
 from ..cli import exit_codes
 from ..config import RunConfig, default_threads
 from ..io.run_logs import run_log_dir
-from .registration import ReferenceInputs, SubjectInputs, init_subject_registration_wf
+from .registration import ReferenceInputs, SubjectInputs
 
 LOGGER = logging.getLogger("contrareg_bids.train")
-
-#: Nodes of the participant workflow the train level needs (and everything upstream).
-KEEP = ("prepare_pair", "coreg_other", "brain_mask")
 
 
 @dataclass
@@ -95,71 +91,66 @@ def training_device(cfg: RunConfig) -> str:
 
 
 # ------------------------------------------------------------------------------ workflow
-def prune_workflow(wf: pe.Workflow, keep: tuple[str, ...]) -> pe.Workflow:
-    """Remove every node of ``wf`` that is neither one of ``keep`` nor upstream of one."""
-    graph = wf._graph
-    wanted = {n for n in graph.nodes if n.name in keep}
-    for node in list(wanted):
-        wanted |= nx.ancestors(graph, node)
-    wf.remove_nodes([n for n in list(graph.nodes) if n not in wanted])
-    return wf
-
-
 def init_train_inputs_wf(
     *,
     subj: SubjectInputs,
     ref: ReferenceInputs,
-    output_dir: Path,
     grid_shape: tuple[int, int, int],
     grid_spacing: tuple[float, float, float],
+    reference_files: dict[str, Path] | None = None,
     seed: int = 0,
     sloppy: bool = False,
-    bids_dir: Path | None = None,
     omp_nthreads: int = 1,
     name: str = "subject_wf",
 ) -> pe.Workflow:
-    """The participant workflow up to the model grid, plus the fixed modality, mask and
-    labels on that grid (node ``training_volumes``). ``name`` must be the participant
-    workflow's for the work directory to be shared."""
-    from ..interfaces import NormalizeIntensity
+    """The participant level's preprocessing of one subject-session (the same factories,
+    the same names: with the participant workflow's ``name`` the two levels share their work
+    directory), then the pair on the model grid (``prepare_pair``) and the volumes training
+    reads (``training_volumes``: moving, the other modality, mask, labels on that grid)."""
+    from ..interfaces import NormalizeIntensity, PrepareModelPair
     from ..interfaces.training import TrainingVolumes
+    from .anatomical import init_anat_preproc_wf, init_coreg_other_wf
+    from .registration import reference_node, set_node_threads
 
-    wf = init_subject_registration_wf(
-        subj=subj,
-        ref=ref,
-        output_dir=output_dir,
-        registration="ants",
-        grid_shape=grid_shape,
-        grid_spacing=grid_spacing,
-        seed=seed,
-        sloppy=sloppy,
-        bids_dir=bids_dir,
-        reports=False,
-        omp_nthreads=omp_nthreads,
-        name=name,
+    wf = pe.Workflow(name=name)
+    mod = subj.moving_modality
+    other = next((m for m in subj.anat if m != mod), None)
+    reference = reference_node(wf, ref, reference_files, sloppy=sloppy, seed=seed)
+    anat_preproc_wf = init_anat_preproc_wf(
+        given_mask=subj.derivatives.get("mask"), sloppy=sloppy, seed=seed
     )
-    prune_workflow(wf, KEEP)
-    volumes = pe.Node(
+    anat_preproc_wf.inputs.inputnode.in_file = subj.anat[mod]
+    prepare_pair = pe.Node(
+        PrepareModelPair(shape=tuple(grid_shape), spacing=tuple(grid_spacing)), name="prepare_pair"
+    )
+    training_volumes = pe.Node(
         TrainingVolumes(shape=tuple(grid_shape), spacing=tuple(grid_spacing)),
         name="training_volumes",
     )
     if "labels" in subj.derivatives:
-        volumes.inputs.labels = str(subj.derivatives["labels"])
+        training_volumes.inputs.labels = str(subj.derivatives["labels"])
     wf.connect([
-        (wf.get_node("normalize_moving"), volumes, [("out_file", "moving")]),
-        (wf.get_node("brain_mask"), volumes, [("out_file", "mask")]),
-        (wf.get_node("normalize_reference"), volumes, [("out_file", "reference")]),
-        (wf.get_node("reference_mask"), volumes, [("out_file", "reference_mask")]),
-        (wf.get_node("affine_moving"), volumes, [("transform", "affine")]),
+        (reference, anat_preproc_wf, [("image", "inputnode.reference"),
+                                      ("mask", "inputnode.reference_mask")]),
+        (reference, prepare_pair, [("normalized", "reference"), ("mask", "reference_mask")]),
+        (anat_preproc_wf, prepare_pair, [("outputnode.normalized", "moving"),
+                                         ("outputnode.affine", "affine")]),
+        (reference, training_volumes, [("normalized", "reference"), ("mask", "reference_mask")]),
+        (anat_preproc_wf, training_volumes, [("outputnode.normalized", "moving"),
+                                             ("outputnode.mask", "mask"),
+                                             ("outputnode.affine", "affine")]),
     ])  # fmt: skip
-    coreg_other = wf.get_node("coreg_other")
-    if coreg_other is not None:
+    if other is not None:
+        coreg_other_wf = init_coreg_other_wf(sloppy=sloppy, seed=seed)
+        coreg_other_wf.inputs.inputnode.in_file = subj.anat[other]
         normalize_other = pe.Node(NormalizeIntensity(), name="normalize_other")
         wf.connect([
-            (coreg_other, normalize_other, [("moved", "in_file")]),
-            (wf.get_node("brain_mask"), normalize_other, [("out_file", "mask_file")]),
-            (normalize_other, volumes, [("out_file", "other")]),
+            (anat_preproc_wf, coreg_other_wf, [("outputnode.preproc", "inputnode.target")]),
+            (coreg_other_wf, normalize_other, [("outputnode.preproc", "in_file")]),
+            (anat_preproc_wf, normalize_other, [("outputnode.mask", "mask_file")]),
+            (normalize_other, training_volumes, [("out_file", "other")]),
         ])  # fmt: skip
+    set_node_threads(wf, omp_nthreads)
     return wf
 
 
@@ -168,43 +159,36 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
     the grid of its reference image). Returns its :class:`SubjectVolumes` and the grid."""
     from nipype.interfaces.base import isdefined
 
-    from ..io.bids import collect_anatomicals, subject_session_id
-    from ..io.derivatives import find_subject_derivatives
-    from .base import SubjectError, _plugin, execution_config, node_outputs, resolve_reference
+    from ..io.bids import subject_session_id
+    from .base import (
+        _plugin,
+        execution_config,
+        node_outputs,
+        prepare_reference,
+        resolve_reference,
+        subject_inputs,
+    )
 
     sid = subject_session_id(subject, session)
-    anat = collect_anatomicals(layout, subject, session, cfg.bids_filters)
-    found = {m: paths for m, paths in anat.items() if paths}
-    if cfg.moving_modality not in found:
-        have = ", ".join(found) or "no anatomical image"
-        raise SubjectError(
-            f"{sid}: no {cfg.moving_modality} image (the moving modality); found {have}"
-        )
     ref = resolve_reference(cfg, layout, subject, session)
-    subj = SubjectInputs(
-        subject=subject,
-        session=session,
-        anat={m: p[0] for m, p in found.items()},
-        moving_modality=cfg.moving_modality,
-        derivatives=find_subject_derivatives(cfg.derivatives, subject, session),
-    )
+    subj = subject_inputs(cfg, layout, subject, session, ref)
+    log_dir = run_log_dir(cfg.output_dir, subject, cfg.run_uuid)
     shape, spacing = (
         grid if grid is not None else reference_grid(ref.image, cfg.train.get("model_spacing"))
     )
     wf = init_train_inputs_wf(
         subj=subj,
         ref=ref,
-        output_dir=cfg.output_dir,
         grid_shape=shape,
         grid_spacing=spacing,
+        reference_files=prepare_reference(cfg, ref, log_dir),
         seed=cfg.random_seed,
         sloppy=cfg.sloppy,
-        bids_dir=cfg.bids_dir,
         omp_nthreads=cfg.omp_nthreads or default_threads(cfg.nprocs),
         name=f"{sid.replace('-', '_')}_wf",
     )
     wf.base_dir = str(cfg.work_dir)
-    wf.config["execution"] = execution_config(run_log_dir(cfg.output_dir, subject, cfg.run_uuid))
+    wf.config["execution"] = execution_config(log_dir)
     plugin, plugin_args = _plugin(cfg)
     eg = wf.run(plugin=plugin, plugin_args=plugin_args)
     vol = node_outputs(eg, "training_volumes")
