@@ -31,6 +31,11 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", default="/tmp/atlas3", help="bench_train_atlas's work dir")
     p.add_argument("--set", default="pseudo", choices=("pseudo", "atlas"))
     p.add_argument("--max-pairs", type=int, default=12)
+    p.add_argument(
+        "--cohorts", type=int, nargs="+", default=[31, 35, 39, 43],
+        help="cohorts paired (default: the benchmark's held-out ones; training cohorts such "
+        "as 29 33 37 41 give a selection set disjoint from the test pairs)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     print(f"# python benchmarks/probe_refine_atlas.py {shlex.join(sys.argv[1:])}")
@@ -44,7 +49,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     sets = argparse.Namespace(
         work_dir=a.work_dir, factor=3, reference=36, affine_modality="T2w",
-        held_out=[31, 35, 39, 43], pseudo=1, pseudo_amplitude=2.0, seed=0,
+        held_out=a.cohorts, pseudo=1, pseudo_amplitude=2.0, seed=0,
     )  # fmt: skip
     pairs = test_sets(sets)[a.set][: a.max_pairs]
     bundle = load_model(a.bundle)
