@@ -40,6 +40,7 @@ __all__ = [
     "label_correspondence",
     "mean_dice",
     "registration_metrics",
+    "shared_labels",
     "std_log_jacobian",
     "summarize_warp",
 ]
@@ -367,8 +368,11 @@ def summarize_warp(
     Keys: ``folding_percent``, ``std_log_jacobian``, ``jacobian_min``, ``jacobian_max``
     (all inside ``mask`` if given; NaN for an empty mask).
     """
-    clip = _check_clip(clip)
-    det = _masked_det(disp, mask, spacing)
+    return _warp_summary(_masked_det(disp, mask, spacing), _check_clip(clip))
+
+
+def _warp_summary(det: np.ndarray, clip: float) -> dict[str, float]:
+    """The regularity keys of the determinants ``det`` (those inside the mask)."""
     empty = det.size == 0
     return {
         "folding_percent": _folding_percent(det),
@@ -510,6 +514,13 @@ def label_correspondence(
 
 
 # --------------------------------------------------------------------------- all together
+def shared_labels(a: Any, b: Any) -> list[int]:
+    """Non-zero labels present in both maps: what a Dice between two label schemes that only
+    partly overlap (a subject's labels and a reference's) can be computed over."""
+    common = set(np.unique(_to_numpy(a, "a"))) & set(np.unique(_to_numpy(b, "b")))
+    return sorted(int(v) for v in common - {0})
+
+
 def registration_metrics(
     fixed_labels: Any,
     moved_labels: Any,
@@ -522,32 +533,49 @@ def registration_metrics(
     include_hd95: bool = False,
     clip: float = DEFAULT_LOG_JACOBIAN_CLIP,
 ) -> dict[str, Any]:
-    """All per-pair metrics of METHOD.md in one JSON-serialisable dict.
+    """All per-pair metrics of METHOD.md in one JSON-serialisable dict: the one scorer of a
+    registration, which the evaluation sweep, the participant metrics and the reports call.
 
-    ``spacing`` (voxel size in mm) is used for HD95, and for the Jacobian only when
-    ``disp_in_mm`` is true (by default ``disp`` is in voxels). ``mask`` (e.g. the fixed
-    foreground) restricts the warp statistics. Keys: ``mean_dice``, ``dice_per_label``
-    (keys are label strings, as JSON requires), ``folding_percent``, ``std_log_jacobian``,
-    ``jacobian_min``, ``jacobian_max`` and, if ``include_hd95``, ``mean_hd95`` and
-    ``hd95_per_label``. Values are Python floats; NaN is allowed.
+    ``fixed_labels``/``moved_labels`` (both or neither) give the overlap keys ``mean_dice`` and
+    ``dice_per_label`` (keys are label strings, as JSON requires; ``labels`` defaults to the
+    non-zero labels of either map). ``disp`` (``None``: overlap only) gives the warp keys,
+    from one Jacobian: ``folding_percent``, ``std_log_jacobian``, ``jacobian_min`` and
+    ``jacobian_max`` inside ``mask`` (e.g. the fixed foreground; the whole grid without one)
+    and ``folding_percent_grid`` over the whole grid whatever the mask, since both
+    conventions are reported (the sweep tables give both; the participant table documents
+    folding over the model grid and std log|J| inside the brain). ``spacing`` (voxel size in
+    mm) is used for HD95 (``include_hd95``: ``mean_hd95``, ``hd95_per_label``), and for the
+    Jacobian only when ``disp_in_mm`` is true (by default ``disp`` is in voxels). Values are
+    Python floats; NaN is allowed.
     """
-    fixed = _as_labels(fixed_labels, "fixed_labels")
-    moved = _as_labels(moved_labels, "moved_labels")
-    _check_same_shape("fixed_labels", fixed, "moved_labels", moved)
-    arr = _as_disp(disp, "disp")
-    if tuple(arr.shape[1:]) != fixed.shape:
-        raise ValueError(
-            f"disp {arr.shape} must have the spatial shape of fixed_labels {fixed.shape}"
-        )
+    if (fixed_labels is None) != (moved_labels is None):
+        raise ValueError("give both fixed_labels and moved_labels, or neither")
+    if fixed_labels is None and disp is None:
+        raise ValueError("nothing to score: give label maps, a displacement field or both")
+    out: dict[str, Any] = {}
     sp = _as_spacing(spacing)
-    dice = dice_per_label(fixed, moved, labels)  # maps already validated under their names
-    out: dict[str, Any] = {
-        "mean_dice": _nanmean(dice.values()),
-        "dice_per_label": {str(k): float(v) for k, v in dice.items()},
-    }
-    out.update(summarize_warp(arr, mask, clip=clip, spacing=sp if disp_in_mm else (1, 1, 1)))
-    if include_hd95:
-        hd = hd95_per_label(fixed, moved, list(dice), spacing=sp)
+    fixed = moved = None
+    if fixed_labels is not None:
+        fixed = _as_labels(fixed_labels, "fixed_labels")
+        moved = _as_labels(moved_labels, "moved_labels")
+        _check_same_shape("fixed_labels", fixed, "moved_labels", moved)
+    if disp is not None:
+        arr = _as_disp(disp, "disp")
+        if fixed is not None and tuple(arr.shape[1:]) != fixed.shape:
+            raise ValueError(
+                f"disp {arr.shape} must have the spatial shape of fixed_labels {fixed.shape}"
+            )
+    if fixed is not None:
+        dice = dice_per_label(fixed, moved, labels)  # maps already validated under their names
+        out["mean_dice"] = _nanmean(dice.values())
+        out["dice_per_label"] = {str(k): float(v) for k, v in dice.items()}
+    if disp is not None:
+        det = _det_single(arr, sp if disp_in_mm else (1.0, 1.0, 1.0))
+        m = _as_mask(mask, arr.shape[1:])
+        out.update(_warp_summary(det if m is None else det[m], _check_clip(clip)))
+        out["folding_percent_grid"] = _folding_percent(det)
+    if include_hd95 and fixed is not None:
+        hd = hd95_per_label(fixed, moved, [int(k) for k in out["dice_per_label"]], spacing=sp)
         out["mean_hd95"] = _nanmean(hd.values())
         out["hd95_per_label"] = {str(k): float(v) for k, v in hd.items()}
     return out

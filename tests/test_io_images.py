@@ -13,7 +13,11 @@ import pytest
 from contrareg_bids.io.images import (
     ImageError,
     load_image,
+    load_nifti,
     orientation_codes,
+    read_labels,
+    read_mask,
+    read_volume,
     same_grid,
     standardize_image,
     validate_image,
@@ -299,3 +303,47 @@ def test_same_grid():
     assert not same_grid(a, nib.Nifti1Image(_marked(), AFFINES["LAS"]))
     assert not same_grid(a, nib.Nifti1Image(np.zeros((7, 9, 12)), AFFINES["RAS"]))
     assert same_grid(a, nib.Nifti1Image(np.zeros((*SHAPE, 1)), AFFINES["RAS"]))
+
+
+def test_readers_share_one_contract(tmp_path):
+    """read_volume / read_labels / read_mask / load_nifti: the one reader every module calls;
+    a missing file is both an ImageError and a FileNotFoundError, naming the file."""
+    for reader in (load_nifti, read_volume, read_labels, read_mask, load_image):
+        with pytest.raises(FileNotFoundError, match=r"gone\.nii\.gz: file not found"):
+            reader(tmp_path / "gone.nii.gz")
+        with pytest.raises(ImageError):
+            reader(tmp_path / "gone.nii.gz")
+    data = _marked().astype(np.int16)
+    img = nib.Nifti1Image(data[..., None], AFFINES["LAS"])  # a trailing singleton 4th axis
+    img.header.set_slope_inter(2.0, 0.0)
+    nib.save(img, tmp_path / "scaled.nii")
+    arr, got = read_volume(tmp_path / "scaled.nii")
+    assert arr.dtype == np.float32 and arr.shape == SHAPE and not isinstance(arr, np.memmap)
+    np.testing.assert_array_equal(arr, 2.0 * data)  # scaling applied, voxel order kept
+    np.testing.assert_allclose(got.affine, AFFINES["LAS"], atol=1e-5)
+    raw, _ = read_volume(tmp_path / "scaled.nii", dtype=None)
+    np.testing.assert_array_equal(raw, 2.0 * data)
+    labels, _ = read_labels(tmp_path / "scaled.nii")
+    assert labels.dtype == np.int64 and labels.max() == 2 * data.max()
+    nib.save(nib.Nifti1Image(data.astype(np.float32) + 0.4, np.eye(4)), tmp_path / "soft.nii")
+    with pytest.raises(ImageError, match=r"soft\.nii: non-integer values"):
+        read_labels(tmp_path / "soft.nii")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "int.nii")
+    assert read_labels(tmp_path / "int.nii", dtype=None)[0].dtype == np.int16  # kept
+    mask = read_mask(tmp_path / "int.nii")
+    assert mask.dtype == bool and mask.sum() == 1
+    with pytest.raises(ImageError, match="does not match the image grid"):
+        read_mask(tmp_path / "int.nii", like=got)
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), np.eye(4)), tmp_path / "zero.nii")
+    with pytest.raises(ImageError, match=r"zero\.nii: the mask is empty"):
+        read_mask(tmp_path / "zero.nii")
+    assert not read_mask(tmp_path / "zero.nii", allow_empty=True).any()
+    nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 2), np.float32), np.eye(4)), tmp_path / "4d.nii")
+    with pytest.raises(ImageError, match=r"4d\.nii: expected a 3-D volume.*2 volumes"):
+        read_volume(tmp_path / "4d.nii")
+    nan = np.zeros(SHAPE, np.float32)
+    nan[1, 1, 1] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), tmp_path / "nan.nii")
+    with pytest.raises(ImageError, match=r"nan\.nii: 1 NaN and 0 infinite"):
+        read_volume(tmp_path / "nan.nii")
+    assert np.isnan(read_volume(tmp_path / "nan.nii", finite=False)[0]).sum() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -116,3 +117,33 @@ def test_metrics_node_refuses_dice_between_different_schemes(tmp_path, monkeypat
     assert "matched by name" in row["label_matching"] and math.isnan(row["mean_dice"])
     same = RegistrationMetrics(**{**node, "subject_labels": str(ref)}).run().outputs.metrics
     assert same["mean_dice"] == 1.0 and "both desc-tissues" in same["label_matching"]
+
+
+def test_metrics_node_resamples_subject_labels_stored_in_another_voxel_order(
+    tmp_path, monkeypatch
+):
+    """The subject's labels as the user stored them (LAS here) are put on the RAS grid of the
+    warped reference labels before Dice; the table and its sidecar are written whole."""
+    monkeypatch.chdir(tmp_path)
+    arr = np.zeros((6, 7, 5), np.int16)
+    arr[1:3], arr[3:5, 2:] = 1, 2
+    field = write_displacement_nifti(np.zeros((3, 6, 7, 5)), np.eye(4), tmp_path / "f.nii.gz")
+    ref = _labels(tmp_path / "r" / "tpl-X_desc-tissues_dseg.nii.gz", arr)
+    las = np.diag([-1.0, 1.0, 1.0, 1.0])
+    las[0, 3] = arr.shape[0] - 1  # same world positions, x axis stored reversed
+    subj = tmp_path / "s" / "sub-01_desc-tissues_dseg.nii.gz"
+    subj.parent.mkdir()
+    nib.save(nib.Nifti1Image(arr[::-1].copy(), las), subj)
+    node = dict(forward_field=str(field), subject_labels=str(subj), reference_labels=str(ref),
+                reference_dseg=str(ref), lam=0.2)  # fmt: skip
+    res = RegistrationMetrics(**node).run()
+    row = res.outputs.metrics
+    assert row["mean_dice"] == 1.0 and row["dice_1"] == row["dice_2"] == 1.0
+    header, values = Path(res.outputs.out_tsv).read_text().splitlines()
+    assert header.split("\t") == [
+        "method", "lambda", "folding_percent", "std_log_jacobian", "label_matching",
+        "mean_dice", "dice_1", "dice_2",
+    ]  # fmt: skip
+    assert values.split("\t")[:4] == ["contrareg", "0.2", "0", "0"]
+    assert set(json.loads(Path(res.outputs.out_json).read_text())) == set(header.split("\t"))
+    assert not list(Path(res.outputs.out_tsv).parent.glob(".metrics*"))  # no temporary left

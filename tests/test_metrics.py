@@ -243,6 +243,28 @@ def test_registration_metrics_json(label_pair):
     assert list(M.registration_metrics(a, b, disp, labels=[2])["dice_per_label"]) == ["2"]
 
 
+def test_registration_metrics_is_the_one_scorer(label_pair):
+    """Overlap only, warp only, and both folding conventions from one Jacobian."""
+    a, b = label_pair
+    dice = M.registration_metrics(a, b, None)
+    assert dice["mean_dice"] == M.mean_dice(a, b) and "folding_percent" not in dice
+    disp = np.zeros((3, 4, 4, 4))
+    disp[0, 1:3] = np.array([0.0, -3.0])[:, None, None]  # folds inside rows 1-2
+    mask = np.zeros((4, 4, 4), dtype=bool)
+    mask[:2] = True
+    warp = M.registration_metrics(None, None, disp, mask)
+    assert "mean_dice" not in warp
+    assert warp["folding_percent"] == M.folding_percent(disp, mask=mask)
+    assert warp["folding_percent_grid"] == M.folding_percent(disp)
+    assert warp["folding_percent"] != warp["folding_percent_grid"]
+    assert warp["std_log_jacobian"] == M.std_log_jacobian(disp, mask)
+    assert M.shared_labels(a, b) == sorted(set(np.unique(a)) & set(np.unique(b)) - {0})
+    with pytest.raises(ValueError, match="both"):
+        M.registration_metrics(a, None, disp)
+    with pytest.raises(ValueError, match="nothing to score"):
+        M.registration_metrics(None, None, None)
+
+
 def test_torch_tensors_accepted(label_pair):
     torch = pytest.importorskip("torch")
     a, b = label_pair

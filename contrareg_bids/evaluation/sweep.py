@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
-from ..metrics import FOLDING_LIMIT_PERCENT, folding_percent, mean_dice, std_log_jacobian
+from ..io.images import read_labels, read_volume
+from ..metrics import FOLDING_LIMIT_PERCENT, registration_metrics
 from ..processing.register import SYN_ITERATIONS
 from .plots import plot_sweep
 from .table import (
@@ -141,11 +142,12 @@ def read_pairs_tsv(path: str | os.PathLike) -> list[LabelledPair]:
     return pairs
 
 
-def _read(value: ArrayOrPath, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _read(
+    value: ArrayOrPath, what: str, labels: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A 3-D array (float32 image, or int64 ``labels``) and, for a file, its affine."""
     if isinstance(value, str | os.PathLike):
-        from ..processing._ants import read_volume
-
-        arr, img = read_volume(value)
+        arr, img = read_labels(value) if labels else read_volume(value)
         return arr, img.affine
     arr = np.asarray(value)
     if arr.ndim != 3:
@@ -157,8 +159,8 @@ def load_pair(pair: LabelledPair) -> _Loaded:
     """Read a pair's arrays (images float32, labels int64, mask bool) and check the grid."""
     mov, aff = _read(pair.moving, "moving")
     fix, aff_f = _read(pair.fixed, "fixed")
-    ml, _ = _read(pair.moving_labels, "moving_labels")
-    fl, _ = _read(pair.fixed_labels, "fixed_labels")
+    ml, _ = _read(pair.moving_labels, "moving_labels", labels=True)
+    fl, _ = _read(pair.fixed_labels, "fixed_labels", labels=True)
     mask = None if pair.fixed_mask is None else _read(pair.fixed_mask, "fixed_mask")[0] > 0
     shapes = {"moving": mov.shape, "fixed": fix.shape, "moving_labels": ml.shape}
     shapes["fixed_labels"] = fl.shape
@@ -184,16 +186,18 @@ def evaluate_pair(
     fixed_mask: np.ndarray | None = None,
     labels: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """Dice (mean over ``labels``, default those of the fixed map), % folding and std log|J|
-    of the forward field (voxels) inside ``fixed_mask`` (whole grid when None), and % folding
-    over the whole grid."""
+    """The sweep's row of :func:`~contrareg_bids.metrics.registration_metrics`: Dice (mean
+    over ``labels``, default those of the fixed map, so that a structure the warp loses counts
+    as 0), % folding and std log|J| of the forward field (voxels) inside ``fixed_mask`` (whole
+    grid when None), and % folding over the whole grid."""
     if labels is None:
         labels = [int(v) for v in np.unique(fixed_labels) if v != 0]
+    m = registration_metrics(fixed_labels, moved_labels, forward_disp, fixed_mask, labels)
     return {
-        "dice": mean_dice(moved_labels, fixed_labels, labels=labels),
-        "folding_percent": folding_percent(forward_disp, mask=fixed_mask),
-        "folding_percent_grid": folding_percent(forward_disp),
-        "std_log_jacobian": std_log_jacobian(forward_disp, fixed_mask),
+        "dice": m["mean_dice"],
+        "folding_percent": m["folding_percent"],
+        "folding_percent_grid": m["folding_percent_grid"],
+        "std_log_jacobian": m["std_log_jacobian"],
     }
 
 

@@ -97,9 +97,7 @@ class BrainMask(SimpleInterface):
     output_spec = _BrainMaskOutputSpec
 
     def _run_interface(self, runtime):
-        import nibabel as nib
-
-        from ..io.images import standardize_image
+        from ..io.images import load_nifti, standardize_image
         from ..processing.masks import mask_from_skullstripped, propagate_mask, write_mask
 
         out = _out("brain_mask.nii.gz")
@@ -109,7 +107,7 @@ class BrainMask(SimpleInterface):
         else:
             detected = mask_from_skullstripped(self.inputs.in_file)
             if detected is not None:
-                img = nib.load(self.inputs.in_file)
+                img = load_nifti(self.inputs.in_file)
                 write_mask(detected, img.affine, out)
                 source = "skull-stripped"
             else:

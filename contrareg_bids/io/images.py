@@ -1,4 +1,12 @@
-"""Validate and standardise one NIfTI image (data flow step 2).
+"""Read, validate and standardise NIfTI images: the package's one NIfTI reader.
+
+Reading: :func:`load_nifti` (header only, data left on disk), :func:`load_image` (all data
+read now and checked, for :func:`standardize_image`), :func:`read_volume` (a 3-D array and the
+image it came from), :func:`read_labels` (integer label maps) and :func:`read_mask` (boolean
+masks). Every module that needs voxels from a file calls one of these, so that a missing,
+truncated or 4-D file gives the same error, naming the file, wherever it is read.
+
+Standardising (data flow step 2):
 
 Every image entering the pipeline goes through :func:`standardize_image`: it must be 3-D (a
 singleton 4th dimension is squeezed), finite, with a usable affine; it is reoriented to RAS
@@ -42,9 +50,17 @@ __all__ = [
     "MAX_VOXEL_MM",
     "XFORM_ATOL_MM",
     "ImageError",
+    "ImageNotFoundError",
     "StandardizeResult",
+    "as_labels",
+    "as_volume",
+    "check_finite",
     "load_image",
+    "load_nifti",
     "orientation_codes",
+    "read_labels",
+    "read_mask",
+    "read_volume",
     "same_grid",
     "standardize_image",
     "validate_image",
@@ -73,6 +89,11 @@ class ImageError(ValueError):
     """An input image cannot be used as is; the message names the file and the fix."""
 
 
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """The file does not exist: an :class:`ImageError` that ``except FileNotFoundError``
+    also catches, as callers of the readers expect of a missing file."""
+
+
 @dataclass
 class StandardizeResult:
     """What :func:`standardize_image` wrote and what it had to change.
@@ -92,6 +113,40 @@ class StandardizeResult:
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------
+def _open(path: Path, *, mmap: bool | str = True) -> nib.spatialimages.SpatialImage:
+    """``nibabel.load`` with the checks and messages every reader shares (data not read)."""
+    if not path.exists():
+        raise ImageNotFoundError(f"{path}: file not found. Check the path (and the bind mounts).")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a file. Give the path of a .nii or .nii.gz image.")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes). Copy or download it again.")
+    try:
+        return nib.load(str(path), mmap=mmap)
+    except _READ_ERRORS as exc:
+        raise ImageError(
+            f"{path}: cannot be read as a NIfTI image ({type(exc).__name__}: {exc}). "
+            "Check that the file is a complete .nii or .nii.gz file; re-export or copy it again."
+        ) from exc
+
+
+def _data(img: nib.spatialimages.SpatialImage, path: Path) -> np.ndarray:
+    """The (scaled) voxels of ``img``, with an error naming ``path`` when they are unreadable."""
+    try:
+        return np.asanyarray(img.dataobj)
+    except _READ_ERRORS as exc:
+        raise ImageError(
+            f"{path}: the header is readable but the voxel data is not "
+            f"({type(exc).__name__}: {exc}); the file is probably truncated or corrupt. "
+            "Copy or download it again (compare its size or checksum with the source)."
+        ) from exc
+
+
+def load_nifti(path: str | os.PathLike[str]) -> nib.spatialimages.SpatialImage:
+    """Open an image for its header and affine; the voxels stay on disk until asked for."""
+    return _open(Path(path))
+
+
 def load_image(path: str | os.PathLike[str]) -> nib.Nifti1Image:
     """Load a NIfTI file and read all of its data now.
 
@@ -101,36 +156,124 @@ def load_image(path: str | os.PathLike[str]) -> nib.Nifti1Image:
     included); NIfTI-2 and ``.hdr/.img`` pairs are converted to an in-memory NIfTI-1 image.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: file not found. Check the path (and the bind mounts).")
-    if not path.is_file():
-        raise ImageError(f"{path}: not a file. Give the path of a .nii or .nii.gz image.")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes). Copy or download it again.")
-    try:
-        img = nib.load(str(path))
-    except _READ_ERRORS as exc:
-        raise ImageError(
-            f"{path}: cannot be read as a NIfTI image ({type(exc).__name__}: {exc}). "
-            "Check that the file is a complete .nii or .nii.gz file; re-export or copy it again."
-        ) from exc
+    img = _open(path)
     if not isinstance(img, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and pairs all are
         raise ImageError(
             f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__}). "
             "Convert it to NIfTI (.nii.gz), e.g. with dcm2niix or mri_convert."
         )
-    try:
-        data = np.asanyarray(img.dataobj)
-    except _READ_ERRORS as exc:
-        raise ImageError(
-            f"{path}: the header is readable but the voxel data is not "
-            f"({type(exc).__name__}: {exc}); the file is probably truncated or corrupt. "
-            "Copy or download it again (compare its size or checksum with the source)."
-        ) from exc
+    data = _data(img, path)
     if path.name.lower().endswith(".gz"):
         _verify_gzip(path)
     header = nib.Nifti1Header.from_header(img.header)
     return nib.Nifti1Image(data, img.affine, header=header)
+
+
+def _volume_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    spatial = tuple(int(n) for n in shape)
+    while len(spatial) > 3 and spatial[-1] == 1:
+        spatial = spatial[:-1]
+    if len(spatial) != 3:
+        extra = f" ({int(np.prod(shape[3:]))} volumes)" if len(shape) > 3 else ""
+        raise ImageError(f"{name}: expected a 3-D volume, got shape {tuple(shape)}{extra}")
+    if min(spatial) < 1:
+        raise ImageError(f"{name}: empty volume of shape {tuple(shape)}")
+    return spatial  # type: ignore[return-value]
+
+
+def as_volume(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` as 3-D: trailing singleton axes dropped, anything else refused (naming ``name``)."""
+    return arr.reshape(_volume_shape(arr.shape, name))
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Refuse NaN/inf voxels up front: they would propagate silently through every step."""
+    if arr.dtype.kind != "f":
+        return
+    finite = np.isfinite(arr)
+    if not finite.all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(finite.size - finite.sum() - n_nan)
+        raise ImageError(
+            f"{name}: {n_nan} NaN and {n_inf} infinite voxel(s) (non-finite values). Replace "
+            "them (e.g. `fslmaths IN -nan OUT`, or numpy.nan_to_num) before running."
+        )
+
+
+def read_volume(
+    path: str | os.PathLike[str],
+    dtype: np.dtype | type | None = np.float32,
+    *,
+    finite: bool = True,
+) -> tuple[np.ndarray, nib.spatialimages.SpatialImage]:
+    """``(array (X, Y, Z), image)`` of a 3-D image file; the image gives affine and header.
+
+    The voxels are read whole (no memory map) with the NIfTI scaling applied and cast to
+    ``dtype`` (``None``: the stored, scaled type). Trailing singleton axes are dropped; other
+    shapes, and with ``finite`` NaN/inf values, are refused with a message naming the file.
+    """
+    path = Path(path)
+    img = _open(path, mmap=False)
+    shape = _volume_shape(img.shape, str(path))
+    arr = _data(img, path).reshape(shape)
+    if dtype is not None:
+        arr = np.asarray(arr, dtype=dtype)
+    if finite:
+        check_finite(arr, str(path))
+    return arr, img
+
+
+def as_labels(arr: np.ndarray, name: str, dtype: np.dtype | type | None = np.int64) -> np.ndarray:
+    """A label map as integers: float storage must hold whole numbers (within 1e-3).
+
+    ``dtype=None`` keeps an integer storage type (floats become int32, bool uint8), which
+    resampling needs to write labels back in their own type.
+    """
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ImageError(f"{name}: non-numeric data of dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ImageError(f"{name}: complex-valued data is not supported")
+    if np.issubdtype(arr.dtype, np.floating):
+        check_finite(arr, name)
+        rounded = np.rint(arr)
+        if arr.size and float(np.abs(arr - rounded).max()) > 1e-3:
+            raise ImageError(f"{name}: non-integer values; not a label map")
+        arr = rounded.astype(np.int32) if dtype is None else rounded
+    elif arr.dtype == bool and dtype is None:
+        arr = arr.astype(np.uint8)
+    return np.asarray(arr) if dtype is None else np.asarray(arr).astype(dtype)
+
+
+def read_labels(
+    path: str | os.PathLike[str], dtype: np.dtype | type | None = np.int64
+) -> tuple[np.ndarray, nib.spatialimages.SpatialImage]:
+    """``(labels (X, Y, Z), image)`` of a label map file (see :func:`as_labels`)."""
+    arr, img = read_volume(path, dtype=None, finite=False)
+    return as_labels(arr, str(path), dtype), img
+
+
+def read_mask(
+    path: str | os.PathLike[str],
+    like: nib.spatialimages.SpatialImage | None = None,
+    *,
+    allow_empty: bool = False,
+) -> np.ndarray:
+    """Boolean mask (``> 0``) of a file; with ``like`` it must share that image's grid.
+
+    An empty mask is refused unless ``allow_empty``: a step that needs a brain region would
+    otherwise fail later with a message that does not name the file.
+    """
+    arr, img = read_volume(path)
+    if like is not None:
+        if arr.shape != like.shape[:3] or not np.allclose(img.affine, like.affine, atol=1e-4):
+            raise ImageError(
+                f"{path}: mask grid {arr.shape} does not match the image grid {like.shape[:3]} "
+                "(shape and affine must agree)"
+            )
+    mask = arr > 0
+    if not allow_empty and not mask.any():
+        raise ImageError(f"{path}: the mask is empty")
+    return mask
 
 
 def _verify_gzip(path: Path) -> None:
@@ -292,15 +435,7 @@ def _check_values(data: np.ndarray, name: str) -> None:
             f"{name}: voxel type {data.dtype} is not a real scalar type (complex or RGB "
             "data?); convert the image to a real-valued scalar volume."
         )
-    if data.dtype.kind == "f":
-        finite = np.isfinite(data)
-        if not finite.all():
-            n_nan = int(np.isnan(data).sum())
-            n_inf = int(finite.size - finite.sum() - n_nan)
-            raise ImageError(
-                f"{name}: {n_nan} NaN and {n_inf} infinite voxel(s). Replace them (e.g. "
-                "`fslmaths IN -nan OUT`, or numpy.nan_to_num) before running."
-            )
+    check_finite(data, name)
 
 
 def _check_affine(affine: np.ndarray, name: str, xyz_unit: str) -> None:

@@ -9,9 +9,10 @@ NIfTI (RAS) affine ``A``; on disk it becomes an ITK displacement field:
 * a 5-D NIfTI ``(X, Y, Z, 1, 3)`` with intent ``vector`` (what ANTs writes), or
 * a ``DisplacementFieldTransform`` inside an ITK composite ``.h5``.
 
-Images are always read with nibabel and handed to SimpleITK with a geometry computed from the
-nibabel affine (:func:`image_from_array`), so the voxel-to-world mapping is the one the rest of
-the package uses even for headers that ITK and nibabel interpret differently (e.g. sform vs
+Images are always read with nibabel (:mod:`contrareg_bids.io.images`) and handed to SimpleITK
+with a geometry computed from the nibabel affine (:func:`image_from_array`), so the
+voxel-to-world mapping is the one the rest of the package uses even for headers that ITK and
+nibabel interpret differently (e.g. sform vs
 qform disagreements). Every file is written atomically: to a temporary name in the target
 folder (with the same extension, because ITK picks the format from it), then ``os.replace``.
 
@@ -33,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_output
+from .images import load_nifti, read_labels, read_volume
 
 __all__ = [
     "LPS",
@@ -47,9 +49,6 @@ __all__ = [
     "displacement_image",
     "displacement_transform",
     "image_from_array",
-    "load_image",
-    "load_labels",
-    "load_nifti",
     "make_composite",
     "read_ants_affine",
     "read_displacement_nifti",
@@ -57,6 +56,8 @@ __all__ = [
     "reference_image",
     "resample_image",
     "sitk_geometry",
+    "sitk_image_from_file",
+    "sitk_labels_from_file",
     "transform_points",
     "voxel_disp_to_world",
     "world_disp_to_voxel",
@@ -209,53 +210,23 @@ def reference_image(affine: np.ndarray, shape: Sequence[int]) -> sitk.Image:
     return _set_geometry(img, affine)
 
 
-def load_nifti(path: PathLike) -> nib.Nifti1Image:
-    """``nibabel.load`` with errors that name the file (header only; data stays on disk)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for broken files
-        raise ValueError(f"{path}: not a readable NIfTI image ({exc})") from exc
-    return img
-
-
-def load_image(path: PathLike, dtype: np.dtype | type | None = np.float32) -> sitk.Image:
-    """Read a 3-D NIfTI with nibabel into a SimpleITK image carrying the nibabel affine.
-
-    A trailing singleton 4th dimension is dropped; real 4-D data is refused. ``dtype=None``
-    keeps the stored type (use it for label maps).
-    """
-    nii = load_nifti(path)
-    shape = nii.shape
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise ValueError(f"{path}: expected a 3-D image, got shape {nii.shape}")
-    if dtype is None:
-        arr = np.asanyarray(nii.dataobj).reshape(shape)
-    else:
-        arr = np.asarray(nii.get_fdata(dtype=np.float64), dtype=dtype).reshape(shape)
+def sitk_image_from_file(path: PathLike, dtype: np.dtype | type | None = np.float32) -> sitk.Image:
+    """A 3-D NIfTI (read by :func:`~contrareg_bids.io.images.read_volume`) as a SimpleITK
+    image carrying the nibabel affine. ``dtype=None`` keeps the stored type."""
+    arr, nii = read_volume(path, dtype=dtype, finite=False)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return image_from_array(arr, nii.affine)
 
 
-def load_labels(path: PathLike) -> sitk.Image:
-    """Read a label map (integer image) for nearest / one-hot linear resampling.
+def sitk_labels_from_file(path: PathLike) -> sitk.Image:
+    """A label map as a SimpleITK image for nearest / one-hot linear resampling.
 
-    Label maps stored as floats are accepted when their values are whole numbers (they are
-    rounded and cast to int32); anything else is refused, naming the file.
+    Integer storage is kept; label maps stored as floats are accepted when their values are
+    whole numbers (rounded, int32); anything else is refused, naming the file.
     """
-    img = load_image(path, dtype=None)
-    if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        arr = array_from_image(img)
-        rounded = np.round(arr)
-        if np.abs(arr - rounded).max(initial=0.0) > 1e-3:
-            raise ValueError(f"{path}: not a label map (non-integer values)")
-        img = image_from_array(rounded.astype(np.int32), affine_from_image(img))
-    return img
+    arr, nii = read_labels(path, dtype=None)
+    return image_from_array(arr, nii.affine)
 
 
 # --------------------------------------------------------------------------- displacement fields
@@ -566,7 +537,7 @@ def apply_transform(
     """
     _interpolator(interpolation)
     is_label = interpolation in ("nearest", "label")
-    moving = load_labels(moving_path) if is_label else load_image(moving_path)
+    moving = sitk_labels_from_file(moving_path) if is_label else sitk_image_from_file(moving_path)
     ref_nii = load_nifti(reference_path)
     ref = reference_image(ref_nii.affine, ref_nii.shape[:3])
     tx = None if transform_path is None else chain_transforms(transform_path)

@@ -18,8 +18,9 @@ from typing import Literal
 
 import numpy as np
 
+from ..io.images import read_mask, read_volume
 from ..io.transforms import atomic_output, write_nifti
-from ._ants import ants_image, ants_seed, read_mask, read_volume
+from ._ants import ants_image, ants_seed
 
 __all__ = ["AffineResult", "affine_register"]
 

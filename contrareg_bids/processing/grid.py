@@ -17,18 +17,17 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from ..io.images import load_nifti, read_mask
 from ..io.transforms import (
     Interpolation,
     array_from_image,
-    load_image,
-    load_labels,
-    load_nifti,
     read_transform,
     reference_image,
     resample_image,
+    sitk_image_from_file,
+    sitk_labels_from_file,
     write_nifti,
 )
-from ._ants import read_mask
 
 __all__ = ["grid_centre", "model_grid", "resample_to_grid"]
 
@@ -109,7 +108,7 @@ def resample_to_grid(
     integer type. Returns the ``(X, Y, Z)`` array and writes ``out_path`` when given.
     """
     is_label = interpolation in ("nearest", "label")
-    moving = load_labels(image_path) if is_label else load_image(image_path)
+    moving = sitk_labels_from_file(image_path) if is_label else sitk_image_from_file(image_path)
     tx = None
     if transform is not None:
         tx = transform if isinstance(transform, sitk.Transform) else read_transform(transform)

@@ -16,15 +16,14 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..io.images import load_nifti, read_volume
 from ..io.transforms import (
     image_from_array,
-    load_nifti,
     read_ants_affine,
     reference_image,
     resample_image,
     write_nifti,
 )
-from ._ants import read_volume
 
 __all__ = [
     "dilate_mask",

@@ -20,7 +20,6 @@ from ..io.transforms import (
     read_displacement_nifti,
     write_composite,
 )
-from ..metrics import folding_percent, std_log_jacobian
 from .grid import model_grid, resample_to_grid
 
 PathLike = str | os.PathLike
@@ -84,21 +83,6 @@ def export_transforms(
         out / "subject_to_reference.h5", inverse, inv, inv_aff, affine_first=True
     )
     return ref_to_subj, subj_to_ref
-
-
-def warp_quality(forward_field: PathLike, mask_path: PathLike | None = None) -> dict[str, float]:
-    """Folding % (whole model grid) and std log|J| (inside the mask) of a displacement field
-    on disk, computed on the raw field in its own voxel units."""
-    disp, _ = read_displacement_nifti(forward_field)
-    mask = None
-    if mask_path is not None:
-        import nibabel as nib
-
-        mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
-    return {
-        "folding_percent": folding_percent(disp),
-        "std_log_jacobian": std_log_jacobian(disp, mask),
-    }
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io.images import read_mask, read_volume
 from ..io.transforms import write_nifti
-from ._ants import read_mask, read_volume
 
 __all__ = [
     "NormalizationResult",

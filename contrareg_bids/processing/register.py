@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
+from ..io.images import read_volume
 from ..io.transforms import read_displacement_nifti, write_displacement_nifti, write_nifti
 from ..metrics import FOLDING_LIMIT_PERCENT
-from ._ants import ants_image, ants_seed, read_volume
+from ._ants import ants_image, ants_seed
 
 if TYPE_CHECKING:
     from ..io.bundle import ModelBundle

@@ -58,10 +58,9 @@ def mask_from(image: nib.Nifti1Image, mask: PathLike | nib.Nifti1Image | None):
 def _load(img: PathLike | nib.Nifti1Image) -> nib.Nifti1Image:
     if isinstance(img, nib.Nifti1Image):
         return img
-    loaded = nib.load(str(img))
-    data = np.asanyarray(loaded.dataobj)
-    if data.ndim > 3:
-        data = data.reshape(data.shape[:3])
+    from ..io.images import read_volume
+
+    data, loaded = read_volume(img, dtype=None, finite=False)
     return nib.Nifti1Image(data, loaded.affine)
 
 
@@ -298,15 +297,16 @@ def plot_jacobian(
     from matplotlib.figure import Figure
     from matplotlib.gridspec import GridSpec
 
+    from ..io.images import read_mask, read_volume
     from ..io.transforms import read_displacement_nifti
-    from ..processing.model_space import warp_quality
+    from ..processing.participant_metrics import warp_quality
 
     disp, _ = read_displacement_nifti(forward_field)
     quality = warp_quality(forward_field, mask)
     logj, folds = log_jacobian(disp)
     shape = logj.shape
-    brain = np.asanyarray(_load(mask).dataobj) > 0 if mask is not None else np.ones(shape, bool)
-    bg = np.asanyarray(_load(background).dataobj, dtype=np.float32) if background else None
+    brain = read_mask(mask, allow_empty=True) if mask is not None else np.ones(shape, bool)
+    bg = read_volume(background, finite=False)[0] if background else None
 
     fig = Figure(figsize=(2.0 * n_slices + 5.0, 6.3))
     grid = GridSpec(
@@ -384,26 +384,33 @@ def lambda_sweep(
     fixed_labels: np.ndarray | None = None,
     moving_labels: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Register one pair at each lambda; per lambda the moved image, log|J|, folding %,
-    std log|J| and (with both label maps) the mean Dice on the model grid."""
-    from ..metrics import folding_percent, mean_dice, std_log_jacobian
+    """Register one pair at each lambda; per lambda the moved image, log|J|, and the scores of
+    the metrics table (:func:`~contrareg_bids.metrics.registration_metrics`, as the
+    participant's ``metrics.tsv`` reports them): folding % over the model grid, std log|J|
+    inside ``mask`` and (with both label maps) the mean Dice over the labels both share."""
+    from ..metrics import registration_metrics, shared_labels
     from ..nn.inference import register_arrays
 
     out = []
     for lam in lambdas:
         res = register_arrays(net, moving, fixed, lam, device, moving_labels=moving_labels)
+        dice = fixed_labels is not None and res.moved_labels is not None
+        scores = registration_metrics(
+            fixed_labels if dice else None,
+            res.moved_labels if dice else None,
+            res.forward_disp,
+            mask,
+            labels=shared_labels(fixed_labels, res.moved_labels) if dice else None,
+        )
         row: dict[str, Any] = {
             "lambda": lam,
             "moved": res.moved,
             "log_jacobian": log_jacobian(res.forward_disp)[0],
-            "folding_percent": folding_percent(res.forward_disp),
-            "std_log_jacobian": std_log_jacobian(res.forward_disp, mask),
+            "folding_percent": scores["folding_percent_grid"],
+            "std_log_jacobian": scores["std_log_jacobian"],
         }
-        if fixed_labels is not None and res.moved_labels is not None:
-            common = sorted(set(np.unique(fixed_labels)) & set(np.unique(res.moved_labels)) - {0})
-            row["mean_dice"] = (
-                mean_dice(fixed_labels, res.moved_labels, labels=common) if common else np.nan
-            )
+        if dice:
+            row["mean_dice"] = scores["mean_dice"]
         out.append(row)
     return out
 
@@ -601,13 +608,13 @@ def lambda_strip_from_files(
     the subject's labels carried there by the affine and then warped at each lambda.
     """
     from ..io.bundle import load_model
+    from ..io.images import read_mask, read_volume
     from ..processing.grid import resample_to_grid
 
     bundle = load_model(model, device=device)
-    fix_img = nib.load(str(fixed))
-    fix = np.asarray(fix_img.dataobj, dtype=np.float32)
-    mov = np.asarray(nib.load(str(moving)).dataobj, dtype=np.float32)
-    brain = np.asarray(nib.load(str(mask)).dataobj) > 0 if mask is not None else None
+    fix, fix_img = read_volume(fixed)
+    mov, _ = read_volume(moving)
+    brain = read_mask(mask, allow_empty=True) if mask is not None else None
     shape = fix.shape
     ref_lab = subj_lab = None
     if reference_labels is not None:

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import nibabel as nib
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..io.images import as_labels, as_volume, check_finite, read_volume
 from .augment import (
     IntensityAugment,
     IntensityParams,
@@ -110,32 +110,10 @@ def _check_records(records: Iterable[VolumeRecord], what: str) -> list[VolumeRec
 
 
 def _read(source: Source, name: str) -> np.ndarray:
-    """Raw data (scaled by the NIfTI slope/intercept) of a file, or the array itself."""
+    """A 3-D array of a file (stored type, NIfTI scaling applied) or of an array itself."""
     if isinstance(source, np.ndarray):
-        return source
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: no such file")
-    try:
-        img = nib.load(str(path), mmap=False)
-        return np.asanyarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise ValueError(
-            f"{name}: cannot read the image (truncated, corrupt or not NIfTI?): "
-            f"{type(err).__name__}: {' '.join(str(err).split())}"
-        ) from err
-
-
-def _as_3d(arr: np.ndarray, name: str) -> np.ndarray:
-    shape = arr.shape
-    while arr.ndim > 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        extra = f" ({int(np.prod(shape[3:]))} volumes)" if len(shape) > 3 else ""
-        raise ValueError(f"{name}: expected a 3-D volume, got shape {shape}{extra}")
-    if min(arr.shape) < 1:
-        raise ValueError(f"{name}: empty volume of shape {shape}")
-    return arr
+        return as_volume(source, name)
+    return read_volume(source, dtype=None, finite=False)[0]
 
 
 def _check_numeric(arr: np.ndarray, name: str) -> None:
@@ -143,12 +121,6 @@ def _check_numeric(arr: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: non-numeric data of dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise ValueError(f"{name}: complex-valued data is not supported")
-
-
-def _check_finite(arr: np.ndarray, name: str) -> None:
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name}: {bad} non-finite (NaN or inf) voxel(s)")
 
 
 def load_volume(source: Source) -> np.ndarray:
@@ -159,35 +131,26 @@ def load_volume(source: Source) -> np.ndarray:
     ``FileNotFoundError`` for a missing file.
     """
     name = source_name(source)
-    arr = _as_3d(_read(source, name), name)
+    arr = _read(source, name)
     _check_numeric(arr, name)
     out = np.asarray(arr, dtype=np.float32)
-    _check_finite(out, name)
+    check_finite(out, name)
     return out
 
 
 def load_mask(source: Source) -> np.ndarray:
     """A brain mask as a 3-D float32 array of 0/1 (values > 0.5 are foreground)."""
     name = source_name(source)
-    arr = _as_3d(_read(source, name), name)
+    arr = _read(source, name)
     _check_numeric(arr, name)
-    if np.issubdtype(arr.dtype, np.floating):
-        _check_finite(arr, name)
+    check_finite(arr, name)
     return (np.asarray(arr) > 0.5).astype(np.float32)
 
 
 def load_labels(source: Source) -> np.ndarray:
     """A label map as a 3-D int64 array; float storage must hold integers (within 1e-3)."""
     name = source_name(source)
-    arr = _as_3d(_read(source, name), name)
-    _check_numeric(arr, name)
-    if np.issubdtype(arr.dtype, np.floating):
-        _check_finite(arr, name)
-        rounded = np.rint(arr)
-        if arr.size and float(np.abs(arr - rounded).max()) > 1e-3:
-            raise ValueError(f"{name}: non-integer values; not a label map")
-        arr = rounded
-    return np.asarray(arr).astype(np.int64)
+    return as_labels(_read(source, name), name)
 
 
 LOADERS: dict[str, Callable[[Source], np.ndarray]] = {

@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -27,6 +26,7 @@ from contrareg_bids.io.bundle import (
 )
 from contrareg_bids.nn.autoencoder import Autoencoder
 
+from ..io.images import load_nifti
 from . import distributed as ddp
 from .config import TrainConfig
 from .data import (
@@ -103,7 +103,7 @@ def grid_of(record: VolumeRecord) -> GridSpec:
     """Shape, spacing and affine of a record's image (unit spacing for arrays)."""
     if isinstance(record.image, np.ndarray):
         return GridSpec(shape=tuple(record.image.shape[:3]), spacing=(1.0, 1.0, 1.0))
-    img = nib.load(str(record.image))
+    img = load_nifti(record.image)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     affine = tuple(tuple(float(v) for v in row) for row in img.affine)
     return GridSpec(shape=tuple(int(s) for s in img.shape[:3]), spacing=zooms, affine=affine)
