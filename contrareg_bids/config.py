@@ -21,7 +21,7 @@ from . import __version__
 from .io.atomic import write_text_atomic
 from .metrics import FOLDING_LIMIT_PERCENT
 
-#: Command-line options of the train level (``contrareg_bids.workflows.train``).
+#: Command-line options of the train level (``contrareg_bids.cli.train_level``).
 TRAIN_OPTIONS = (
     "model_name",
     "loss",

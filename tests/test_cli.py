@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from contrareg_bids.cli import exit_codes
+from contrareg_bids.cli.execution import plugin_settings
 from contrareg_bids.cli.parser import parse_args
 from contrareg_bids.cli.run import main
 from contrareg_bids.config import ConfigError, RunConfig
-from contrareg_bids.workflows.base import _plugin
 from tests.bids_factory import make_bids_dataset, make_volume
 
 
@@ -258,15 +258,15 @@ def test_config_written_to_work_dir_and_logs(tmp_path, bids):
 # Nipype plugin from the resources options
 # ---------------------------------------------------------------------------------------------
 def test_plugin_settings(tmp_path, bids):
-    assert _plugin(config(tmp_path, bids, "--nprocs", "1")) == ("Linear", {})
-    name, plugin_args = _plugin(config(tmp_path, bids, "--nprocs", "4", "--mem", "6GB",
+    assert plugin_settings(config(tmp_path, bids, "--nprocs", "1")) == ("Linear", {})
+    name, plugin_args = plugin_settings(config(tmp_path, bids, "--nprocs", "4", "--mem", "6GB",
                                        "--n-gpus", "1"))  # fmt: skip
     assert name == "MultiProc"
     assert plugin_args == {"n_procs": 4, "raise_insufficient": False, "memory_gb": 6.0,
                            "n_gpu_procs": 1}  # fmt: skip
     yml = tmp_path / "plugin.yml"
     yml.write_text("plugin: LegacyMultiProc\nplugin_args:\n  n_procs: 3\n")
-    assert _plugin(config(tmp_path, bids, "--use-plugin", yml)) == (
+    assert plugin_settings(config(tmp_path, bids, "--use-plugin", yml)) == (
         "LegacyMultiProc", {"n_procs": 3},
     )  # fmt: skip
 
@@ -355,7 +355,7 @@ def test_gpu_out_of_memory_exits_75_so_a_scheduler_requeues(tmp_path, monkeypatc
     import nibabel as nib
     import torch
 
-    from contrareg_bids.workflows import base
+    from contrareg_bids.cli import participant
 
     bids = make_bids_dataset(
         tmp_path / "bids",
@@ -368,7 +368,7 @@ def test_gpu_out_of_memory_exits_75_so_a_scheduler_requeues(tmp_path, monkeypatc
     def run_subject(cfg, layout, subject, session, model):
         raise causes[subject]
 
-    monkeypatch.setattr(base, "run_subject", run_subject)
+    monkeypatch.setattr(participant, "run_subject", run_subject)
 
     def run(out):
         return main(
@@ -397,7 +397,7 @@ def test_gpu_out_of_memory_exits_75_so_a_scheduler_requeues(tmp_path, monkeypatc
 
 
 def test_gpu_out_of_memory_is_recognised_through_a_nipype_crash_file():
-    from contrareg_bids.workflows.base import is_gpu_out_of_memory
+    from contrareg_bids.cli.execution import is_gpu_out_of_memory
 
     node_error = RuntimeError("Workflow did not execute cleanly. Check log for details")
     crash_line = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.50 GiB"
@@ -478,7 +478,7 @@ def test_subjects_run_concurrently_within_nprocs(tmp_path, caplog):
     processes), each failure recorded for its own subject only, with a progress line."""
     import logging
 
-    from contrareg_bids.workflows.base import concurrent_subjects
+    from contrareg_bids.cli.participant import concurrent_subjects
 
     bids = make_bids_dataset(
         tmp_path / "bids",
@@ -583,7 +583,7 @@ def test_boilerplate_only_and_write_graph(tmp_path, bids):
     from nipype.interfaces.utility import IdentityInterface
     from nipype.pipeline import engine as pe
 
-    from contrareg_bids.workflows.base import write_workflow_graph
+    from contrareg_bids.cli.execution import write_workflow_graph
 
     wf = pe.Workflow(name="g_wf", base_dir=str(tmp_path / "w"))
     wf.add_nodes([pe.Node(IdentityInterface(fields=["a"]), name="n")])
@@ -592,7 +592,7 @@ def test_boilerplate_only_and_write_graph(tmp_path, bids):
 
 
 def test_derivatives_inherit_license_and_hide_non_bids_outputs(tmp_path, bids):
-    from contrareg_bids.workflows.base import write_dataset_description
+    from contrareg_bids.cli.participant import write_dataset_description
 
     src = json.loads((bids / "dataset_description.json").read_text())
     src.update(License="CC-BY-4.0", HowToAcknowledge="Cite the dataset paper.")

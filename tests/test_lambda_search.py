@@ -195,15 +195,15 @@ def test_cli_lambda_auto(tmp_path):
 
 def test_workflow_wires_auto_lambda(tmp_path):
     """``lam="auto"`` configures the register node and feeds its choice to the metrics."""
-    from tests.test_participant_workflow import build, edges, files
+    from tests.test_participant_workflow import build, edges, files, node_of
 
     paths = files.__wrapped__(tmp_path)
     wf = build(paths, tmp_path, lam="auto", max_folding=0.3)
-    reg = wf.get_node("register")
+    reg = node_of(wf, "register")
     assert reg.inputs.auto_lambda and reg.inputs.max_folding == 0.3
     e = edges(wf)
     assert ("register", "lam", "metrics", "lam") in e
     assert ("register", "lambda_search_info", "metrics", "lambda_search") in e
     fixed = build(paths, tmp_path, lam=0.2)
-    assert not fixed.get_node("register").inputs.auto_lambda
-    assert fixed.get_node("metrics").inputs.lam == 0.2
+    assert not node_of(fixed, "register").inputs.auto_lambda
+    assert node_of(fixed, "metrics").inputs.lam == 0.2

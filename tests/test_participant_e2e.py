@@ -147,7 +147,7 @@ def affine_only_dice(run: Run, sub: str, ref_dseg: Path, tmp: Path) -> float:
     from contrareg_bids.io.transforms import read_ants_affine
 
     wf = run.work / f"sub_{sub}_wf"
-    mat = wf / "affine_moving" / "affine_0GenericAffine.mat"
+    mat = wf / "anat_preproc_wf" / "affine_moving" / "affine_0GenericAffine.mat"
     grid = run.out / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-preproc_T2w.nii.gz"
     inverse = read_ants_affine(mat).GetInverse()
     out = apply_transform(ref_dseg, grid, inverse, tmp / f"affine_only_{sub}.nii.gz", "label")
@@ -354,7 +354,7 @@ def test_resume_reuses_finished_nodes(e2e, tiny_bundle, tiny_templateflow):
     """The same command again, as the console script on 2 processes (the two subjects at
     once), on the same work dir: every node is found cached, nothing is recomputed, the
     outputs stay."""
-    result = e2e.work / "sub_01_wf" / "register" / "result_register.pklz"
+    result = e2e.work / "sub_01_wf" / "registration_wf" / "register" / "result_register.pklz"
     before = result.stat().st_mtime_ns
     preproc = e2e.out / "sub-01" / "anat" / "sub-01_desc-preproc_T2w.nii.gz"
     old = data(preproc).copy()
@@ -370,7 +370,9 @@ def test_resume_reuses_finished_nodes(e2e, tiny_bundle, tiny_templateflow):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert result.stat().st_mtime_ns == before
-    for node in ("n4_moving", "affine_moving", "register", "export_xfms", "moving_to_ref"):
+    for node in ("anat_preproc_wf.n4_moving", "anat_preproc_wf.affine_moving",
+                 "registration_wf.register", "registration_wf.export_xfms",
+                 "apply_wf.moving_to_ref"):  # fmt: skip
         # MultiProc: "Cached (wf.node)"; Linear (a subject's share of one CPU): 'Cached "wf.node"'
         assert re.search(rf"Cached (\(|\")sub_01_wf\.{node}(\)|\")", log), node
     assert "sub-02: finished" in log
@@ -384,7 +386,7 @@ def test_nipype_execution_settings(e2e):
     default made a cached re-run of two tiny subjects take a minute)."""
     from nipype.utils.filemanip import loadpkl
 
-    node = loadpkl(e2e.work / "sub_01_wf" / "register" / "_node.pklz")
+    node = loadpkl(e2e.work / "sub_01_wf" / "registration_wf" / "register" / "_node.pklz")
     execution = node.config["execution"]
     assert Path(execution["crashdump_dir"]).parent == e2e.out / "sub-01" / "log"
     assert execution["hash_method"] == "content"

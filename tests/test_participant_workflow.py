@@ -301,8 +301,8 @@ def _cfg(reference: str, **kw):
 
 def test_reference_template_resolution(tmp_path, monkeypatch):
     """``TEMPLATE:res-N`` picks that resolution (image, mask, dseg on one grid)."""
+    from contrareg_bids.cli.inputs import resolve_reference
     from contrareg_bids.io import templates
-    from contrareg_bids.workflows.base import resolve_reference
 
     home = tmp_path / "tf"
     flat = home / "tpl-Flat"
@@ -329,8 +329,9 @@ def test_reference_template_resolution(tmp_path, monkeypatch):
 
 def test_reference_participant_session(tmp_path):
     """``sub-01_ses-2`` takes the T1w (and derivatives) of that session, not the first one."""
+    from contrareg_bids.cli.execution import SubjectError
+    from contrareg_bids.cli.inputs import resolve_reference
     from contrareg_bids.io.bids import make_layout
-    from contrareg_bids.workflows.base import SubjectError, resolve_reference
     from tests.bids_factory import make_bids_dataset, make_volume
 
     bids = make_bids_dataset(
@@ -414,7 +415,7 @@ def test_prepared_reference_is_remade_when_its_files_are_gone(tmp_path):
     work directory that had been removed since."""
     import shutil
 
-    from contrareg_bids.workflows import base
+    from contrareg_bids.cli import inputs
 
     brain = np.zeros((12, 14, 10), np.float32)
     brain[2:10, 3:11, 2:8] = 100.0
@@ -428,8 +429,8 @@ def test_prepared_reference_is_remade_when_its_files_are_gone(tmp_path):
     ref = ReferenceInputs(image=ref_img, space="X", mask=mask, is_template=True)
     cfg = _cfg("x", work_dir=tmp_path / "w", output_dir=tmp_path / "o", sloppy=True,
                random_seed=0, run_uuid="r")  # fmt: skip
-    first = base.prepare_reference(cfg, ref, tmp_path / "crash")
+    first = inputs.prepare_reference(cfg, ref, tmp_path / "crash")
     assert all(f.is_file() for f in first.values())
     shutil.rmtree(tmp_path / "w")
-    again = base.prepare_reference(cfg, ref, tmp_path / "crash")
+    again = inputs.prepare_reference(cfg, ref, tmp_path / "crash")
     assert all(f.is_file() for f in again.values())

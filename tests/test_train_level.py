@@ -194,8 +194,8 @@ def test_train_then_participant_then_group(trained, tiny_templateflow):
 
 
 def test_train_options_reach_the_config(tmp_path):
+    from contrareg_bids.cli.train_level import build_train_config
     from contrareg_bids.training.config import TrainConfig, sloppy_config
-    from contrareg_bids.workflows.train import build_train_config
 
     (tmp_path / "bids").mkdir()
     base = [str(tmp_path / "bids"), str(tmp_path / "out"), "train"]

@@ -53,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     setup_logging(args.verbose, args.quiet)
     if cfg.analysis_level == "participant":
-        from ..workflows.base import run_participant_level
+        from .participant import run_participant_level
 
         return run_participant_level(cfg)
     if cfg.analysis_level == "group":
-        from ..reports.group import run_group_level
+        from .group import run_group_level
 
         return run_group_level(cfg)
-    from ..workflows.train import run_train_level
+    from .train_level import run_train_level
 
     return run_train_level(cfg)
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..metrics import FOLDING_LIMIT_PERCENT
-from .html import page, write_page
+from .html import page
 
 LOGGER = logging.getLogger("contrareg_bids.group")
 
@@ -252,23 +252,3 @@ def group_html(output_dir: Path, header: Sequence[str], table: Sequence[Sequence
         ("outliers", "Outliers", out_html),
     ]
     return page("contrareg-bids: group report", sections, script=SORT_JS)
-
-
-def run_group_level(cfg) -> int:
-    """``contrareg-bids BIDS OUT group``: 0, or 18 when no participant has metrics."""
-    from ..cli import exit_codes
-
-    rows = collect_metrics(cfg.output_dir, cfg.participant_label)
-    if not rows:
-        LOGGER.error(
-            "no *_desc-registration_metrics.tsv under %s: run the participant level first",
-            cfg.output_dir,
-        )
-        return exit_codes.NO_FILES
-    header, table = group_table(rows)
-    tsv = write_group_tsv(cfg.output_dir / "group_metrics.tsv", header, table)
-    text = group_html(cfg.output_dir, header, table)
-    page_path = write_page(cfg.output_dir / "group.html", text)
-    n_out = sum(r[-2] == "yes" for r in table)
-    LOGGER.info("group level: %d rows, %d outlier(s): %s, %s", len(table), n_out, tsv, page_path)
-    return exit_codes.OK

@@ -262,34 +262,3 @@ def write_subject_report(
     except Exception as err:  # reports decorate: the outputs are what counts
         LOGGER.warning("%s: could not write the report: %s", prefix_of(subject, session), err)
         return None
-
-
-def _sessions_on_disk(output_dir: Path, subject: str) -> list[str | None]:
-    sub = output_dir / f"sub-{subject}"
-    sessions = {p.name[4:] for p in sub.glob("ses-*") if p.is_dir()}
-    for fig in (sub / "figures").glob(f"sub-{subject}_ses-*_desc-*"):
-        sessions.add(fig.name.split("_ses-")[1].split("_")[0])
-    for err in (sub / "log").glob(f"*/error-sub-{subject}_ses-*.txt"):
-        sessions.add(err.stem.split("_ses-")[1])
-    return sorted(sessions) or [None]
-
-
-def run_reports_only(cfg) -> int:
-    """``--reports-only``: rebuild every selected subject's page from existing outputs."""
-    from ..cli import exit_codes
-
-    out = cfg.output_dir
-    wanted = [s.removeprefix("sub-") for s in cfg.participant_label or []]
-    found = sorted(p.name[4:] for p in out.glob("sub-*") if p.is_dir())
-    subjects = [s for s in found if not wanted or s in wanted]
-    if not subjects:
-        LOGGER.error("--reports-only: no subject outputs in %s to build reports from", out)
-        return exit_codes.NO_FILES
-    sessions_wanted = [s.removeprefix("ses-") for s in cfg.session_label or []]
-    for subject in subjects:
-        for session in _sessions_on_disk(out, subject):
-            if sessions_wanted and session not in sessions_wanted:
-                continue
-            path = build_subject_report(out, subject, session, cfg.moving_modality)
-            LOGGER.info("report written: %s", path)
-    return exit_codes.OK

@@ -1,0 +1,370 @@
+"""Train level: the participant preprocessing for every selected subject-session, then
+ContraReg training on the result, and a model bundle in ``OUTPUT_DIR/models/``.
+
+The preprocessing is built from the participant workflow's own factories
+(:func:`init_train_inputs_wf`): same workflow and node names, same inputs, so a
+``participant`` run with the same ``-w`` reuses what ``train`` computed, and the other way
+round. Training state (checkpoints, CSV logs) lives in ``WORK_DIR/train/<name>/``; running
+the same command again resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RunConfig, default_threads
+from ..io.run_logs import run_log_dir
+from . import exit_codes
+
+LOGGER = logging.getLogger("contrareg_bids.train")
+
+
+@dataclass
+class SubjectVolumes:
+    """What the preprocessing of one subject-session gave (paths on the model grid)."""
+
+    subject: str
+    session: str | None
+    moving: Path
+    fixed: Path | None
+    mask: Path
+    labels: Path | None
+    reference: Path
+    reference_mask: Path | None
+
+
+# ------------------------------------------------------------------------------ settings
+def default_model_name(moving: str, fixed: str, loss: str) -> str:
+    """``contrareg_T2w-T1w_mcr`` (``+`` of loss variants becomes ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"contrareg_{moving}-{fixed}_{loss}")
+
+
+def build_train_config(cfg: RunConfig):
+    """:class:`~contrareg_bids.training.config.TrainConfig` of a run: the paper's defaults
+    (or the CPU preset with ``--sloppy``), then the options given; seed = ``--random-seed``.
+    Raises ``ValueError`` for invalid values."""
+    from ..training.config import TrainConfig, sloppy_config
+
+    opts = cfg.train
+    base = sloppy_config() if cfg.sloppy else TrainConfig()
+    changes: dict = {"seed": cfg.random_seed, "device": training_device(cfg)}
+    fields = {
+        "loss": "loss",
+        "train_steps": "steps",
+        "lr": "lr",
+        "batch_size": "batch_size",
+        "val_fraction": "val_fraction",
+        "deform_augment": "deform_augment",
+    }
+    for key, field in fields.items():
+        if opts.get(key) is not None:
+            changes[field] = opts[key]
+    if opts.get("lambda_range") is not None:
+        changes["lambda_range"] = tuple(float(v) for v in opts["lambda_range"])
+    regnet = {k: opts[k] for k in ("ch", "ts") if opts.get(k) is not None}
+    if regnet:
+        changes["regnet"] = regnet
+    if opts.get("ae_steps") is not None:
+        changes["autoencoder"] = {"steps": opts["ae_steps"]}
+    for key in ("train_steps", "ae_steps", "ch", "ts", "batch_size"):
+        if opts.get(key) is not None and opts[key] < (0 if key == "ae_steps" else 1):
+            raise ValueError(f"--{key.replace('_', '-')} must be positive, got {opts[key]}")
+    if opts.get("stop_after") is not None and opts["stop_after"] < 0:
+        raise ValueError(f"--stop-after must be >= 0, got {opts['stop_after']}")
+    if opts.get("ae_steps") == 0:
+        raise ValueError("--ae-steps must be >= 1 (use --loss mi, ... to train without them)")
+    return base.updated(**changes)
+
+
+def training_device(cfg: RunConfig) -> str:
+    """``--device``; ``auto`` trains on CUDA when there is a GPU, unless ``--n-gpus 0``."""
+    if cfg.device == "auto" and cfg.n_gpus == 0:
+        return "cpu"
+    return cfg.device
+
+
+def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None, grid):
+    """Run the preprocessing of one subject-session on ``grid`` (``(shape, spacing)``; None:
+    the grid of its reference image). Returns its :class:`SubjectVolumes` and the grid."""
+    from nipype.interfaces.base import isdefined
+
+    from ..io.bids import subject_session_id
+    from ..workflows.train import init_train_inputs_wf
+    from .execution import execution_config, node_outputs, plugin_settings
+    from .inputs import prepare_reference, resolve_reference, subject_inputs
+
+    sid = subject_session_id(subject, session)
+    ref = resolve_reference(cfg, layout, subject, session)
+    subj = subject_inputs(cfg, layout, subject, session, ref)
+    log_dir = run_log_dir(cfg.output_dir, subject, cfg.run_uuid)
+    shape, spacing = (
+        grid if grid is not None else reference_grid(ref.image, cfg.train.get("model_spacing"))
+    )
+    wf = init_train_inputs_wf(
+        subj=subj,
+        ref=ref,
+        grid_shape=shape,
+        grid_spacing=spacing,
+        reference_files=prepare_reference(cfg, ref, log_dir),
+        seed=cfg.random_seed,
+        sloppy=cfg.sloppy,
+        omp_nthreads=cfg.omp_nthreads or default_threads(cfg.nprocs),
+        name=f"{sid.replace('-', '_')}_wf",
+    )
+    wf.base_dir = str(cfg.work_dir)
+    wf.config["execution"] = execution_config(log_dir)
+    plugin, plugin_args = plugin_settings(cfg)
+    eg = wf.run(plugin=plugin, plugin_args=plugin_args)
+    vol = node_outputs(eg, "training_volumes")
+    pair = node_outputs(eg, "prepare_pair")
+
+    def opt(value) -> Path | None:
+        return Path(value) if isdefined(value) and value else None
+
+    return SubjectVolumes(
+        subject=subject,
+        session=session,
+        moving=Path(vol.moving),
+        fixed=opt(vol.fixed),
+        mask=Path(vol.mask),
+        labels=opt(vol.labels),
+        reference=Path(pair.fixed),
+        reference_mask=opt(pair.fixed_mask),
+    ), (tuple(shape), tuple(spacing))
+
+
+def reference_grid(
+    image: Path, spacing: float | None = None
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """The model grid of a new model: the reference image's shape and spacing, or with
+    ``spacing`` (mm, isotropic) the shape that covers the same field of view at that size
+    (``--model-spacing``: a coarser grid a CPU can train on)."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(image))
+    own = np.linalg.norm(img.affine[:3, :3], axis=0)
+    if spacing is None:
+        return tuple(int(s) for s in img.shape[:3]), tuple(float(s) for s in own)
+    shape = np.ceil(np.asarray(img.shape[:3]) * own / spacing - 1e-6).astype(int)
+    return tuple(int(s) for s in shape), (float(spacing),) * 3
+
+
+# ------------------------------------------------------------------------------ records
+def training_records(volumes: list[SubjectVolumes]):
+    """``(moving, fixed, template)`` record lists for :func:`~contrareg_bids.training.
+    pipeline.train`: pairs between subjects when two or more have the fixed modality (the
+    paper's set-up), else every subject to the reference (the participant level's task)."""
+    from ..training.data import VolumeRecord
+
+    moving = [
+        VolumeRecord(
+            image=v.moving, subject=v.subject, mask=v.mask, labels=v.labels, session=v.session
+        )
+        for v in volumes
+    ]
+    with_fixed = [v for v in volumes if v.fixed is not None]
+    if len({v.subject for v in with_fixed}) >= 2:
+        fixed = [
+            VolumeRecord(
+                image=v.fixed, subject=v.subject, mask=v.mask, labels=v.labels, session=v.session
+            )
+            for v in with_fixed
+        ]
+        return moving, fixed, None
+    first = volumes[0]
+    template = VolumeRecord(image=first.reference, subject="reference", mask=first.reference_mask)
+    return moving, None, template
+
+
+def write_record_list(path: Path, records) -> Path:
+    """A ``contrareg-train`` list (TSV: image, mask, labels, subject, session), e.g. for a
+    multi-GPU ``torchrun`` run on the same preprocessed data."""
+    lines = ["image\tmask\tlabels\tsubject\tsession"]
+    for r in records:
+        cells = [r.image, r.mask or "", r.labels or "", r.subject, r.session or ""]
+        lines.append("\t".join(str(c) for c in cells))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def check_selection(train_dir: Path, selection: dict) -> None:
+    """Refuse to resume a training folder with other data (the trainer itself checks the
+    configuration); ``ValueError`` names the folder and what changed."""
+    path = train_dir / "selection.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != selection:
+            changed = sorted(
+                k for k in set(before) | set(selection) if before.get(k) != selection.get(k)
+            )
+            raise ValueError(
+                f"{train_dir} holds a training run on other data ({', '.join(changed)} "
+                "differ); give another --model-name, or delete the folder to restart"
+            )
+        return
+    train_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(selection, indent=2, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------ the level
+def run_train_level(cfg: RunConfig) -> int:
+    """Preprocess the selected subject-sessions and train; exit code 0, 1 (some subjects
+    failed; the model was trained on the others), 2, 16, 18 or 75."""
+    from ..io.bids import subject_session_id
+    from ..processing.normalize import normalization_description
+    from ..processing.threads import limit_threads
+    from ..training.pipeline import train
+    from ..training.report import write_training_report
+    from .execution import gpu_available, is_gpu_out_of_memory, report_failure
+    from .inputs import open_inputs
+    from .participant import write_dataset_description
+
+    cfg.seed_everything()
+    try:
+        tcfg = build_train_config(cfg)
+    except ValueError as err:
+        LOGGER.error("%s", err)
+        return exit_codes.USAGE
+    opened = open_inputs(cfg)
+    if isinstance(opened, int):
+        return opened
+    layout, subjects, sessions_of = opened
+    if not gpu_available(cfg):
+        LOGGER.error(
+            "--device %s: CUDA is not available here; run on a GPU node, or use "
+            "--device auto or cpu",
+            cfg.device,
+        )
+        return exit_codes.EX_TEMPFAIL
+    if (cfg.n_gpus or 0) > 1:
+        LOGGER.warning(
+            "--n-gpus %d: the train level trains in one process on one device; for "
+            "several GPUs use torchrun with contrareg-train on the lists it writes "
+            "(docs/training.md)",
+            cfg.n_gpus,
+        )
+    name = cfg.train.get("model_name") or default_model_name(
+        cfg.moving_modality, cfg.fixed_modality, tcfg.loss
+    )
+    train_dir = cfg.work_dir / "train" / name
+    models = cfg.output_dir / "models"
+    write_dataset_description(cfg)
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    cfg.write(cfg.work_dir / f"config-{cfg.run_uuid}.json")
+    cfg.write(cfg.output_dir / "logs" / f"config-{cfg.run_uuid}.json")
+    limit_threads(cfg.omp_nthreads or default_threads(cfg.nprocs))
+
+    volumes: list[SubjectVolumes] = []
+    failed: list[str] = []
+    grid = None
+    for subject in subjects:
+        for session in sessions_of[subject]:
+            sid = subject_session_id(subject, session)
+            try:
+                vol, grid = preprocess_subject(cfg, layout, subject, session, grid)
+                volumes.append(vol)
+                LOGGER.info("%s: preprocessed for training", sid)
+            except Exception as err:  # one subject never stops the others
+                failed.append(sid)
+                report_failure(cfg, subject, sid, err)
+                if cfg.stop_on_first_crash:
+                    LOGGER.error("stopping at the first failure (--stop-on-first-crash)")
+                    return exit_codes.PARTICIPANT_FAILED
+    if len({v.subject for v in volumes}) < 2:
+        LOGGER.error(
+            "training needs at least two participants with a %s image; %d usable (failed: %s)",
+            cfg.moving_modality,
+            len(volumes),
+            ", ".join(failed) or "none",
+        )
+        return exit_codes.PARTICIPANT_FAILED if failed else exit_codes.NO_FILES
+
+    moving, fixed, template = training_records(volumes)
+    write_record_list(train_dir / "moving.tsv", moving)
+    if fixed is not None:
+        write_record_list(train_dir / "fixed.tsv", fixed)
+    selection = {
+        "subjects": sorted(subject_session_id(v.subject, v.session) for v in volumes),
+        "reference": cfg.reference,
+        "modalities": [cfg.moving_modality, cfg.fixed_modality],
+        "pairs": "between subjects" if template is None else "to the reference",
+        "grid": {"shape": list(grid[0]), "spacing": list(grid[1])},
+    }
+    bundle = models / f"{name}.safetensors"
+    LOGGER.info(
+        "training %s on %d subject-session(s), pairs %s; state in %s",
+        name,
+        len(volumes),
+        selection["pairs"],
+        train_dir,
+    )
+    try:
+        check_selection(train_dir, selection)
+        out = train(
+            moving,
+            fixed,
+            tcfg,
+            train_dir,
+            template=template,
+            modalities=(cfg.moving_modality, cfg.fixed_modality),
+            progress=True,
+            stop_after=cfg.train.get("stop_after"),
+            bundle_path=bundle,
+            normalization=normalization_description(),
+        )
+    except ValueError as err:
+        LOGGER.error("%s", err)
+        return exit_codes.USAGE
+    except Exception as err:
+        if not is_gpu_out_of_memory(err):
+            raise
+        LOGGER.error(
+            "training %s: the GPU ran out of memory (%s); the run resumes from its "
+            "last checkpoint in %s: rerun on a GPU with more memory, or lower "
+            "--batch-size",
+            name,
+            err,
+            train_dir / "checkpoints",
+        )
+        return exit_codes.EX_TEMPFAIL
+    summary = {
+        "model": name,
+        "loss": tcfg.loss,
+        "moving -> fixed": f"{cfg.moving_modality} -> {cfg.fixed_modality}",
+        "reference": cfg.reference,
+        "subject-sessions": ", ".join(selection["subjects"]),
+        "pairs": selection["pairs"],
+        "grid": f"{'x'.join(map(str, grid[0]))} at {'x'.join(f'{s:g}' for s in grid[1])} mm",
+        "steps": f"{tcfg.steps} registration, {tcfg.autoencoder.steps} autoencoder",
+        "network": f"ch={tcfg.regnet.ch}, ts={tcfg.regnet.ts}, lambda in "
+        f"{list(tcfg.lambda_range)}",
+        "device": tcfg.device,
+        "seed": tcfg.seed,
+    }
+    if out is None:
+        write_training_report(
+            train_dir, train_dir / "report.html", title=f"{name} (in progress)", summary=summary
+        )
+        LOGGER.info(
+            "stopped early (--stop-after); run the same command again to resume from %s",
+            train_dir / "checkpoints",
+        )
+        return exit_codes.PARTICIPANT_FAILED if failed else exit_codes.OK
+    summary["last validation"] = ", ".join(f"{k} {v:.4g}" for k, v in out.last_val.items()) or "-"
+    summary["bundle"] = str(bundle)
+    report = write_training_report(train_dir, models / f"{name}.html", title=name, summary=summary)
+    LOGGER.info("model bundle %s (sidecar %s, report %s)", bundle, out.sidecar, report)
+    if failed:
+        LOGGER.error(
+            "%d failed: %s (see sub-*/log/); the model was trained on the others",
+            len(failed),
+            ", ".join(failed),
+        )
+        return exit_codes.PARTICIPANT_FAILED
+    return exit_codes.OK
