@@ -17,11 +17,9 @@ from contrareg_bids import __version__
 from contrareg_bids.io import bundle as bundle_mod
 from contrareg_bids.io.bundle import (
     FORMAT_VERSION,
-    AutoencoderConfig,
     BundleError,
     BundleMetadata,
     GridSpec,
-    HeadsConfig,
     ModelBundle,
     describe_bundle,
     file_sha256,
@@ -30,8 +28,8 @@ from contrareg_bids.io.bundle import (
     save_bundle,
     write_sidecar,
 )
-from contrareg_bids.nn.autoencoder import Autoencoder
-from contrareg_bids.nn.heads import ProjectionHeads
+from contrareg_bids.nn.autoencoder import Autoencoder, AutoencoderConfig
+from contrareg_bids.nn.heads import HeadsConfig, ProjectionHeads
 from contrareg_bids.nn.model import ContraRegNet
 
 BLOCKS = ((4, 0), (8, -1), (8, -1), (4, 1), (4, 1))

@@ -17,11 +17,9 @@ from typing import Any
 _LAZY = {
     name: "bundle"
     for name in (
-        "AutoencoderConfig",
         "BundleError",
         "BundleMetadata",
         "GridSpec",
-        "HeadsConfig",
         "ModelBundle",
         "describe_bundle",
         "load_model",

@@ -44,18 +44,17 @@ from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from .. import __version__
-from ..nn.autoencoder import DEFAULT_BLOCKS, Autoencoder
-from ..nn.heads import ProjectionHeads
+from ..nn._checks import check_keys, float_field, int_field, is_int, list_field
+from ..nn.autoencoder import Autoencoder, AutoencoderConfig
+from ..nn.heads import HeadsConfig, ProjectionHeads
 from ..nn.model import ContraRegNet, RegNetConfig
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
-    "AutoencoderConfig",
     "BundleError",
     "BundleMetadata",
     "GridSpec",
-    "HeadsConfig",
     "ModelBundle",
     "describe_bundle",
     "file_sha256",
@@ -88,40 +87,13 @@ class BundleError(ValueError):
 
 
 # --------------------------------------------------------------------------- validation helpers
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(name: str, v: Any, lo: int | None = None) -> int:
-    if not _is_int(v) or (lo is not None and v < lo):
-        cond = f" >= {lo}" if lo is not None else ""
-        raise ValueError(f"{name} must be an integer{cond}, got {v!r}")
-    return int(v)
-
-
-def _float(name: str, v: Any) -> float:
-    if not _is_number(v):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    return float(v)
+# (those the architecture configs share are in nn/_checks.py)
 
 
 def _str(name: str, v: Any, nonempty: bool = False) -> str:
     if not isinstance(v, str) or (nonempty and not v):
         raise ValueError(f"{name} must be a {'non-empty ' if nonempty else ''}string, got {v!r}")
     return v
-
-
-def _seq(name: str, v: Any, n: int | None = None) -> list:
-    if not isinstance(v, list | tuple) or (n is not None and len(v) != n):
-        what = f"a list of {n} values" if n is not None else "a list"
-        raise ValueError(f"{name} must be {what}, got {v!r}")
-    return list(v)
 
 
 def _json_object(name: str, v: Any) -> dict[str, Any]:
@@ -134,117 +106,7 @@ def _json_object(name: str, v: Any) -> dict[str, Any]:
         raise ValueError(f"{name} must hold JSON values only (finite numbers): {exc}") from exc
 
 
-def _check_keys(name: str, data: Any, required: set[str], optional: set[str]) -> dict:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{name} must be a JSON object, got {type(data).__name__}")
-    missing = sorted(required - set(data))
-    if missing:
-        raise ValueError(f"{name}: missing required field(s) {missing}")
-    unknown = sorted(set(data) - required - optional)
-    if unknown:
-        raise ValueError(
-            f"{name}: unknown field(s) {unknown} (written by a newer contrareg-bids?)"
-        )
-    return dict(data)
-
-
 # --------------------------------------------------------------------------- typed metadata parts
-
-
-@dataclass(frozen=True)
-class AutoencoderConfig:
-    """Architecture of the (per-modality) autoencoders; all modalities share it."""
-
-    in_channels: int = 1
-    blocks: tuple[tuple[int, int], ...] = DEFAULT_BLOCKS
-    n_feature_layers: int = 6
-    slope: float = 0.2
-
-    def __post_init__(self):
-        blocks = []
-        for i, b in enumerate(_seq("autoencoder.blocks", self.blocks)):
-            filters, resample = _seq(f"autoencoder.blocks[{i}]", b, 2)
-            _int(f"autoencoder.blocks[{i}] filters", filters, 1)
-            if resample not in (-1, 0, 1) or not _is_int(resample):
-                raise ValueError(
-                    f"autoencoder.blocks[{i}] resampling must be -1, 0 or 1, got {resample!r}"
-                )
-            blocks.append((int(filters), int(resample)))
-        if not blocks:
-            raise ValueError("autoencoder.blocks must list at least one block")
-        object.__setattr__(self, "blocks", tuple(blocks))
-        _int("autoencoder.in_channels", self.in_channels, 1)
-        n = _int("autoencoder.n_feature_layers", self.n_feature_layers, 1)
-        if n > len(blocks):
-            raise ValueError(f"autoencoder.n_feature_layers must be <= {len(blocks)}, got {n}")
-        object.__setattr__(self, "slope", _float("autoencoder.slope", self.slope))
-
-    @property
-    def feature_channels(self) -> tuple[int, ...]:
-        return tuple(f for f, _ in self.blocks[: self.n_feature_layers])
-
-    def build(self) -> Autoencoder:
-        return Autoencoder(self.in_channels, self.blocks, self.n_feature_layers, self.slope)
-
-    @classmethod
-    def from_module(cls, ae: Autoencoder) -> AutoencoderConfig:
-        blocks = []
-        for b in ae.blocks:
-            resample = 1 if b.upsample else (-1 if b.conv.stride[0] == 2 else 0)
-            blocks.append((b.conv.out_channels, resample))
-        slope = float(ae.blocks[0].act.negative_slope) if len(ae.blocks) else 0.2
-        return cls(ae.in_channels, tuple(blocks), ae.n_feature_layers, slope)
-
-    def to_dict(self) -> dict:
-        return {
-            "in_channels": self.in_channels,
-            "blocks": [list(b) for b in self.blocks],
-            "n_feature_layers": self.n_feature_layers,
-            "slope": self.slope,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> AutoencoderConfig:
-        d = _check_keys(
-            "autoencoder", data, {"in_channels", "blocks", "n_feature_layers"}, {"slope"}
-        )
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class HeadsConfig:
-    """Architecture of the projection heads (one MLP per autoencoder feature layer)."""
-
-    channels: tuple[int, ...]
-    width: int = 256
-    depth: int = 3
-
-    def __post_init__(self):
-        ch = _seq("heads.channels", self.channels)
-        if not ch:
-            raise ValueError("heads.channels must list at least one feature layer")
-        ch = tuple(_int(f"heads.channels[{i}]", c, 1) for i, c in enumerate(ch))
-        object.__setattr__(self, "channels", ch)
-        _int("heads.width", self.width, 1)
-        _int("heads.depth", self.depth, 1)
-
-    def build(self) -> ProjectionHeads:
-        return ProjectionHeads(self.channels, width=self.width, depth=self.depth)
-
-    @classmethod
-    def from_module(cls, heads: ProjectionHeads) -> HeadsConfig:
-        depth = getattr(heads, "depth", None)
-        if depth is None:  # count the linear layers of the first head
-            depth = sum(isinstance(m, nn.Linear) for m in heads[0].modules())
-        channels = getattr(heads, "channels", None) or tuple(h.in_channels for h in heads)
-        return cls(tuple(channels), int(heads.width), int(depth))
-
-    def to_dict(self) -> dict:
-        return {"channels": list(self.channels), "width": self.width, "depth": self.depth}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> HeadsConfig:
-        return cls(**_check_keys("heads", data, {"channels", "width", "depth"}, set()))
 
 
 @dataclass(frozen=True)
@@ -258,11 +120,12 @@ class GridSpec:
 
     def __post_init__(self):
         shape = tuple(
-            _int(f"grid.shape[{i}]", s, 1) for i, s in enumerate(_seq("grid.shape", self.shape, 3))
+            int_field(f"grid.shape[{i}]", s, 1)
+            for i, s in enumerate(list_field("grid.shape", self.shape, 3))
         )
         spacing = tuple(
-            _float(f"grid.spacing[{i}]", s)
-            for i, s in enumerate(_seq("grid.spacing", self.spacing, 3))
+            float_field(f"grid.spacing[{i}]", s)
+            for i, s in enumerate(list_field("grid.spacing", self.spacing, 3))
         )
         if any(s <= 0 for s in spacing):
             raise ValueError(f"grid.spacing must be positive (mm), got {list(spacing)}")
@@ -274,11 +137,11 @@ class GridSpec:
                 aff = aff.tolist()
             elif hasattr(aff, "tolist"):  # numpy array
                 aff = aff.tolist()
-            rows = _seq("grid.affine", aff, 4)
+            rows = list_field("grid.affine", aff, 4)
             affine = tuple(
                 tuple(
-                    _float(f"grid.affine[{i}][{j}]", v)
-                    for j, v in enumerate(_seq(f"grid.affine[{i}]", r, 4))
+                    float_field(f"grid.affine[{i}][{j}]", v)
+                    for j, v in enumerate(list_field(f"grid.affine[{i}]", r, 4))
                 )
                 for i, r in enumerate(rows)
             )
@@ -302,7 +165,7 @@ class GridSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> GridSpec:
-        return cls(**_check_keys("grid", data, {"shape", "spacing"}, {"affine", "reference"}))
+        return cls(**check_keys("grid", data, {"shape", "spacing"}, {"affine", "reference"}))
 
 
 def _regnet_from_dict(data: Any) -> RegNetConfig:
@@ -316,9 +179,9 @@ def _regnet_from_dict(data: Any) -> RegNetConfig:
         if typ is bool and not isinstance(value, bool):
             raise ValueError(f"regnet.{key} must be true or false, got {value!r}")
         if typ is int:
-            value = _int(f"regnet.{key}", value)
+            value = int_field(f"regnet.{key}", value)
         elif typ is float:
-            value = _float(f"regnet.{key}", value)
+            value = float_field(f"regnet.{key}", value)
         clean[key] = value
     return RegNetConfig.from_dict(clean)
 
@@ -395,7 +258,7 @@ class BundleMetadata:
                     f"heads.channels {list(self.heads.channels)} must equal the autoencoder "
                     f"feature channels {list(self.autoencoder.feature_channels)}"
                 )
-        mods = _check_keys("modalities", self.modalities, {"moving", "fixed"}, set())
+        mods = check_keys("modalities", self.modalities, {"moving", "fixed"}, set())
         for role, mod in mods.items():
             if not isinstance(mod, str) or not _MODALITY_RE.match(mod):
                 raise ValueError(
@@ -408,16 +271,16 @@ class BundleMetadata:
         _str("loss", self.loss, nonempty=True)
         self.loss_params = _json_object("loss_params", self.loss_params)
         lo, hi = (
-            _float(f"lambda_range[{i}]", v)
-            for i, v in enumerate(_seq("lambda_range", self.lambda_range, 2))
+            float_field(f"lambda_range[{i}]", v)
+            for i, v in enumerate(list_field("lambda_range", self.lambda_range, 2))
         )
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"lambda_range must satisfy 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
         self.lambda_range = (lo, hi)
-        _int("training_steps", self.training_steps, 0)
+        int_field("training_steps", self.training_steps, 0)
         _str("data_fingerprint", self.data_fingerprint)
         if self.seed is not None:
-            _int("seed", self.seed)
+            int_field("seed", self.seed)
         _str("package_version", self.package_version, nonempty=True)
         _str("created", self.created, nonempty=True)
         try:
@@ -456,7 +319,7 @@ class BundleMetadata:
     @classmethod
     def from_dict(cls, data: Mapping) -> BundleMetadata:
         """Validate and build; ``ValueError`` names the missing/unknown/bad field."""
-        d = _check_keys("metadata", data, set(cls._REQUIRED), set(cls._OPTIONAL))
+        d = check_keys("metadata", data, set(cls._REQUIRED), set(cls._OPTIONAL))
         for key in ("loss_params", "extra"):
             if d.get(key, {}) is None:
                 d[key] = {}
@@ -817,9 +680,9 @@ def _read_header(path: Path) -> _Header:
                 raise ValueError(f"bad entry for tensor {name!r}")
             start, stop = info["data_offsets"]
             shape = info["shape"]
-            if not (_is_int(start) and _is_int(stop) and 0 <= start <= stop):
+            if not (is_int(start) and is_int(stop) and 0 <= start <= stop):
                 raise ValueError(f"bad data offsets for tensor {name!r}")
-            if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+            if not isinstance(shape, list) or not all(is_int(s) and s >= 0 for s in shape):
                 raise ValueError(f"bad shape for tensor {name!r}")
             end = max(end, stop)
     except (UnicodeDecodeError, ValueError, TypeError) as exc:

@@ -1,6 +1,11 @@
-"""Input validation shared by the network modules: clear errors naming the argument."""
+"""Validation shared by the network modules and their configs: clear errors naming the
+argument or field."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -26,3 +31,57 @@ def check_same_grid(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) 
             f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} must share the batch size "
             "and the spatial shape (X, Y, Z)"
         )
+
+
+# ---------------------------------------------------------------- configuration fields
+# Validators of the architecture configs (nn/autoencoder.py, nn/heads.py) and of the
+# bundle metadata (io/bundle.py): the metadata is read from files, so a bad value must
+# raise a ValueError naming the field, never build a broken module.
+
+
+def is_int(v: Any) -> bool:
+    """An int that is not a bool (JSON ``true`` must not pass as 1)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def int_field(name: str, v: Any, lo: int | None = None) -> int:
+    """``v`` as an int (``>= lo`` when given), else ``ValueError`` naming ``name``."""
+    if not is_int(v) or (lo is not None and v < lo):
+        cond = f" >= {lo}" if lo is not None else ""
+        raise ValueError(f"{name} must be an integer{cond}, got {v!r}")
+    return int(v)
+
+
+def float_field(name: str, v: Any) -> float:
+    """``v`` as a finite float, else ``ValueError`` naming ``name``."""
+    if not is_number(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def list_field(name: str, v: Any, n: int | None = None) -> list:
+    """``v`` (a list or tuple, of ``n`` items when given) as a list."""
+    if not isinstance(v, list | tuple) or (n is not None and len(v) != n):
+        what = f"a list of {n} values" if n is not None else "a list"
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    return list(v)
+
+
+def check_keys(name: str, data: Any, required: set[str], optional: set[str]) -> dict:
+    """``data`` as a dict, refusing missing required and unknown keys (newer files)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{name} must be a JSON object, got {type(data).__name__}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ValueError(f"{name}: missing required field(s) {missing}")
+    unknown = sorted(set(data) - required - optional)
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown field(s) {unknown} (written by a newer contrareg-bids?)"
+        )
+    return dict(data)

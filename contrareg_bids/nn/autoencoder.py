@@ -9,13 +9,14 @@ first six blocks are the multi-scale features sampled by PatchNCE.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_volume
+from ._checks import check_keys, check_volume, float_field, int_field, is_int, list_field
 
 #: (filters, resampling) of the seven blocks: -1 = stride-2 down, +1 = x2 up, 0 = same grid.
 DEFAULT_BLOCKS: tuple[tuple[int, int], ...] = (
@@ -104,6 +105,70 @@ class Autoencoder(nn.Module):
             h = block(h)
             feats.append(h)
         return feats
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Architecture of the (per-modality) autoencoders; all modalities share it.
+
+    Stored in model bundles (``io/bundle.py``), which rebuild the modules from it: fields
+    read from a file are validated here, with errors naming the field.
+    """
+
+    in_channels: int = 1
+    blocks: tuple[tuple[int, int], ...] = DEFAULT_BLOCKS
+    n_feature_layers: int = 6
+    slope: float = 0.2
+
+    def __post_init__(self) -> None:
+        blocks = []
+        for i, b in enumerate(list_field("autoencoder.blocks", self.blocks)):
+            filters, resample = list_field(f"autoencoder.blocks[{i}]", b, 2)
+            int_field(f"autoencoder.blocks[{i}] filters", filters, 1)
+            if resample not in (-1, 0, 1) or not is_int(resample):
+                raise ValueError(
+                    f"autoencoder.blocks[{i}] resampling must be -1, 0 or 1, got {resample!r}"
+                )
+            blocks.append((int(filters), int(resample)))
+        if not blocks:
+            raise ValueError("autoencoder.blocks must list at least one block")
+        object.__setattr__(self, "blocks", tuple(blocks))
+        int_field("autoencoder.in_channels", self.in_channels, 1)
+        n = int_field("autoencoder.n_feature_layers", self.n_feature_layers, 1)
+        if n > len(blocks):
+            raise ValueError(f"autoencoder.n_feature_layers must be <= {len(blocks)}, got {n}")
+        object.__setattr__(self, "slope", float_field("autoencoder.slope", self.slope))
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        return tuple(f for f, _ in self.blocks[: self.n_feature_layers])
+
+    def build(self) -> Autoencoder:
+        return Autoencoder(self.in_channels, self.blocks, self.n_feature_layers, self.slope)
+
+    @classmethod
+    def from_module(cls, ae: Autoencoder) -> AutoencoderConfig:
+        blocks = []
+        for b in ae.blocks:
+            resample = 1 if b.upsample else (-1 if b.conv.stride[0] == 2 else 0)
+            blocks.append((b.conv.out_channels, resample))
+        slope = float(ae.blocks[0].act.negative_slope) if len(ae.blocks) else 0.2
+        return cls(ae.in_channels, tuple(blocks), ae.n_feature_layers, slope)
+
+    def to_dict(self) -> dict:
+        return {
+            "in_channels": self.in_channels,
+            "blocks": [list(b) for b in self.blocks],
+            "n_feature_layers": self.n_feature_layers,
+            "slope": self.slope,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> AutoencoderConfig:
+        d = check_keys(
+            "autoencoder", data, {"in_channels", "blocks", "n_feature_layers"}, {"slope"}
+        )
+        return cls(**d)
 
 
 def block_geometry(blocks: Sequence[tuple[int, int]]) -> tuple[tuple[float, float], ...]:

@@ -7,13 +7,16 @@ the PatchNCE loss compares the two modalities by dot products.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ProjectionHead", "ProjectionHeads"]
+from ._checks import check_keys, int_field, list_field
+
+__all__ = ["HeadsConfig", "ProjectionHead", "ProjectionHeads"]
 
 
 class ProjectionHead(nn.Module):
@@ -93,3 +96,42 @@ class ProjectionHeads(nn.ModuleList):
         if len(samples) != len(self):
             raise ValueError(f"samples must have {len(self)} entries, got {len(samples)}")
         return [self.project(k, s) for k, s in enumerate(samples)]
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Architecture of the projection heads (one MLP per autoencoder feature layer).
+
+    Stored in model bundles (``io/bundle.py``) that keep the heads (to resume training).
+    """
+
+    channels: tuple[int, ...]
+    width: int = 256
+    depth: int = 3
+
+    def __post_init__(self) -> None:
+        ch = list_field("heads.channels", self.channels)
+        if not ch:
+            raise ValueError("heads.channels must list at least one feature layer")
+        ch = tuple(int_field(f"heads.channels[{i}]", c, 1) for i, c in enumerate(ch))
+        object.__setattr__(self, "channels", ch)
+        int_field("heads.width", self.width, 1)
+        int_field("heads.depth", self.depth, 1)
+
+    def build(self) -> ProjectionHeads:
+        return ProjectionHeads(self.channels, width=self.width, depth=self.depth)
+
+    @classmethod
+    def from_module(cls, heads: ProjectionHeads) -> HeadsConfig:
+        depth = getattr(heads, "depth", None)
+        if depth is None:  # count the linear layers of the first head
+            depth = sum(isinstance(m, nn.Linear) for m in heads[0].modules())
+        channels = getattr(heads, "channels", None) or tuple(h.in_channels for h in heads)
+        return cls(tuple(channels), int(heads.width), int(depth))
+
+    def to_dict(self) -> dict:
+        return {"channels": list(self.channels), "width": self.width, "depth": self.depth}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> HeadsConfig:
+        return cls(**check_keys("heads", data, {"channels", "width", "depth"}, set()))

@@ -16,15 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contrareg_bids.io.bundle import (
-    AutoencoderConfig,
-    BundleMetadata,
-    GridSpec,
-    HeadsConfig,
-    ModelBundle,
-    save_bundle,
-)
-from contrareg_bids.nn.autoencoder import Autoencoder
+from contrareg_bids.io.bundle import BundleMetadata, GridSpec, ModelBundle, save_bundle
+from contrareg_bids.nn.autoencoder import Autoencoder, AutoencoderConfig
+from contrareg_bids.nn.heads import HeadsConfig
 
 from ..io.images import load_nifti
 from . import distributed as ddp
