@@ -24,13 +24,20 @@ class SubjectError(ValueError):
 
 
 def gpu_available(cfg: RunConfig) -> bool:
-    """False when the run demands CUDA (``--device cuda[:N]``) and there is none: exit code
-    75, "try again on a GPU node" (``--device auto`` falls back to the CPU instead)."""
+    """False, after logging why, when the run demands CUDA (``--device cuda[:N]``) and there
+    is none: exit code 75, "try again on a GPU node" (``--device auto`` falls back to the
+    CPU instead)."""
     if not cfg.device.startswith("cuda"):
         return True
     import torch
 
-    return torch.cuda.is_available()
+    if torch.cuda.is_available():
+        return True
+    LOGGER.error(
+        "--device %s: CUDA is not available here; run on a GPU node, or use --device auto or cpu",
+        cfg.device,
+    )
+    return False
 
 
 def plugin_settings(cfg: RunConfig, share: int = 1) -> tuple[str, dict]:

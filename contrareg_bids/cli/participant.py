@@ -211,11 +211,6 @@ def run_participant_level(cfg: RunConfig) -> int:
         else:
             LOGGER.info("using the model bundle %s", model)
         if not gpu_available(cfg):
-            LOGGER.error(
-                "--device %s: CUDA is not available here; run on a GPU node, or use "
-                "--device auto or cpu",
-                cfg.device,
-            )
             return exit_codes.EX_TEMPFAIL
     write_dataset_description(cfg)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)

@@ -242,27 +242,22 @@ def init_apply_wf(
         (moving_to_ref, outputnode, [("out_file", "moving_in_reference")]),
         (ref_mask_to_subject, outputnode, [("out_file", "reference_mask_in_subject")]),
     ])  # fmt: skip
-    if reference_dseg is not None:
-        ref_dseg_to_subject = pe.Node(
-            ApplyWarp(in_file=str(reference_dseg), interpolation="label",
-                      out_name="ref_dseg.nii.gz"),
-            name="ref_dseg_to_subject",
-        )  # fmt: skip
+    # label maps (one-hot linear): the reference's into the subject, the subject's into the
+    # reference: (node, label map, file name, target grid, transform, output)
+    for name, dseg, out_name, grid, xfm, out in (
+        ("ref_dseg_to_subject", reference_dseg, "ref_dseg.nii.gz", "moving",
+         "subject_to_reference", "reference_dseg_in_subject"),
+        ("subject_labels_to_ref", subject_dseg, "subject_dseg_in_ref.nii.gz", "reference",
+         "reference_to_subject", "subject_dseg_in_reference"),
+    ):  # fmt: skip
+        if dseg is None:
+            continue
+        warp = pe.Node(
+            ApplyWarp(in_file=str(dseg), interpolation="label", out_name=out_name), name=name
+        )
         wf.connect([
-            (inputnode, ref_dseg_to_subject, [("moving", "reference"),
-                                              ("subject_to_reference", "transforms")]),
-            (ref_dseg_to_subject, outputnode, [("out_file", "reference_dseg_in_subject")]),
-        ])  # fmt: skip
-    if subject_dseg is not None:
-        subject_labels_to_ref = pe.Node(
-            ApplyWarp(in_file=str(subject_dseg), interpolation="label",
-                      out_name="subject_dseg_in_ref.nii.gz"),
-            name="subject_labels_to_ref",
-        )  # fmt: skip
-        wf.connect([
-            (inputnode, subject_labels_to_ref, [("reference", "reference"),
-                                                ("reference_to_subject", "transforms")]),
-            (subject_labels_to_ref, outputnode, [("out_file", "subject_dseg_in_reference")]),
+            (inputnode, warp, [(grid, "reference"), (xfm, "transforms")]),
+            (warp, outputnode, [("out_file", out)]),
         ])  # fmt: skip
     if other:
         other_to_ref = pe.Node(ApplyWarp(out_name="other_in_ref.nii.gz"), name="other_to_ref")
