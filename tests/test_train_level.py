@@ -213,6 +213,48 @@ def test_train_options_reach_the_config(tmp_path):
     assert (c.lambda_range, c.batch_size, c.val_fraction, c.lr) == ((0.1, 0.5), 2, 0.2, 1e-3)
 
 
+def test_both_training_clis_map_options_alike(tmp_path):
+    """The same options give the same TrainConfig through ``contrareg-train`` and the
+    train level: both read the one table ``TRAIN_OPTION_FIELDS``."""
+    from contrareg_bids.cli import train as contrareg_train
+    from contrareg_bids.cli.train_level import build_train_config
+
+    (tmp_path / "bids").mkdir()
+    options = ["--sloppy", "--random-seed", "3", "--device", "cpu", "--loss", "cr+mi",
+               "--train-steps", "7", "--ae-steps", "5", "--ch", "12", "--ts", "4",
+               "--lambda-range", "0.1", "0.5", "--batch-size", "2", "--val-fraction", "0.2",
+               "--lr", "1e-3", "--deform-augment", "1.5"]  # fmt: skip
+    bids_argv = [str(tmp_path / "bids"), str(tmp_path / "out"), "train", *options]
+    level = build_train_config(RunConfig.from_args(parse_args(bids_argv)))
+    cli = contrareg_train.build_config(
+        contrareg_train.get_parser().parse_args(["--moving-list", "m", "--out", "o", *options])
+    )
+    assert level == cli
+    assert (cli.steps, cli.regnet.ts, cli.deform_augment, cli.seed) == (7, 4, 1.5, 3)
+
+
+def test_train_option_table_is_complete_and_valid():
+    """Every train-level option reaches TrainConfig or is the level's own; every entry of
+    the table is an option of one of the CLIs and names a TrainConfig field."""
+    from dataclasses import fields, is_dataclass
+
+    from contrareg_bids.cli import parser as bids_parser
+    from contrareg_bids.cli import train as contrareg_train
+    from contrareg_bids.config import TRAIN_OPTIONS
+    from contrareg_bids.training.config import TRAIN_OPTION_FIELDS, TrainConfig
+
+    level_only = {"model_name", "stop_after", "model_spacing"}
+    assert set(TRAIN_OPTIONS) - level_only <= set(TRAIN_OPTION_FIELDS)
+    dests = {a.dest for p in (bids_parser.get_parser(), contrareg_train.get_parser())
+             for a in p._actions}  # fmt: skip
+    assert set(TRAIN_OPTION_FIELDS) <= dests
+    for path in TRAIN_OPTION_FIELDS.values():
+        kind = TrainConfig()
+        for name in path.split("."):
+            assert is_dataclass(kind) and name in {f.name for f in fields(kind)}, path
+            kind = getattr(kind, name)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -15,7 +15,14 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..training.config import BASE_LOSSES, VARIANTS, TrainConfig, sloppy_config
+from ..training.config import (
+    BASE_LOSSES,
+    TRAIN_OPTION_FIELDS,
+    VARIANTS,
+    TrainConfig,
+    option_changes,
+    sloppy_config,
+)
 from .logs import setup_logging
 
 
@@ -98,41 +105,14 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         if args.config
         else (sloppy_config() if args.sloppy else TrainConfig())
     )
-    top = {
-        "loss": args.loss,
-        "steps": args.steps,
-        "lr": args.lr,
-        "batch_size": args.batch_size,
-        "num_negatives": args.num_negatives,
-        "val_fraction": args.val_fraction,
-        "val_every": args.val_every,
-        "checkpoint_every": args.checkpoint_every,
-        "seed": args.seed,
-        "device": args.device,
-        "num_workers": args.workers,
-        "tau": args.tau,
-        "reg_scale": args.reg_scale,
-        "deform_augment": args.deform_augment,
-    }
-    changes = {k: v for k, v in top.items() if v is not None}
-    if args.lambda_range:
-        changes["lambda_range"] = tuple(args.lambda_range)
-    if args.amp is False:
-        changes["amp"] = False
-    if args.compile:
-        changes["compile"] = True
-    if args.tensorboard:
-        changes["tensorboard"] = True
-    reg = {"ch": args.ch, "depth": args.depth, "ts": args.ts}
-    reg = {k: v for k, v in reg.items() if v is not None}
-    if args.fixed_lambda is not None:
-        reg.update(hypernet=False, fixed_lambda=args.fixed_lambda)
-    if reg:
-        changes["regnet"] = reg
-    ae = {"steps": args.ae_steps, "crop": args.ae_crop}
-    ae = {k: v for k, v in ae.items() if v is not None}
-    if ae:
-        changes["autoencoder"] = ae
+    options = {k: v for k, v in vars(args).items() if k in TRAIN_OPTION_FIELDS}
+    # --compile and --tensorboard only switch on; of --amp/--no-amp only --no-amp overrides
+    # the configuration (as it always has)
+    for flag in ("compile", "tensorboard"):
+        options[flag] = options.get(flag) or None
+    if options.get("amp") is not False:
+        options["amp"] = None
+    changes = option_changes(options)
     return cfg.updated(**changes) if changes else cfg
 
 

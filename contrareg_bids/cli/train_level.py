@@ -45,31 +45,14 @@ def default_model_name(moving: str, fixed: str, loss: str) -> str:
 
 def build_train_config(cfg: RunConfig):
     """:class:`~contrareg_bids.training.config.TrainConfig` of a run: the paper's defaults
-    (or the CPU preset with ``--sloppy``), then the options given; seed = ``--random-seed``.
+    (or the CPU preset with ``--sloppy``), then the options given, mapped by the table
+    ``contrareg-train`` uses too (``TRAIN_OPTION_FIELDS``); seed = ``--random-seed``.
     Raises ``ValueError`` for invalid values."""
-    from ..training.config import TrainConfig, sloppy_config
+    from ..training.config import TrainConfig, option_changes, sloppy_config
 
     opts = cfg.train
     base = sloppy_config() if cfg.sloppy else TrainConfig()
-    changes: dict = {"seed": cfg.random_seed, "device": training_device(cfg)}
-    fields = {
-        "loss": "loss",
-        "train_steps": "steps",
-        "lr": "lr",
-        "batch_size": "batch_size",
-        "val_fraction": "val_fraction",
-        "deform_augment": "deform_augment",
-    }
-    for key, field in fields.items():
-        if opts.get(key) is not None:
-            changes[field] = opts[key]
-    if opts.get("lambda_range") is not None:
-        changes["lambda_range"] = tuple(float(v) for v in opts["lambda_range"])
-    regnet = {k: opts[k] for k in ("ch", "ts") if opts.get(k) is not None}
-    if regnet:
-        changes["regnet"] = regnet
-    if opts.get("ae_steps") is not None:
-        changes["autoencoder"] = {"steps": opts["ae_steps"]}
+    changes = option_changes({**opts, "seed": cfg.random_seed, "device": training_device(cfg)})
     for key in ("train_steps", "ae_steps", "ch", "ts", "batch_size"):
         if opts.get(key) is not None and opts[key] < (0 if key == "ae_steps" else 1):
             raise ValueError(f"--{key.replace('_', '-')} must be positive, got {opts[key]}")

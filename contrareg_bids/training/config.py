@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from contrareg_bids.nn.model import RegNetConfig
 
@@ -224,3 +226,56 @@ def sloppy_config(**changes) -> TrainConfig:
         autoencoder=AutoencoderTrainConfig(steps=150, crop=32),
     )
     return base.updated(**changes) if changes else base
+
+
+#: Command-line option (argparse ``dest``) -> :class:`TrainConfig` field (``regnet.ch``: a
+#: field of a nested config). One table for ``contrareg-train`` (``cli/train.py``) and the
+#: BIDS-App's train level (``cli/train_level.py``), so an option maps the same in both.
+#: ``steps`` and ``train_steps`` are the two CLIs' dests of ``--steps``/``--train-steps``.
+TRAIN_OPTION_FIELDS: dict[str, str] = {
+    "loss": "loss",
+    "steps": "steps",
+    "train_steps": "steps",
+    "lr": "lr",
+    "batch_size": "batch_size",
+    "num_negatives": "num_negatives",
+    "val_fraction": "val_fraction",
+    "val_every": "val_every",
+    "checkpoint_every": "checkpoint_every",
+    "seed": "seed",
+    "device": "device",
+    "workers": "num_workers",
+    "tau": "tau",
+    "reg_scale": "reg_scale",
+    "deform_augment": "deform_augment",
+    "lambda_range": "lambda_range",
+    "amp": "amp",
+    "compile": "compile",
+    "tensorboard": "tensorboard",
+    "ch": "regnet.ch",
+    "depth": "regnet.depth",
+    "ts": "regnet.ts",
+    "fixed_lambda": "regnet.fixed_lambda",
+    "ae_steps": "autoencoder.steps",
+    "ae_crop": "autoencoder.crop",
+}
+
+#: fields an option sets besides its own: one fixed lambda means no hypernetwork
+_IMPLIED: dict[str, dict[str, Any]] = {"fixed_lambda": {"regnet.hypernet": False}}
+
+
+def option_changes(options: Mapping[str, Any]) -> dict[str, Any]:
+    """:meth:`TrainConfig.updated` arguments for the options given (``None``: not given, the
+    configuration's value stays); options outside :data:`TRAIN_OPTION_FIELDS` are ignored
+    (the train level's ``model_name``, ``stop_after``, ...)."""
+    changes: dict[str, Any] = {}
+    for option, value in options.items():
+        path = TRAIN_OPTION_FIELDS.get(option)
+        if path is None or value is None:
+            continue
+        if path == "lambda_range":  # nargs=2 gives a list; a saved run config, JSON numbers
+            value = tuple(float(v) for v in value)
+        for target, v in {path: value, **_IMPLIED.get(option, {})}.items():
+            section, _, name = target.rpartition(".")
+            (changes.setdefault(section, {}) if section else changes)[name] = v
+    return changes
