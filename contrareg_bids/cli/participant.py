@@ -109,12 +109,9 @@ def model_grid(cfg: RunConfig, model: Path | None, ref: ReferenceInputs):
                 f"{cfg.moving_modality} -> {cfg.fixed_modality} was asked for"
             )
         return tuple(grid["shape"]), tuple(grid["spacing"])
-    import nibabel as nib
-    import numpy as np
+    from ..processing.grid import reference_grid
 
-    img = nib.load(str(ref.image))
-    spacing = tuple(float(s) for s in np.linalg.norm(img.affine[:3, :3], axis=0))
-    return tuple(int(s) for s in img.shape[:3]), spacing
+    return reference_grid(ref.image)
 
 
 def concurrent_subjects(cfg: RunConfig, n_tasks: int) -> int:

@@ -76,6 +76,7 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
     from nipype.interfaces.base import isdefined
 
     from ..io.bids import subject_session_id
+    from ..processing.grid import reference_grid
     from ..workflows.train import init_train_inputs_wf
     from .execution import execution_config, node_outputs, plugin_settings
     from .inputs import prepare_reference, resolve_reference, subject_inputs
@@ -118,23 +119,6 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
         reference=Path(pair.fixed),
         reference_mask=opt(pair.fixed_mask),
     ), (tuple(shape), tuple(spacing))
-
-
-def reference_grid(
-    image: Path, spacing: float | None = None
-) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """The model grid of a new model: the reference image's shape and spacing, or with
-    ``spacing`` (mm, isotropic) the shape that covers the same field of view at that size
-    (``--model-spacing``: a coarser grid a CPU can train on)."""
-    import nibabel as nib
-    import numpy as np
-
-    img = nib.load(str(image))
-    own = np.linalg.norm(img.affine[:3, :3], axis=0)
-    if spacing is None:
-        return tuple(int(s) for s in img.shape[:3]), tuple(float(s) for s in own)
-    shape = np.ceil(np.asarray(img.shape[:3]) * own / spacing - 1e-6).astype(int)
-    return tuple(int(s) for s in shape), (float(spacing),) * 3
 
 
 # ------------------------------------------------------------------------------ records
@@ -219,11 +203,6 @@ def run_train_level(cfg: RunConfig) -> int:
         return opened
     layout, subjects, sessions_of = opened
     if not gpu_available(cfg):
-        LOGGER.error(
-            "--device %s: CUDA is not available here; run on a GPU node, or use "
-            "--device auto or cpu",
-            cfg.device,
-        )
         return exit_codes.EX_TEMPFAIL
     if (cfg.n_gpus or 0) > 1:
         LOGGER.warning(

@@ -58,6 +58,20 @@ def grid_centre(
     return ref.affine[:3, :3] @ centre_vox + ref.affine[:3, 3]
 
 
+def reference_grid(
+    image: PathLike, spacing: float | None = None
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape and spacing of the model grid a new model gets on the reference ``image``: the
+    image's own, or with ``spacing`` (mm, isotropic) the shape that covers the same field of
+    view at that size (``--model-spacing``: a coarser grid a CPU can train on)."""
+    img = load_nifti(image)
+    own = np.linalg.norm(img.affine[:3, :3], axis=0)
+    if spacing is None:
+        return tuple(int(s) for s in img.shape[:3]), tuple(float(s) for s in own)
+    shape = np.ceil(np.asarray(img.shape[:3]) * own / spacing - 1e-6).astype(int)
+    return tuple(int(s) for s in shape), (float(spacing),) * 3
+
+
 def model_grid(
     reference_img: PathLike | nib.Nifti1Image,
     shape: Sequence[int],
