@@ -140,7 +140,8 @@ class RunConfig:
                 else default_threads(args.nprocs)
             ),
             mem_gb=args.mem,
-            use_plugin=args.use_plugin,
+            # absolute, as every path saved with the run: --config-file may run elsewhere
+            use_plugin=Path(args.use_plugin).absolute() if args.use_plugin else None,
             n_gpus=args.n_gpus,
             device=args.device,
             stop_on_first_crash=args.stop_on_first_crash,

@@ -573,6 +573,64 @@ def test_config_file_fills_in_what_the_command_line_does_not_give(tmp_path, bids
         apply_config_file(cfg, tmp_path / "bad.json", set())
 
 
+def _same(a, b) -> bool:
+    """Equal and of the same types all the way down (``1 == 1.0``, ``[1] != (1,)`` aside)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@pytest.mark.parametrize("level", ["participant", "train", "group"])
+def test_run_config_loads_what_it_saves(tmp_path, bids, level):
+    """``from_dict(to_dict())``, directly and through the JSON file a run writes, gives every
+    field back with its type: Paths, the train options, lambda "auto", the filters."""
+    from dataclasses import fields
+
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "plugin.yml").write_text("plugin: Linear\n")
+    (tmp_path / "filter.json").write_text('{"t1w": {"acquisition": null, "run": [1, 2]}}')
+    extra = {
+        "participant": ["--participant-label", "01", "--session-label", "1", "--lambda",
+                        "auto", "--max-folding", "1", "--model", tmp_path / "model.safetensors",
+                        "--derivatives", f"labels={tmp_path / 'labels'}", "--bids-filter-file",
+                        tmp_path / "filter.json", "--use-plugin", tmp_path / "plugin.yml",
+                        "--bids-database-dir", tmp_path / "db", "--pma", "40", "--mem", "4GB",
+                        "--refine-steps", "3", "--n-gpus", "0", "--labels-desc", "drawem"],
+        "train": ["--loss", "mcr+mi", "--train-steps", "4", "--ae-steps", "2", "--ch", "8",
+                  "--lambda-range", "0", "1", "--model-spacing", "2", "--stop-after", "1",
+                  "--model-name", "m", "--deform-augment", "1", "--sloppy", "--lambda", "1"],
+        "group": ["--age-months", "2", "--nprocs", "2", "--omp-nthreads", "1"],
+    }[level]  # fmt: skip
+    cfg = RunConfig.from_args(
+        parse_args([str(bids), str(tmp_path / "out"), level, *map(str, extra)])
+    )
+    saved = json.loads(cfg.write(tmp_path / "config.json").read_text())
+    for back in (RunConfig.from_dict(cfg.to_dict()), RunConfig.from_dict(saved)):
+        for f in fields(RunConfig):
+            mine, theirs = getattr(cfg, f.name), getattr(back, f.name)
+            assert _same(mine, theirs), (f.name, mine, theirs)
+    assert cfg.train if level == "train" else not cfg.train
+
+
+def test_saved_run_config_with_a_relative_plugin_loads_elsewhere(tmp_path, bids, monkeypatch):
+    """``--use-plugin`` given relative is saved absolute (like every other path), so
+    ``--config-file`` run from another folder still finds the plugin file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plugin.yml").write_text("plugin: Linear\n")
+    cfg = config(tmp_path, bids, "--use-plugin", "plugin.yml")
+    saved = cfg.write(tmp_path / "config.json")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    back = RunConfig.from_dict(json.loads(saved.read_text()))
+    assert back.use_plugin == tmp_path / "plugin.yml"
+    back.check()
+
+
 def test_boilerplate_only_and_write_graph(tmp_path, bids):
     out = tmp_path / "out"
     rc = main([str(bids), str(out), "participant", "--boilerplate-only", "--registration",
