@@ -60,7 +60,7 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt torch
 # hadolint ignore=DL3006
 FROM torch-${TORCH_VARIANT} AS runtime
 ARG TORCH_VARIANT
-# Keep in step with contrareg_bids.__version__ (tests/test_containers.py checks it).
+# Keep in step with contrareg_bids.__version__ (tests/cli/test_containers.py checks it).
 ARG VERSION=0.1.0.dev0
 ARG BUILD_DATE=unknown
 ARG VCS_REF=unknown

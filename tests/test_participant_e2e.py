@@ -85,7 +85,7 @@ def label_img(subject: dict, affine) -> nib.Nifti1Image:
 
 def files_under(root: Path) -> set[str]:
     """Derivatives under ``root``; the QC reports (``figures/``, ``*.html``) are checked in
-    tests/test_reports.py."""
+    tests/reports/test_reports.py."""
     return {str(p.relative_to(root)) for p in root.rglob("*")
             if p.is_file() and "figures" not in p.parts and p.suffix != ".html"}  # fmt: skip
 

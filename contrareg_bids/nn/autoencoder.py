@@ -179,7 +179,7 @@ def block_geometry(blocks: Sequence[tuple[int, int]]) -> tuple[tuple[float, floa
     trilinear upsampling (``align_corners=False``) puts output ``j`` at input ``j / 2 - 0.25``.
     So the coarse layers are *not* the blocks ``[f i, f (i + 1))`` one would assume: at the
     default blocks the centres lie 0.4 to 1.75 cells before them (an impulse test in
-    ``tests/test_network.py`` checks these numbers on the real module).
+    ``tests/nn/test_network.py`` checks these numbers on the real module).
     """
     stride, offset, out = 1.0, 0.0, []
     for _, resample in blocks:

@@ -204,7 +204,7 @@ def test_main_usage_errors(tmp_path, bids, capsys):
     assert main([str(bids), str(bids), "participant"]) == exit_codes.USAGE
     assert "the output directory is the BIDS directory" in capsys.readouterr().err
     assert main([str(bids), str(tmp_path / "o"), "-w", str(bids / "w"), "participant"]) == 2
-    # the group level before any participant: no metrics to gather (tests/test_reports.py)
+    # the group level before any participant: no metrics to gather (tests/reports/test_reports.py)
     assert main([str(bids), str(tmp_path / "o"), "group"]) == exit_codes.NO_FILES
     assert main([str(bids), str(tmp_path / "o"), "everything"]) == exit_codes.UNKNOWN_LEVEL
     assert not (tmp_path / "o").exists()
@@ -225,7 +225,7 @@ def test_exit_codes_agree_with_the_docs(tmp_path, bids, capsys):
     work = blocker / "work"
     assert main([str(bids), str(tmp_path / "o2"), "participant", "-w", str(work)]) == 73
     assert f"the work directory {work}" in capsys.readouterr().err
-    usage = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
+    usage = (Path(__file__).parents[2] / "docs" / "usage.md").read_text()
     for code in (16, 73):
         assert f"\n| {code} |" in usage
 

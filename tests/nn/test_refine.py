@@ -18,8 +18,7 @@ from contrareg_bids.nn.model import ContraRegNet
 from contrareg_bids.nn.refine import RefineSettings
 from contrareg_bids.training.config import sloppy_config
 from contrareg_bids.training.objective import RegistrationObjective, objective_from_bundle
-
-from .test_bundle import make_bundle
+from tests.io.test_bundle import make_bundle
 
 
 def _pair(icbm_pair):

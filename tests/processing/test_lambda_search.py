@@ -195,7 +195,7 @@ def test_cli_lambda_auto(tmp_path):
 
 def test_workflow_wires_auto_lambda(tmp_path):
     """``lam="auto"`` configures the register node and feeds its choice to the metrics."""
-    from tests.test_participant_workflow import build, edges, files, node_of
+    from tests.workflows.test_registration import build, edges, files, node_of
 
     paths = files.__wrapped__(tmp_path)
     wf = build(paths, tmp_path, lam="auto", max_folding=0.3)

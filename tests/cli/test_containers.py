@@ -26,7 +26,7 @@ import pytest
 from contrareg_bids import __version__
 from contrareg_bids.cli import container_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SHELL_SCRIPTS = sorted(
     [*ROOT.glob("workflows/*.sh"), *ROOT.glob("containers/*.sh"), ROOT / ".ci" / "run"]

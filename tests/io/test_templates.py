@@ -28,7 +28,7 @@ from contrareg_bids.io.templates import (
     template_cohorts,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _nii(path: Path, shape=(4, 5, 6), zooms=1.0, value=1.0, dtype=np.float32) -> None:
