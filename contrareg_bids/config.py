@@ -185,6 +185,12 @@ class RunConfig:
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
+    @property
+    def threads_per_node(self) -> int:
+        """Threads of each multi-threaded node: ``--omp-nthreads``, or fMRIPrep's default
+        from ``--nprocs`` when it is not set (a configuration built in code)."""
+        return self.omp_nthreads or default_threads(self.nprocs)
+
     def check_writable_dirs(self) -> None:
         """Refuse, before anything runs, an output or work directory that cannot be made or
         written (exit code 73, naming it), instead of a traceback half-way through. Nothing

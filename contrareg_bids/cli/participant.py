@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..config import RunConfig, default_threads
+from ..config import RunConfig
 from ..io.atomic import write_text_atomic
 from ..io.run_logs import run_log_dir
 from ..processing.threads import available_cpus, limit_threads
@@ -121,7 +121,7 @@ def concurrent_subjects(cfg: RunConfig, n_tasks: int) -> int:
     if cfg.use_plugin is not None or n_tasks < 2:
         return 1
     nprocs = cfg.nprocs or available_cpus()
-    slots = max(1, nprocs // max(1, cfg.omp_nthreads or default_threads(cfg.nprocs)))
+    slots = max(1, nprocs // max(1, cfg.threads_per_node))
     if cfg.registration == "contrareg" and cfg.n_gpus:
         slots = min(slots, cfg.n_gpus)
     return max(1, min(slots, n_tasks))
@@ -168,7 +168,7 @@ def build_subject_workflow(
         seed=cfg.random_seed,
         refine_steps=cfg.refine_steps,
         sloppy=cfg.sloppy,
-        omp_nthreads=cfg.omp_nthreads or default_threads(cfg.nprocs),
+        omp_nthreads=cfg.threads_per_node,
         bids_dir=cfg.bids_dir,
         name=f"{sid.replace('-', '_')}_wf",
     )
@@ -214,7 +214,7 @@ def run_participant_level(cfg: RunConfig) -> int:
     cfg.write(cfg.work_dir / f"config-{cfg.run_uuid}.json")
     cfg.write(cfg.output_dir / "logs" / f"config-{cfg.run_uuid}.json")
 
-    limit_threads(cfg.omp_nthreads or default_threads(cfg.nprocs))
+    limit_threads(cfg.threads_per_node)
     tasks = []
     for subject in subjects:
         if not sessions_of[subject]:

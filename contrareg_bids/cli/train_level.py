@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RunConfig, default_threads
+from ..config import RunConfig
 from ..io.run_logs import run_log_dir
 from . import exit_codes
 
@@ -96,7 +96,7 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
         reference_files=prepare_reference(cfg, ref, log_dir),
         seed=cfg.random_seed,
         sloppy=cfg.sloppy,
-        omp_nthreads=cfg.omp_nthreads or default_threads(cfg.nprocs),
+        omp_nthreads=cfg.threads_per_node,
         name=f"{sid.replace('-', '_')}_wf",
     )
     wf.base_dir = str(cfg.work_dir)
@@ -220,7 +220,7 @@ def run_train_level(cfg: RunConfig) -> int:
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     cfg.write(cfg.work_dir / f"config-{cfg.run_uuid}.json")
     cfg.write(cfg.output_dir / "logs" / f"config-{cfg.run_uuid}.json")
-    limit_threads(cfg.omp_nthreads or default_threads(cfg.nprocs))
+    limit_threads(cfg.threads_per_node)
 
     volumes: list[SubjectVolumes] = []
     failed: list[str] = []
