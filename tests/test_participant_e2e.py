@@ -188,12 +188,14 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 # the main run: two subjects, T1w + T2w, ages, labels, ContraReg to a template
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def e2e(tmp_path_factory, icbm_small, icbm_subjects, tiny_bundle, tiny_templateflow) -> Run:
-    tmp = tmp_path_factory.mktemp("e2e")
+def run_two_subjects(
+    tmp: Path, icbm_small, icbm_subjects, tiny_bundle, tiny_templateflow, ages=(40, 40)
+) -> Run:
+    """The participant level on two simulated subjects (T1w + T2w, ``ages`` in weeks,
+    labels as derivatives), ContraReg to the tiny template, as a lab runs it."""
     aff = icbm_small["affine"]
     subjects = {
-        f"0{i + 1}": {"T1w": s["t1w"], "T2w": s["t2w"], "age": 40}
+        f"0{i + 1}": {"T1w": s["t1w"], "T2w": s["t2w"], "age": ages[i]}
         for i, s in enumerate(icbm_subjects[:2])
     }
     bids = make_bids_dataset(tmp / "bids", subjects, affine=aff)
@@ -205,6 +207,13 @@ def e2e(tmp_path_factory, icbm_small, icbm_subjects, tiny_bundle, tiny_templatef
         "--derivatives", f"labels={labels}", home=tiny_templateflow,
     )  # fmt: skip
     return Run(rc, bids, tmp / "out", tmp / "work", labels)
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, icbm_small, icbm_subjects, tiny_bundle, tiny_templateflow) -> Run:
+    return run_two_subjects(
+        tmp_path_factory.mktemp("e2e"), icbm_small, icbm_subjects, tiny_bundle, tiny_templateflow
+    )
 
 
 def test_exit_code_and_exact_output_names(e2e):

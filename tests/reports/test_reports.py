@@ -21,14 +21,12 @@ import pytest
 from contrareg_bids.cli import exit_codes
 from contrareg_bids.cli.run import main
 from contrareg_bids.reports.group import flag_outliers, robust_z
-from tests.bids_factory import make_bids_dataset
 from tests.test_participant_e2e import (
     TPL,
     Run,
-    label_img,
     read_metrics,
     run_app,
-    write_labels_derivatives,
+    run_two_subjects,
 )
 
 SVG = "{http://www.w3.org/2000/svg}svg"
@@ -46,21 +44,10 @@ FIGURES = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, icbm_small, icbm_subjects, tiny_bundle, tiny_templateflow) -> Run:
-    tmp = tmp_path_factory.mktemp("reports")
-    aff = icbm_small["affine"]
-    subjects = {
-        f"0{i + 1}": {"T1w": s["t1w"], "T2w": s["t2w"], "age": 40 + i}
-        for i, s in enumerate(icbm_subjects[:2])
-    }
-    bids = make_bids_dataset(tmp / "bids", subjects, affine=aff)
-    labels = write_labels_derivatives(
-        tmp / "labels", {f"0{i + 1}": label_img(s, aff) for i, s in enumerate(icbm_subjects[:2])}
-    )
-    rc = run_app(
-        bids, tmp / "out", tmp / "work", "--model", tiny_bundle, "--reference", TPL,
-        "--derivatives", f"labels={labels}", home=tiny_templateflow,
+    return run_two_subjects(
+        tmp_path_factory.mktemp("reports"), icbm_small, icbm_subjects, tiny_bundle,
+        tiny_templateflow, ages=(40, 41),
     )  # fmt: skip
-    return Run(rc, bids, tmp / "out", tmp / "work", labels)
 
 
 def metrics_of(run: Run, sub: str) -> dict[str, str]:
