@@ -483,7 +483,8 @@ def bad_run(tmp_path_factory, icbm_small, icbm_subjects, tiny_bundle, tiny_templ
         "02": {"T1w": s["t1w"], "T2w": s["t2w"], "age": 40},  # truncated below
         "03": {"T1w": s["t1w"], "T2w": nan, "age": 40},
         "04": {"T1w": s["t1w"], "T2w": four_d, "age": 40},
-        "05": {"T1w": s["t1w"], "age": 40},
+        # no T2w and no age: the missing image is what its error names, not the age
+        "05": {"T1w": s["t1w"], "age": "n/a"},
         "06": {"T1w": s["t1w"], "T2w": s["t2w"], "age": "n/a"},
     }
     bids = make_bids_dataset(tmp / "bids", subjects, affine=aff)

@@ -121,10 +121,12 @@ def check_reference(cfg: RunConfig, layout) -> None:
             )
 
 
-def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None, ref):
-    """What the workflow factories need to know of one subject-session (its images, label
-    map and mask derivatives, an age given on the command line); raises
-    :class:`SubjectError` when it has no image of the moving modality."""
+def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None):
+    """What the workflow factories need to know of one subject-session: its reference
+    (:func:`resolve_reference`) and its :class:`SubjectInputs` (images, label map and mask
+    derivatives, an age given on the command line). Raises :class:`SubjectError` when it has
+    no image of the moving modality (checked first: the error that names the real problem)
+    or no usable reference."""
     from ..io.bids import age_override, collect_anatomicals, subject_session_id
     from ..io.derivatives import entities, find_subject_derivatives
     from ..workflows.registration import SubjectInputs
@@ -141,6 +143,7 @@ def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None, re
     for m, paths in found.items():
         if len(paths) > 1:
             LOGGER.warning("%s: %d %s images; using %s", sid, len(paths), m, paths[0])
+    ref = resolve_reference(cfg, layout, subject, session)
     derivatives = find_subject_derivatives(
         cfg.derivatives,
         subject,
@@ -158,7 +161,7 @@ def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None, re
         age_weeks=age_weeks,
         age_source=age_source,
     )
-    return subj
+    return ref, subj
 
 
 #: references already prepared in this process: key -> files (see prepare_reference)
@@ -172,6 +175,7 @@ def prepare_reference(cfg: RunConfig, ref, crash_dir: Path) -> dict[str, Path]:
     import hashlib
 
     from ..workflows.anatomical import init_reference_wf
+    from ..workflows.registration import set_node_threads
 
     key = (
         str(ref.image),
@@ -193,6 +197,9 @@ def prepare_reference(cfg: RunConfig, ref, crash_dir: Path) -> dict[str, Path]:
             name=f"reference_{digest}_wf",
         )
         wf.inputs.inputnode.in_file = str(ref.image)
+        # N4 sets the process's thread count to its own (torch, OpenMP, ITK): give it the
+        # run's, or a train level after it would train on one thread
+        set_node_threads(wf, cfg.threads_per_node)
         wf.base_dir = str(cfg.work_dir)
         wf.config["execution"] = execution_config(crash_dir)  # a failure is the asker's
         graph = wf.run(plugin="Linear")  # identity nodes (outputnode) are not in its graph

@@ -29,7 +29,7 @@ from .execution import (
     report_failure,
     write_workflow_graph,
 )
-from .inputs import newest_model, open_inputs, prepare_reference, resolve_reference, subject_inputs
+from .inputs import newest_model, open_inputs, prepare_reference, subject_inputs
 
 LOGGER = logging.getLogger("contrareg_bids.participant")
 
@@ -147,8 +147,7 @@ def build_subject_workflow(
     from ..workflows.registration import init_subject_registration_wf
 
     sid = subject_session_id(subject, session)
-    ref = resolve_reference(cfg, layout, subject, session)
-    subj = subject_inputs(cfg, layout, subject, session, ref)
+    ref, subj = subject_inputs(cfg, layout, subject, session)
     shape, spacing = model_grid(cfg, model, ref)
     wf = init_subject_registration_wf(
         subj=subj,

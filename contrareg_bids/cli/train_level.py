@@ -79,11 +79,10 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
     from ..processing.grid import reference_grid
     from ..workflows.train import init_train_inputs_wf
     from .execution import execution_config, node_outputs, plugin_settings
-    from .inputs import prepare_reference, resolve_reference, subject_inputs
+    from .inputs import prepare_reference, subject_inputs
 
     sid = subject_session_id(subject, session)
-    ref = resolve_reference(cfg, layout, subject, session)
-    subj = subject_inputs(cfg, layout, subject, session, ref)
+    ref, subj = subject_inputs(cfg, layout, subject, session)
     log_dir = run_log_dir(cfg.output_dir, subject, cfg.run_uuid)
     shape, spacing = (
         grid if grid is not None else reference_grid(ref.image, cfg.train.get("model_spacing"))

@@ -428,9 +428,37 @@ def test_prepared_reference_is_remade_when_its_files_are_gone(tmp_path):
                              np.eye(4)), str(ref_img))  # fmt: skip
     ref = ReferenceInputs(image=ref_img, space="X", mask=mask, is_template=True)
     cfg = _cfg("x", work_dir=tmp_path / "w", output_dir=tmp_path / "o", sloppy=True,
-               random_seed=0, run_uuid="r")  # fmt: skip
+               random_seed=0, run_uuid="r", threads_per_node=1)  # fmt: skip
     first = inputs.prepare_reference(cfg, ref, tmp_path / "crash")
     assert all(f.is_file() for f in first.values())
     shutil.rmtree(tmp_path / "w")
     again = inputs.prepare_reference(cfg, ref, tmp_path / "crash")
     assert all(f.is_file() for f in again.values())
+
+
+def test_preparing_a_participant_reference_keeps_the_run_threads(tmp_path):
+    """Regression: N4 of a participant reference, prepared in the main process, set the
+    process to one thread (torch, OpenMP, ITK), so the train level after it trained on one
+    thread whatever ``--nprocs``; its nodes now get the run's threads."""
+    import torch
+
+    from contrareg_bids.cli import inputs
+    from contrareg_bids.processing.threads import limit_threads
+
+    rng = np.random.default_rng(1)
+    brain = np.zeros((12, 14, 10), np.float32)
+    brain[2:10, 3:11, 2:8] = 100.0 * (1 + 0.1 * rng.random((8, 8, 6)))
+    ref_img = tmp_path / "sub-02_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(brain, np.eye(4)), str(ref_img))
+    mask = tmp_path / "sub-02_mask.nii.gz"
+    nib.save(nib.Nifti1Image((brain > 0).astype(np.uint8), np.eye(4)), str(mask))
+    ref = ReferenceInputs(image=ref_img, space="sub02", mask=mask, is_template=False)
+    cfg = _cfg("sub-02", work_dir=tmp_path / "w", output_dir=tmp_path / "o", sloppy=True,
+               random_seed=0, run_uuid="r", threads_per_node=2)  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        limit_threads(2)
+        inputs.prepare_reference(cfg, ref, tmp_path / "crash")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
