@@ -383,13 +383,12 @@ def _warp_summary(det: np.ndarray, clip: float) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- HD95
-_SIX_NEIGHBOURS = _ndimage().generate_binary_structure(3, 1)
-
-
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Label voxels with at least one non-label 6-neighbour (outside the grid counts as
     non-label, so voxels on the array border are surface)."""
-    return mask & ~_ndimage().binary_erosion(mask, structure=_SIX_NEIGHBOURS, border_value=0)
+    ndimage = _ndimage()  # scipy only when a surface is asked for: the CLI starts faster
+    six_neighbours = ndimage.generate_binary_structure(3, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=six_neighbours, border_value=0)
 
 
 def _hd95_masks(in_a: np.ndarray, in_b: np.ndarray, spacing: tuple[float, ...]) -> float:

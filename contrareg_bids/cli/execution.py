@@ -7,14 +7,10 @@ from __future__ import annotations
 import logging
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..config import RunConfig
 from ..io.run_logs import run_log_dir
 from ..processing.threads import available_cpus
-
-if TYPE_CHECKING:
-    pass
 
 LOGGER = logging.getLogger("contrareg_bids.participant")
 

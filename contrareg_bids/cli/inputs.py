@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..config import RunConfig
 from . import exit_codes
-
-if TYPE_CHECKING:
-    pass
 from .execution import SubjectError, execution_config, node_outputs
 
 LOGGER = logging.getLogger("contrareg_bids.participant")

@@ -17,9 +17,6 @@ from ..io.atomic import write_text_atomic
 from ..io.run_logs import run_log_dir
 from ..processing.threads import available_cpus, limit_threads
 from . import exit_codes
-
-if TYPE_CHECKING:
-    from ..workflows.registration import ReferenceInputs
 from .execution import (
     SubjectError,
     execution_config,
@@ -30,6 +27,9 @@ from .execution import (
     write_workflow_graph,
 )
 from .inputs import newest_model, open_inputs, prepare_reference, subject_inputs
+
+if TYPE_CHECKING:
+    from ..workflows.registration import ReferenceInputs
 
 LOGGER = logging.getLogger("contrareg_bids.participant")
 
