@@ -10,6 +10,9 @@ writes its outputs atomically and raises errors that name the offending file.
 ``affine``         affine / rigid pre-alignment to the reference (antsRegistration)
 ``grid``           the model grid and resampling onto it
 ``register``       ContraReg inference or ANTs SyN, writing ITK displacement fields
+``model_space``    the pair on the model grid and fields back to native resolution
+``lambda_search``  ``--lambda auto``: the smallest folding-free lambda per subject
+``participant_metrics``  the participant's metrics table (Dice, folding, std log|J|)
 ``threads``        threads per process (``--omp-nthreads``) for ITK, SimpleITK, torch
 =================  =============================================================
 

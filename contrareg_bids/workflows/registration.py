@@ -296,10 +296,12 @@ def init_subject_registration_wf(
     name: str = "subject_wf",
 ) -> pe.Workflow:
     """One subject-session of the participant level, from the pieces: the reference
-    (:func:`init_reference_wf`, or ``reference_files`` it made once for a whole run), the
-    subject (:func:`init_anat_preproc_wf`, :func:`init_coreg_other_wf`), the registration
-    (:func:`init_registration_wf`), resampling (:func:`init_apply_wf`), the metrics, the
-    derivatives (``init_ds_*_wf``) and the QC reportlets (``reports``).
+    (:func:`.anatomical.init_reference_wf`, or ``reference_files`` it made once for a whole
+    run), the subject (:func:`.anatomical.init_anat_preproc_wf`,
+    :func:`.anatomical.init_coreg_other_wf`), the registration (:func:`init_registration_wf`),
+    resampling (:func:`init_apply_wf`), the metrics, the derivatives
+    (:func:`.outputs.init_ds_registration_wf`, :func:`.outputs.init_ds_other_wf`) and the QC
+    reportlets (:func:`.reports.init_report_wf`, ``reports``).
 
     ``bids_dir`` lets the sidecars name their ``Sources`` as BIDS URIs (``bids:raw:...``).
     ``omp_nthreads`` is the threads (and MultiProc slots) of each multi-threaded node.
