@@ -4,8 +4,9 @@ ContraReg training on the result, and a model bundle in ``OUTPUT_DIR/models/``.
 The preprocessing is built from the participant workflow's own factories
 (:func:`~contrareg_bids.workflows.train.init_train_inputs_wf`): the reference and
 anatomical workflows keep their names and inputs, so a ``participant`` run with the same
-``-w`` reuses what ``train`` computed (N4, affine, masks), and the other way round. Training state (checkpoints, CSV logs) lives in ``WORK_DIR/train/<name>/``; running
-the same command again resumes from it.
+``-w`` reuses what ``train`` computed (N4, affine, masks), and the other way round.
+Training state (checkpoints, CSV logs) lives in ``WORK_DIR/train/<name>/``; running the
+same command again resumes from it.
 """
 
 from __future__ import annotations
