@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ._checks import check_mask, check_pair, full_precision
-from .mi import bin_centres, chunk_histogram, mi_from_joint
+from .mi import MutualInformation, bin_centres, chunk_histogram, mi_from_joint
 
 __all__ = ["LocalMutualInformation"]
 
@@ -29,8 +28,9 @@ def _to_patches(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, p**3)
 
 
-class LocalMutualInformation(nn.Module):
-    """Negative patch-wise mutual information, averaged over patches.
+class LocalMutualInformation(MutualInformation):
+    """Negative patch-wise mutual information, averaged over patches (the global
+    :class:`MutualInformation`'s settings and checks, plus the patch size).
 
     Args:
         bins: histogram bins per patch (paper baseline: 48).
@@ -53,25 +53,10 @@ class LocalMutualInformation(nn.Module):
         eps: float = 1e-10,
         chunk_size: int = 2**18,
     ) -> None:
-        super().__init__()
-        if not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+        super().__init__(bins, sigma_ratio, min_val, max_val, normalized, eps, chunk_size)
         if not isinstance(patch_size, int) or patch_size < 2:
             raise ValueError(f"patch_size must be an integer >= 2, got {patch_size!r}")
-        if not sigma_ratio > 0:
-            raise ValueError(f"sigma_ratio must be > 0, got {sigma_ratio!r}")
-        if not max_val > min_val:
-            raise ValueError(f"max_val must be > min_val, got {min_val!r}, {max_val!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        self.bins = bins
         self.patch_size = patch_size
-        self.sigma_ratio = float(sigma_ratio)
-        self.min_val = float(min_val)
-        self.max_val = float(max_val)
-        self.normalized = bool(normalized)
-        self.eps = float(eps)
-        self.chunk_size = chunk_size
 
     def extra_repr(self) -> str:
         return f"bins={self.bins}, patch_size={self.patch_size}, normalized={self.normalized}"
