@@ -73,9 +73,14 @@ def init_embedded_contrareg_wf(
     moving_wf = init_anat_preproc_wf(sloppy=sloppy, seed=seed, name="moving_wf")
     # use_gpu asks MultiProc for one of its n_gpu_procs slots (nipype >= 1.9)
     registration_wf = init_registration_wf(
-        grid_shape=shape, grid_spacing=spacing, model=model, lam=lam, device=device,
-        use_gpu=use_gpu, seed=seed,
-    )  # fmt: skip
+        grid_shape=shape,
+        grid_spacing=spacing,
+        model=model,
+        lam=lam,
+        device=device,
+        use_gpu=use_gpu,
+        seed=seed,
+    )
     apply_wf = init_apply_wf()
     wf.connect([
         (inputnode, fixed_wf, [("fixed", "inputnode.in_file")]),
@@ -118,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     wf = init_embedded_contrareg_wf(
-        model=args.model.absolute(), lam=args.lam, device=args.device,
-        use_gpu=args.n_gpus > 0, sloppy=args.sloppy,
+        model=args.model.absolute(),
+        lam=args.lam,
+        device=args.device,
+        use_gpu=args.n_gpus > 0,
+        sloppy=args.sloppy,
         fixed_mask=args.fixed_mask.absolute() if args.fixed_mask else None,
-    )  # fmt: skip
+    )
     wf.inputs.inputnode.moving = str(args.moving.absolute())
     wf.inputs.inputnode.fixed = str(args.fixed.absolute())
     wf.base_dir = str((args.work_dir or args.out_dir / "work").absolute())

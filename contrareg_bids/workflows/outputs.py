@@ -99,25 +99,66 @@ def init_ds_registration_wf(
 
     _sink(wf, "ds_preproc", "preproc", desc="preproc", meta=sources, **common)
     _sink(wf, "ds_mask", "mask", desc="brain", suffix="mask", meta=sources, **common)
-    _sink(wf, "ds_moving_ref", "moving_in_reference", desc="preproc", meta=in_ref, **space,
-          **common)  # fmt: skip
+    _sink(
+        wf, "ds_moving_ref", "moving_in_reference", desc="preproc", meta=in_ref, **space, **common
+    )
     _sink(wf, "ds_xfm_to_ref", "reference_to_subject", from_=mod, to=label, **xfm, **common)
     _sink(wf, "ds_xfm_from_ref", "subject_to_reference", from_=label, to=mod, **xfm, **common)
-    _sink(wf, "ds_ref_mask", "reference_mask_in_subject", space=mod, label="brain", desc=label,
-          suffix="mask", meta=sources, **common)  # fmt: skip
+    _sink(
+        wf,
+        "ds_ref_mask",
+        "reference_mask_in_subject",
+        space=mod,
+        label="brain",
+        desc=label,
+        suffix="mask",
+        meta=sources,
+        **common,
+    )
     if reference_dseg:
-        _sink(wf, "ds_ref_dseg", "reference_dseg_in_subject", space=mod, desc=label,
-              suffix="dseg", meta=sources, **common)  # fmt: skip
+        _sink(
+            wf,
+            "ds_ref_dseg",
+            "reference_dseg_in_subject",
+            space=mod,
+            desc=label,
+            suffix="dseg",
+            meta=sources,
+            **common,
+        )
         if ref.dseg_tsv is not None:
-            ds_tsv = _sink(wf, "ds_ref_dseg_tsv", None, space=mod, desc=label, suffix="dseg",
-                           extension=".tsv", dismiss=(), **common)  # fmt: skip
+            ds_tsv = _sink(
+                wf,
+                "ds_ref_dseg_tsv",
+                None,
+                space=mod,
+                desc=label,
+                suffix="dseg",
+                extension=".tsv",
+                dismiss=(),
+                **common,
+            )
             ds_tsv.inputs.in_file = str(ref.dseg_tsv)
     if subject_dseg:
-        _sink(wf, "ds_subject_dseg_ref", "subject_dseg_in_reference", suffix="dseg",
-              meta=in_ref, **space, **common)  # fmt: skip
+        _sink(
+            wf,
+            "ds_subject_dseg_ref",
+            "subject_dseg_in_reference",
+            suffix="dseg",
+            meta=in_ref,
+            **space,
+            **common,
+        )
     for field, ext in (("metrics_tsv", ".tsv"), ("metrics_json", ".json")):
-        _sink(wf, f"ds_{field}".replace("_tsv", ""), field, desc="registration",
-              suffix="metrics", extension=ext, **common)  # fmt: skip
+        _sink(
+            wf,
+            f"ds_{field}".replace("_tsv", ""),
+            field,
+            desc="registration",
+            suffix="metrics",
+            extension=ext,
+            **common,
+        )
     return wf
 
 
@@ -153,17 +194,36 @@ def init_ds_other_wf(
     moving_sources = [source_uri(moving_source, bids_dir)]
     sources = {"Sources": [source_uri(source_file, bids_dir), *moving_sources]}
     in_ref = {**sources, "SpatialReference": spatial_reference(ref, bids_dir)}
-    _sink(wf, "ds_other_preproc", "preproc", desc="preproc", meta=sources, dismiss=(),
-          output_dir=output_dir, source_file=source_file)  # fmt: skip
-    _sink(wf, "ds_other_ref", "in_reference", desc="preproc", meta=in_ref, **space, dismiss=(),
-          output_dir=output_dir, source_file=source_file)  # fmt: skip
+    _sink(
+        wf,
+        "ds_other_preproc",
+        "preproc",
+        desc="preproc",
+        meta=sources,
+        dismiss=(),
+        output_dir=output_dir,
+        source_file=source_file,
+    )
+    _sink(
+        wf,
+        "ds_other_ref",
+        "in_reference",
+        desc="preproc",
+        meta=in_ref,
+        **space,
+        dismiss=(),
+        output_dir=output_dir,
+        source_file=source_file,
+    )
     # the coregistration is named after the moving image (as the participant's transforms)
-    coreg = {"mode": "image", "suffix": "xfm", "extension": ".h5",
-             "meta": {"Sources": moving_sources,
-                      "SpatialReference": spatial_reference(ref, bids_dir)},
-             "output_dir": output_dir, "source_file": moving_source}  # fmt: skip
-    _sink(wf, "ds_coreg_to_moving", "to_moving", from_=other_modality, to=moving_modality,
-          **coreg)  # fmt: skip
-    _sink(wf, "ds_coreg_to_other", "to_other", from_=moving_modality, to=other_modality,
-          **coreg)  # fmt: skip
+    coreg = {
+        "mode": "image",
+        "suffix": "xfm",
+        "extension": ".h5",
+        "meta": {"Sources": moving_sources, "SpatialReference": spatial_reference(ref, bids_dir)},
+        "output_dir": output_dir,
+        "source_file": moving_source,
+    }
+    _sink(wf, "ds_coreg_to_moving", "to_moving", from_=other_modality, to=moving_modality, **coreg)
+    _sink(wf, "ds_coreg_to_other", "to_other", from_=moving_modality, to=other_modality, **coreg)
     return wf

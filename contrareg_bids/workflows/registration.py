@@ -224,11 +224,18 @@ def init_apply_wf(
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(
-            fields=["moving", "reference", "reference_mask", "reference_to_subject",
-                    "subject_to_reference", "other", "other_transform"]
+            fields=[
+                "moving",
+                "reference",
+                "reference_mask",
+                "reference_to_subject",
+                "subject_to_reference",
+                "other",
+                "other_transform",
+            ]
         ),
         name="inputnode",
-    )  # fmt: skip
+    )
     outputnode = pe.Node(niu.IdentityInterface(fields=list(APPLY_FIELDS)), name="outputnode")
     moving_to_ref = pe.Node(ApplyWarp(out_name="moving_in_ref.nii.gz"), name="moving_to_ref")
     ref_mask_to_subject = pe.Node(
@@ -245,11 +252,23 @@ def init_apply_wf(
     # label maps (one-hot linear): the reference's into the subject, the subject's into the
     # reference: (node, label map, file name, target grid, transform, output)
     for name, dseg, out_name, grid, xfm, out in (
-        ("ref_dseg_to_subject", reference_dseg, "ref_dseg.nii.gz", "moving",
-         "subject_to_reference", "reference_dseg_in_subject"),
-        ("subject_labels_to_ref", subject_dseg, "subject_dseg_in_ref.nii.gz", "reference",
-         "reference_to_subject", "subject_dseg_in_reference"),
-    ):  # fmt: skip
+        (
+            "ref_dseg_to_subject",
+            reference_dseg,
+            "ref_dseg.nii.gz",
+            "moving",
+            "subject_to_reference",
+            "reference_dseg_in_subject",
+        ),
+        (
+            "subject_labels_to_ref",
+            subject_dseg,
+            "subject_dseg_in_ref.nii.gz",
+            "reference",
+            "reference_to_subject",
+            "subject_dseg_in_reference",
+        ),
+    ):
         if dseg is None:
             continue
         warp = pe.Node(
@@ -385,8 +404,12 @@ def init_subject_registration_wf(
     elif registration == "contrareg":
         metrics.inputs.lam = lam
     if ref.dseg is not None:
-        wf.connect(apply_wf, "outputnode.reference_dseg_in_subject",
-                   ds_registration_wf, "inputnode.reference_dseg_in_subject")  # fmt: skip
+        wf.connect(
+            apply_wf,
+            "outputnode.reference_dseg_in_subject",
+            ds_registration_wf,
+            "inputnode.reference_dseg_in_subject",
+        )
         if labels is not None:
             metrics.inputs.subject_labels = str(labels)
             if "labels_tsv" in subj.derivatives:
@@ -401,8 +424,12 @@ def init_subject_registration_wf(
                 (anat_preproc_wf, metrics, [("outputnode.affine", "affine")]),
             ])  # fmt: skip
     if labels is not None:
-        wf.connect(apply_wf, "outputnode.subject_dseg_in_reference",
-                   ds_registration_wf, "inputnode.subject_dseg_in_reference")  # fmt: skip
+        wf.connect(
+            apply_wf,
+            "outputnode.subject_dseg_in_reference",
+            ds_registration_wf,
+            "inputnode.subject_dseg_in_reference",
+        )
 
     # --- the other modality: coregistered to the moving one, carried through the transforms
     if other is not None:
