@@ -1,0 +1,99 @@
+"""Participant-level wall time per subject: ContraReg with and without test-time
+refinement, against ANTs SyN, on the same subjects in one run.
+
+Runs ``contrareg-bids BIDS OUT participant`` once per method and round (methods in turn,
+A B C A B C ...), each with fresh output and work folders (so every run pays the same
+preprocessing: N4, affine, masks, reports), and prints the wall time per subject, the
+median over rounds, the ratio to ANTs SyN pair by pair, and the mean Dice each method
+wrote. Made for the demo's dataset and model (``contrareg-bids-demo OUT`` first):
+
+    python benchmarks/bench_participant_methods.py --demo-dir demo-out --rounds 2
+
+The options of the participant runs are the demo's (``--reference sub-01``, its label
+derivatives, one process) but without ``--sloppy`` unless asked: ANTs SyN then runs its
+full-resolution iterations, the strong baseline, not the quick one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: method name -> participant options
+METHODS = {
+    "contrareg (lambda 0.8, no refinement)": ["--lambda", "0.8", "--refine-steps", "0"],
+    "contrareg (lambda 0.8, refine 30)": ["--lambda", "0.8", "--refine-steps", "30"],
+    "ants-syn": ["--registration", "ants"],
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def mean_dice(out: Path) -> float:
+    """Mean of the subjects' ``mean_dice`` in their metrics tables."""
+    values = []
+    for tsv in sorted(out.glob("sub-*/anat/*_desc-registration_metrics.tsv")):
+        with tsv.open() as fh:
+            values.append(float(next(csv.DictReader(fh, delimiter="\t"))["mean_dice"]))
+    return statistics.fmean(values) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--demo-dir", type=Path, required=True, help="a contrareg-bids-demo output")
+    p.add_argument("--subjects", nargs="+", default=["07", "08"], help="the demo's held-out")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="--omp-nthreads")
+    p.add_argument("--scratch", type=Path, default=Path("/tmp/bench_participant_methods"))
+    p.add_argument("--sloppy", action="store_true", help="the demo's quick settings (weak SyN)")
+    a = p.parse_args(argv)
+    print(f"# python benchmarks/bench_participant_methods.py {shlex.join(sys.argv[1:])}")
+    bids = a.demo_dir / "bids"
+    models = sorted((bids / "derivatives" / "contrareg-bids" / "models").glob("*.safetensors"))
+    if not models:
+        sys.exit(f"error: no model bundle under {bids}/derivatives/contrareg-bids/models")
+    common = [
+        *(["--sloppy"] if a.sloppy else []), "--reference", "sub-01", "--derivatives",
+        f"labels={bids / 'derivatives' / 'labels'}", "--nprocs", "1",
+        "--omp-nthreads", str(a.threads), "--model", str(models[-1]),
+        "--participant-label", *a.subjects, "--skip-bids-validation",
+    ]  # fmt: skip
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    dice: dict[str, float] = {}
+    for r in range(a.rounds):
+        for method, opts in METHODS.items():
+            out, work = a.scratch / "out", a.scratch / "work"
+            shutil.rmtree(a.scratch, ignore_errors=True)
+            cmd = [sys.executable, "-m", "contrareg_bids.cli.run", str(bids), str(out),
+                   "participant", "-w", str(work), *common, *opts]  # fmt: skip
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/", env=os.environ)
+            seconds = time.perf_counter() - t0
+            if proc.returncode != 0:
+                sys.exit(f"error: {method}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+            times[method].append(seconds / len(a.subjects))
+            dice[method] = mean_dice(out)
+            log(f"round {r + 1} {method}: {seconds:.1f} s ({seconds / len(a.subjects):.1f} "
+                f"s / subject), mean Dice {dice[method]:.4f}")  # fmt: skip
+    ants = times["ants-syn"]
+    print("\n| method | s / subject (rounds) | median | ratio to ANTs SyN (pairs) | mean Dice |")
+    print("|---|---|---|---|---|")
+    for method, ts in times.items():
+        ratios = ", ".join(f"{t / b:.2f}" for t, b in zip(ts, ants, strict=True))
+        print(f"| {method} | {', '.join(f'{t:.1f}' for t in ts)} | {statistics.median(ts):.1f} "
+              f"| {ratios} | {dice[method]:.4f} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
