@@ -47,11 +47,10 @@ class Run:
     labels: Path | None = None
 
 
-def run_app(bids, out, work, *options, home: Path) -> int:
-    """``contrareg-bids BIDS OUT participant -w WORK --sloppy --nprocs 1 OPTIONS`` in-process,
-    with ``TEMPLATEFLOW_HOME=home``."""
-    argv = [str(bids), str(out), "participant", "-w", str(work), "--sloppy", "--nprocs", "1"]
-    argv += [str(o) for o in options]
+def run_level(bids, out, work, level: str, *options, home: Path) -> int:
+    """``contrareg-bids BIDS OUT LEVEL -w WORK OPTIONS`` in-process, with
+    ``TEMPLATEFLOW_HOME=home`` (offline; the template clients reset around the run)."""
+    argv = [str(bids), str(out), level, "-w", str(work), *map(str, options)]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEMPLATEFLOW_HOME", str(home))
         mp.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
@@ -60,6 +59,12 @@ def run_app(bids, out, work, *options, home: Path) -> int:
             return main(argv)
         finally:
             templates.reset_clients()
+
+
+def run_app(bids, out, work, *options, home: Path) -> int:
+    """``contrareg-bids BIDS OUT participant -w WORK --sloppy --nprocs 1 OPTIONS``."""
+    return run_level(bids, out, work, "participant", "--sloppy", "--nprocs", "1", *options,
+                     home=home)  # fmt: skip
 
 
 def write_labels_derivatives(root: Path, labels: dict[str, nib.Nifti1Image]) -> Path:

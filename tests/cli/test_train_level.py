@@ -22,9 +22,8 @@ from contrareg_bids.cli import exit_codes
 from contrareg_bids.cli.parser import parse_args
 from contrareg_bids.cli.run import main
 from contrareg_bids.config import RunConfig
-from contrareg_bids.io import templates
 from tests.bids_factory import make_bids_dataset
-from tests.test_participant_e2e import label_img, write_labels_derivatives
+from tests.test_participant_e2e import label_img, run_level, write_labels_derivatives
 
 TPL = "ICBMTest"
 #: Tiny training: ch=8, 2 autoencoder steps, 4 registration steps (seconds on a CPU).
@@ -34,15 +33,7 @@ NAME = "contrareg_T2w-T1w_mcr"
 
 
 def run(bids: Path, out: Path, work: Path, level: str, *options, home: Path) -> int:
-    argv = [str(bids), str(out), level, "-w", str(work), *map(str, options)]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPLATEFLOW_HOME", str(home))
-        mp.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
-        templates.reset_clients()
-        try:
-            return main(argv)
-        finally:
-            templates.reset_clients()
+    return run_level(bids, out, work, level, *options, home=home)
 
 
 @pytest.fixture(scope="module")
