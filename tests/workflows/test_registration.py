@@ -405,9 +405,10 @@ def test_prepared_reference_feeds_the_same_connections(files, tmp_path):
         assert names(prepared) == names(plain) - own
         assert edges(prepared) - edges(plain) == set()
         assert all(e[0] in own for e in edges(plain) - edges(prepared))
-        given = node_of(prepared, "affine_moving")  # what the removed nodes would have fed
+        # the prepared files reach the nodes the removed ones fed, as their input values
         assert not any(e[2] == "affine_moving" and e[3] == "fixed" for e in edges(prepared))
-        assert given.name == "affine_moving"
+        assert node_of(prepared, "affine_moving").inputs.fixed == str(files["T1w"])
+        assert node_of(prepared, "prepare_pair").inputs.reference == str(files["T1w"])
 
 
 def test_prepared_reference_is_remade_when_its_files_are_gone(tmp_path):
