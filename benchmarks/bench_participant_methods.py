@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_participant_dataset import HERE, app, log
 
 #: method name -> participant options
 METHODS = {
@@ -33,10 +33,6 @@ METHODS = {
     "contrareg (lambda 0.8, refine 30)": ["--lambda", "0.8", "--refine-steps", "30"],
     "ants-syn": ["--registration", "ants"],
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def mean_dice(out: Path) -> float:
@@ -74,13 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         for method, opts in METHODS.items():
             out, work = a.scratch / "out", a.scratch / "work"
             shutil.rmtree(a.scratch, ignore_errors=True)
-            cmd = [sys.executable, "-m", "contrareg_bids.cli.run", str(bids), str(out),
-                   "participant", "-w", str(work), *common, *opts]  # fmt: skip
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/", env=os.environ)
-            seconds = time.perf_counter() - t0
-            if proc.returncode != 0:
-                sys.exit(f"error: {method}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+            rc, seconds = app(HERE, [str(bids), str(out), "participant", "-w", str(work),
+                                     *common, *opts])  # fmt: skip
+            if rc != 0:
+                sys.exit(f"error: {method}: exit {rc} (its stderr is above)")
             times[method].append(seconds / len(a.subjects))
             dice[method] = mean_dice(out)
             log(f"round {r + 1} {method}: {seconds:.1f} s ({seconds / len(a.subjects):.1f} "
