@@ -23,6 +23,7 @@ from .metrics import FOLDING_LIMIT_PERCENT
 
 #: Command-line options of the train level (``contrareg_bids.cli.train_level``).
 TRAIN_OPTIONS = (
+    "train_preset",
     "model_name",
     "loss",
     "train_steps",

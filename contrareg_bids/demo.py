@@ -130,12 +130,16 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
 
 
 def simulate_subject(
-    base: dict[str, np.ndarray], rng: np.random.Generator, amplitude: float = 3.0
+    base: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    amplitude: float = 3.0,
+    sigma: float = 4.0,
 ) -> dict[str, np.ndarray]:
-    """One synthetic subject: a random diffeomorphism (max velocity ``amplitude`` voxels)
-    applied to every map, then per-modality gamma, smooth bias field and noise."""
+    """One synthetic subject: a random diffeomorphism (max velocity ``amplitude`` voxels,
+    smoothness ``sigma`` voxels) applied to every map, then per-modality gamma, smooth bias
+    field (3 ``sigma``) and noise. On a finer grid scale both lengths with it."""
     shape = base["t1w"].shape
-    v = np.stack([_smooth_noise(rng, shape, 4.0) for _ in range(3)]) * amplitude
+    v = np.stack([_smooth_noise(rng, shape, sigma) for _ in range(3)]) * amplitude
     disp = integrate_velocity(torch.from_numpy(v.astype(np.float32))[None], steps=7)
     subj: dict[str, np.ndarray] = {}
     mask = warp(torch.from_numpy(base["mask"])[None, None], disp, mode="nearest")[0, 0]
@@ -145,7 +149,7 @@ def simulate_subject(
     for key in ("t1w", "t2w"):
         img = warp(torch.from_numpy(base[key])[None, None], disp)[0, 0].numpy()
         gamma = float(np.exp(rng.uniform(-0.25, 0.25)))
-        bias = 1.0 + 0.15 * _smooth_noise(rng, shape, 12.0)
+        bias = 1.0 + 0.15 * _smooth_noise(rng, shape, 3.0 * sigma)
         img = np.clip(img, 0, 1) ** gamma * bias + rng.normal(0, 0.01, shape)
         img = np.where(subj["mask"] > 0, img, 0.0)
         subj[key] = (img / np.percentile(img[subj["mask"] > 0], 99.5)).clip(0, 1)

@@ -347,7 +347,18 @@ def get_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group(
-        "training (train level; defaults: the paper's, or the CPU preset with --sloppy)"
+        "training (train level; defaults: the paper's, --train-preset cpu, or the test-sized "
+        "preset with --sloppy)"
+    )
+    g.add_argument(
+        "--train-preset",
+        choices=("paper", "cpu"),
+        metavar="NAME",
+        help="the settings the options below start from: paper (the paper's: a GPU and "
+        "1e5 steps) or cpu (for a CPU: a small network, 500 steps with deformation "
+        "augmentation on a 2.5 mm model grid unless --model-spacing is given; about an "
+        "hour for a dozen neonates on a laptop; register with --refine-steps). Default: "
+        "paper, or the test-sized preset with --sloppy",
     )
     g.add_argument(
         "--model-name",

@@ -18,10 +18,10 @@ from .. import __version__
 from ..training.config import (
     BASE_LOSSES,
     TRAIN_OPTION_FIELDS,
+    TRAIN_PRESETS,
     VARIANTS,
     TrainConfig,
     option_changes,
-    sloppy_config,
 )
 from .logs import setup_logging
 
@@ -50,6 +50,12 @@ def get_parser() -> argparse.ArgumentParser:
     io.add_argument("--fixed-modality", default="T1w")
     io.add_argument("--config", type=Path, help="TOML or JSON training configuration")
     io.add_argument("--sloppy", action="store_true", help="small, fast CPU preset (demos, tests)")
+    io.add_argument(
+        "--train-preset",
+        choices=("paper", "cpu"),
+        help="settings to start from: paper (default) or cpu (500 steps of a small network "
+        "with deformation augmentation: the BIDS-App's train-level preset)",
+    )
     t = p.add_argument_group("training (override the configuration file)")
     losses = ", ".join(BASE_LOSSES)
     t.add_argument("--loss", help=f"{losses}; variants of cr/mcr: +{', +'.join(VARIANTS)}")
@@ -103,7 +109,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     cfg = (
         TrainConfig.from_file(args.config)
         if args.config
-        else (sloppy_config() if args.sloppy else TrainConfig())
+        else TRAIN_PRESETS[args.train_preset or ("sloppy" if args.sloppy else "paper")]()
     )
     options = {k: v for k, v in vars(args).items() if k in TRAIN_OPTION_FIELDS}
     # --compile and --tensorboard only switch on; of --amp/--no-amp only --no-amp overrides

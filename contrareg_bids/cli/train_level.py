@@ -45,14 +45,14 @@ def default_model_name(moving: str, fixed: str, loss: str) -> str:
 
 
 def build_train_config(cfg: RunConfig):
-    """:class:`~contrareg_bids.training.config.TrainConfig` of a run: the paper's defaults
-    (or the CPU preset with ``--sloppy``), then the options given, mapped by the table
+    """:class:`~contrareg_bids.training.config.TrainConfig` of a run: the preset's
+    (:func:`train_preset`), then the options given, mapped by the table
     ``contrareg-train`` uses too (``TRAIN_OPTION_FIELDS``); seed = ``--random-seed``.
     Raises ``ValueError`` for invalid values."""
-    from ..training.config import TrainConfig, option_changes, sloppy_config
+    from ..training.config import TRAIN_PRESETS, option_changes
 
     opts = cfg.train
-    base = sloppy_config() if cfg.sloppy else TrainConfig()
+    base = TRAIN_PRESETS[train_preset(cfg)]()
     changes = option_changes({**opts, "seed": cfg.random_seed, "device": training_device(cfg)})
     for key in ("train_steps", "ae_steps", "ch", "ts", "batch_size"):
         if opts.get(key) is not None and opts[key] < (0 if key == "ae_steps" else 1):
@@ -62,6 +62,27 @@ def build_train_config(cfg: RunConfig):
     if opts.get("ae_steps") == 0:
         raise ValueError("--ae-steps must be >= 1 (use --loss mi, ... to train without them)")
     return base.updated(**changes)
+
+
+def train_preset(cfg: RunConfig) -> str:
+    """``--train-preset``; without it ``sloppy`` (test-sized) with ``--sloppy``, else
+    ``paper``."""
+    return cfg.train.get("train_preset") or ("sloppy" if cfg.sloppy else "paper")
+
+
+def model_spacing(cfg: RunConfig, image) -> float | None:
+    """Voxel size of a new model's grid: ``--model-spacing``; with the ``cpu`` preset
+    :data:`~contrareg_bids.training.config.CPU_MODEL_SPACING` where the reference ``image``
+    is finer; else None (the reference's own grid)."""
+    from ..io.images import load_nifti
+    from ..training.config import CPU_MODEL_SPACING
+
+    if cfg.train.get("model_spacing") is not None:
+        return cfg.train["model_spacing"]
+    if train_preset(cfg) != "cpu":
+        return None
+    own = min(float(z) for z in load_nifti(image).header.get_zooms()[:3])
+    return CPU_MODEL_SPACING if own < CPU_MODEL_SPACING else None
 
 
 def training_device(cfg: RunConfig) -> str:
@@ -86,7 +107,7 @@ def preprocess_subject(cfg: RunConfig, layout, subject: str, session: str | None
     ref, subj = subject_inputs(cfg, layout, subject, session)
     log_dir = run_log_dir(cfg.output_dir, subject, cfg.run_uuid)
     shape, spacing = (
-        grid if grid is not None else reference_grid(ref.image, cfg.train.get("model_spacing"))
+        grid if grid is not None else reference_grid(ref.image, model_spacing(cfg, ref.image))
     )
     wf = init_train_inputs_wf(
         subj=subj,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..io.atomic import atomic_output
 from ..metrics import FOLDING_LIMIT_PERCENT
 
 __all__ = ["PLOT_METRICS", "plot_sweep"]
@@ -71,9 +72,7 @@ def plot_sweep(
         _draw(ax, summary, metric, fold_limit)
         ax.legend(fontsize="small")
         for fmt in formats:
-            path = out / f"{prefix}_{metric}.{fmt}"
-            fig.savefig(path, dpi=120)
-            written.append(path)
+            written.append(_save(fig, out / f"{prefix}_{metric}.{fmt}", dpi=120))
     fig = Figure(figsize=(4.0 * len(metrics), 3.4), layout="constrained")
     axes = fig.subplots(1, len(metrics))
     for ax, metric in zip(axes, metrics, strict=True):
@@ -82,7 +81,12 @@ def plot_sweep(
     uniq = dict(zip(labels, handles, strict=True))
     fig.legend(uniq.values(), uniq.keys(), loc="outside right upper", fontsize="small")
     for fmt in formats:
-        path = out / f"{prefix}.{fmt}"
-        fig.savefig(path, dpi=110)
-        written.append(path)
+        written.append(_save(fig, out / f"{prefix}.{fmt}", dpi=110))
     return written
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    """``fig`` to ``path`` whole or not at all (the format from the extension)."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."))
+    return path

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
+from ..io.atomic import write_text_atomic
 from ..io.images import read_labels, read_volume
 from ..metrics import FOLDING_LIMIT_PERCENT, registration_metrics
 from ..processing.register import SYN_ITERATIONS
@@ -383,8 +384,9 @@ def run_sweep(
         files["best"] = write_table_tsv(
             best, out / "best_lambda.tsv", (*SUMMARY_COLUMNS, "meets_limit", "note")
         )
-        files["best_md"] = out / "best_lambda.md"
-        files["best_md"].write_text(format_markdown(best, fold_limit))
+        files["best_md"] = write_text_atomic(
+            out / "best_lambda.md", format_markdown(best, fold_limit)
+        )
         prov: dict[str, Any] = {
             "package_version": __version__,
             "lambdas": lambdas,
@@ -402,8 +404,7 @@ def run_sweep(
             if not isinstance(src, ModelBundle):
                 entry.update(path=str(src), sha256=file_sha256(src))
             prov["methods"].append(entry)
-        files["provenance"] = out / "sweep.json"
-        files["provenance"].write_text(json.dumps(prov, indent=2))
+        files["provenance"] = write_text_atomic(out / "sweep.json", json.dumps(prov, indent=2))
         if plots:
             for p in plot_sweep(summary, out, fold_limit=fold_limit):
                 files[p.name] = p

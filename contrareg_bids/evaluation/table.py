@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.atomic import write_text_atomic
 from ..metrics import FOLDING_LIMIT_PERCENT, dice30, dice_percentile30
 
 __all__ = [
@@ -79,14 +80,11 @@ def _parse(key: str, text: str) -> Any:
 
 
 def write_table_tsv(rows: Sequence[dict], path: str | os.PathLike, columns: Sequence[str]) -> Path:
-    """Write dicts as a TSV with the given column order (missing keys -> ``n/a``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        fh.write("\t".join(columns) + "\n")
-        for row in rows:
-            fh.write("\t".join(_fmt(row.get(c)) for c in columns) + "\n")
-    return path
+    """Write dicts as a TSV with the given column order (missing keys -> ``n/a``), whole or
+    not at all (a failed write leaves the previous table)."""
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(_fmt(row.get(c)) for c in columns) for row in rows]
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def read_rows_tsv(path: str | os.PathLike) -> list[dict]:

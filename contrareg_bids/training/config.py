@@ -228,6 +228,35 @@ def sloppy_config(**changes) -> TrainConfig:
     return base.updated(**changes) if changes else base
 
 
+#: Voxel size (mm) of the model grid in the ``cpu`` preset when ``--model-spacing`` is not
+#: given and the reference is finer: about 8x fewer voxels than 1.2 mm, 40x fewer than
+#: neonatal 0.86 mm (the development atlas benchmark trains at 2.58 mm).
+CPU_MODEL_SPACING = 2.5
+
+
+def cpu_config(**changes) -> TrainConfig:
+    """The ``cpu`` preset (``--train-preset cpu``): what the development-atlas benchmark
+    measured on a 2-core CPU (docs/benchmarks.md), for a lab without a GPU: the
+    :func:`sloppy_config` network (ch 16, depth 3) trained for 500 steps at lr 5e-4 (the
+    hypernetwork too), autoencoders pretrained for 300 steps on 48^3 crops, and every
+    training image warped by its own random smooth deformation (at most 2 voxels of the
+    model grid) so that a dozen subjects give many different pairs. Run on a grid of
+    :data:`CPU_MODEL_SPACING` mm; register with test-time refinement (``--refine-steps``)."""
+    base = sloppy_config(
+        steps=500,
+        lr=5e-4,
+        deform_augment=2.0,
+        val_every=125,
+        checkpoint_every=100,
+        autoencoder={"steps": 300, "crop": 48},
+    )
+    return base.updated(**changes) if changes else base
+
+
+#: ``--train-preset`` -> the configuration the given options then override.
+TRAIN_PRESETS = {"paper": TrainConfig, "cpu": cpu_config, "sloppy": sloppy_config}
+
+
 #: Command-line option (argparse ``dest``) -> :class:`TrainConfig` field (``regnet.ch``: a
 #: field of a nested config). One table for ``contrareg-train`` (``cli/train.py``) and the
 #: BIDS-App's train level (``cli/train_level.py``), so an option maps the same in both.

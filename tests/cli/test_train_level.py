@@ -204,6 +204,56 @@ def test_train_options_reach_the_config(tmp_path):
     assert (c.lambda_range, c.batch_size, c.val_fraction, c.lr) == ((0.1, 0.5), 2, 0.2, 1e-3)
 
 
+def test_cpu_preset_is_the_benchmarked_recipe_and_options_override_it(tmp_path):
+    """``--train-preset cpu`` starts from ``cpu_config()`` (500 steps, deformation
+    augmentation, 48^3 autoencoder crops) whatever ``--sloppy`` says; options given still
+    win; ``contrareg-train`` maps it the same way."""
+    from contrareg_bids.cli import train as contrareg_train
+    from contrareg_bids.cli.train_level import build_train_config
+    from contrareg_bids.training.config import cpu_config
+
+    (tmp_path / "bids").mkdir()
+    base = [str(tmp_path / "bids"), str(tmp_path / "out"), "train", "--n-gpus", "0"]
+
+    def cfg(*extra):
+        return build_train_config(RunConfig.from_args(parse_args([*base, *extra])))
+
+    preset = cfg("--train-preset", "cpu")
+    assert preset == cpu_config(seed=0, device="cpu")
+    assert (preset.steps, preset.deform_augment, preset.autoencoder.crop) == (500, 2.0, 48)
+    assert cfg("--train-preset", "cpu", "--sloppy") == preset
+    assert cfg("--train-preset", "cpu", "--train-steps", "900").steps == 900
+    cli = contrareg_train.build_config(
+        contrareg_train.get_parser().parse_args(
+            ["--moving-list", "m", "--out", "o", "--train-preset", "cpu", "--device", "cpu"]
+        )
+    )
+    assert cli == preset
+
+
+@pytest.mark.parametrize(
+    ("options", "voxel_mm", "expected"),
+    [
+        (["--train-preset", "cpu"], 0.86, 2.5),  # neonates: the preset's coarser grid
+        (["--train-preset", "cpu"], 3.0, None),  # already coarser: the reference's own
+        (["--train-preset", "cpu", "--model-spacing", "1.7"], 0.86, 1.7),
+        ([], 0.86, None),  # the paper's preset trains at the reference's resolution
+        (["--model-spacing", "1.7"], 0.86, 1.7),
+    ],
+)
+def test_model_spacing_of_a_new_model(tmp_path, options, voxel_mm, expected):
+    import nibabel as nib
+
+    from contrareg_bids.cli.train_level import model_spacing
+
+    (tmp_path / "bids").mkdir()
+    image = tmp_path / "ref.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.diag([voxel_mm] * 3 + [1])),
+             str(image))  # fmt: skip
+    argv = [str(tmp_path / "bids"), str(tmp_path / "out"), "train", *options]
+    assert model_spacing(RunConfig.from_args(parse_args(argv)), image) == expected
+
+
 def test_both_training_clis_map_options_alike(tmp_path):
     """The same options give the same TrainConfig through ``contrareg-train`` and the
     train level: both read the one table ``TRAIN_OPTION_FIELDS``."""
@@ -234,7 +284,7 @@ def test_train_option_table_is_complete_and_valid():
     from contrareg_bids.config import TRAIN_OPTIONS
     from contrareg_bids.training.config import TRAIN_OPTION_FIELDS, TrainConfig
 
-    level_only = {"model_name", "stop_after", "model_spacing"}
+    level_only = {"model_name", "stop_after", "model_spacing", "train_preset"}
     assert set(TRAIN_OPTIONS) - level_only <= set(TRAIN_OPTION_FIELDS)
     dests = {a.dest for p in (bids_parser.get_parser(), contrareg_train.get_parser())
              for a in p._actions}  # fmt: skip

@@ -148,3 +148,23 @@ def test_cli_end_to_end_on_nifti(tmp_path, tiny_bundle, icbm_small, icbm_subject
     assert (out / "sweep.json").exists() and (out / "best_lambda.tsv").exists()
     with pytest.raises(SystemExit):
         main(["--pairs", str(tmp_path / "pairs.tsv"), "--out", str(out)])  # no model, no ants
+
+
+def test_tables_are_written_whole_or_not_at_all(tmp_path):
+    """A row that cannot be formatted leaves the previous table as it was and no temporary
+    file (the table used to be written line by line into the final name)."""
+    from contrareg_bids.evaluation.table import read_rows_tsv, write_table_tsv
+
+    path = tmp_path / "summary.tsv"
+    write_table_tsv([{"method": "mcr", "lambda": 0.1}], path, ("method", "lambda"))
+    before = path.read_text()
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    rows = [{"method": "mcr", "lambda": 0.2}, {"method": Unprintable(), "lambda": 0.3}]
+    with pytest.raises(RuntimeError, match="no text"):
+        write_table_tsv(rows, path, ("method", "lambda"))
+    assert path.read_text() == before and sorted(tmp_path.iterdir()) == [path]
+    assert read_rows_tsv(path) == [{"method": "mcr", "lambda": 0.1}]
