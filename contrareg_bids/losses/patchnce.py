@@ -42,7 +42,7 @@ from contrareg_bids.nn.heads import ProjectionHeads
 
 from ._checks import check_finite, check_mask, check_pair, check_volume, full_precision
 
-__all__ = ["ContrastiveSimilarity", "PatchNCELoss", "resize_mask"]
+__all__ = ["ContrastiveSimilarity", "PatchNCELoss", "more_draws", "resize_mask"]
 
 
 def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -167,6 +167,9 @@ class PatchNCELoss(nn.Module):
         # NaN/Inf scan of the feature maps; ContrastiveSimilarity switches it off because
         # its features come from already validated images
         self.check_finite_features = True
+        #: independent location samples averaged per layer (test-time refinement raises it:
+        #: the same loss, a less noisy gradient; see :func:`more_draws`)
+        self.draws = 1
 
     def extra_repr(self) -> str:
         return (
@@ -270,6 +273,23 @@ class PatchNCELoss(nn.Module):
         mask_ext: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
+        args = (f_fix, f_mov, heads_fixed, heads_moved, k, mask, f_ext, mask_ext, generator)
+        if self.draws == 1:
+            return self._draw_loss(*args)
+        return torch.stack([self._draw_loss(*args) for _ in range(self.draws)]).mean()
+
+    def _draw_loss(
+        self,
+        f_fix: torch.Tensor,
+        f_mov: torch.Tensor,
+        heads_fixed: ProjectionHeads,
+        heads_moved: ProjectionHeads,
+        k: int,
+        mask: torch.Tensor | None,
+        f_ext: torch.Tensor | None,
+        mask_ext: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         n = f_fix.shape[0]
         v = f_fix[0, 0].numel()
         valid = None if mask is None else mask.flatten(1) > 0.5
@@ -295,6 +315,24 @@ class PatchNCELoss(nn.Module):
             p = q.shape[1]
             target = torch.arange(p, device=q.device).repeat(n)
             return F.cross_entropy(logits.reshape(n * p, -1), target)
+
+
+@contextlib.contextmanager
+def more_draws(module: nn.Module, draws: int) -> Iterator[None]:
+    """Every :class:`PatchNCELoss` inside ``module`` averages ``draws`` independent location
+    samples per layer for the duration (the expected loss is unchanged, its gradient's
+    sampling noise falls as 1/sqrt(draws); the autoencoder features are computed once)."""
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive integer, got {draws!r}")
+    losses = [m for m in module.modules() if isinstance(m, PatchNCELoss)]
+    before = [m.draws for m in losses]
+    for m in losses:
+        m.draws = draws
+    try:
+        yield
+    finally:
+        for m, d in zip(losses, before, strict=True):
+            m.draws = d
 
 
 def _pad_like_autoencoder(mask: torch.Tensor, ae: nn.Module) -> torch.Tensor:

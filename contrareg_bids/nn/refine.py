@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..losses.patchnce import more_draws
 from .integrate import integrate_velocity, warp
 from .model import RegistrationOutput
 
@@ -37,6 +38,8 @@ class RefineSettings:
     lr: float = 0.05
     coarse: int = 2
     seed: int = 0
+    #: PatchNCE location samples averaged per step (CR/mCR; :func:`more_draws`)
+    draws: int = 1
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -45,6 +48,8 @@ class RefineSettings:
             raise ValueError(f"refine lr must be > 0, got {self.lr}")
         if self.coarse < 1:
             raise ValueError(f"refine coarse factor must be >= 1, got {self.coarse}")
+        if self.draws < 1:
+            raise ValueError(f"refine draws must be >= 1, got {self.draws}")
 
 
 def refine_velocity(
@@ -87,7 +92,11 @@ def refine_velocity(
     try:
         for p in params:
             p.requires_grad_(False)
-        with torch.enable_grad(), _constant_images(objective):
+        with (
+            torch.enable_grad(),
+            _constant_images(objective),
+            more_draws(objective, settings.draws),
+        ):
             for _ in range(settings.steps):
                 up = F.interpolate(delta, size=shape, mode="trilinear", align_corners=True)
                 v = v0 + up * settings.coarse  # delta in coarse voxels -> fine voxels

@@ -16,7 +16,7 @@ from contrareg_bids.losses import (
     build_similarity,
     resize_mask,
 )
-from contrareg_bids.losses.patchnce import _pad_like_autoencoder, _sample_indices
+from contrareg_bids.losses.patchnce import _pad_like_autoencoder, _sample_indices, more_draws
 from contrareg_bids.nn.autoencoder import Autoencoder
 from contrareg_bids.nn.heads import ProjectionHeads
 
@@ -150,6 +150,29 @@ def test_patchnce_generator_makes_the_loss_reproducible():
     b = nce(feats, feats, heads, heads, generator=torch.Generator().manual_seed(5))
     c = nce(feats, feats, heads, heads, generator=torch.Generator().manual_seed(6))
     assert a.item() == b.item() != c.item()
+
+
+def test_more_draws_averages_independent_samples_and_restores():
+    """With ``more_draws(module, k)`` each layer's loss is the mean of k successive draws of
+    the generator (one draw each before and after); a refinement averaging draws optimises
+    the same loss with less sampling noise."""
+    torch.manual_seed(0)
+    feats_f = [torch.randn(1, 4, 12, 12, 12)]
+    feats_m = [f + 0.3 * torch.randn_like(f) for f in feats_f]
+    heads = ProjectionHeads((4,), width=8)
+    nce = PatchNCELoss(num_negatives=31)
+    holder = nn.ModuleDict({"inner": nn.ModuleDict({"nce": nce})})
+    gen = torch.Generator().manual_seed(3)
+    singles = [nce(feats_f, feats_m, heads, heads, generator=gen).item() for _ in range(4)]
+    with more_draws(holder, 4):
+        assert nce.draws == 4
+        gen = torch.Generator().manual_seed(3)
+        averaged = nce(feats_f, feats_m, heads, heads, generator=gen).item()
+    assert nce.draws == 1
+    assert averaged == pytest.approx(sum(singles) / 4, rel=1e-6)
+    with pytest.raises(ValueError, match="draws must be a positive integer"):
+        with more_draws(holder, 0):
+            pass
 
 
 def test_resize_mask_keeps_thin_structures_and_aligns_with_autoencoder_padding():

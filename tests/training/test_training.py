@@ -363,3 +363,44 @@ def test_lambda_controls_smoothness_once_the_regulariser_is_calibrated(icbm_pair
     print("calibrated: reg_scale", scale, "std log|J| at lambda 0 / 0.5 / 1:", sd0, sd5, sd1)
     assert scale > 0 and sd1 == 0.0
     assert 0.0 < sd5 < 0.8 * sd0
+
+
+def test_a_constant_factor_on_the_similarity_is_absorbed_by_the_calibration(icbm_pair):
+    """Summing PatchNCE over its layers or averaging them (CUT) differs by a constant factor
+    on the similarity, as does ``alpha``: the calibration scales the regulariser by the same
+    factor and Adam ignores a factor on the whole loss, so the optimisation is the same
+    (here 5 Adam steps on a velocity, MI similarity; the factor is 1/6, six layers). Without
+    the recalibration the same factor changes the steps. Adam's eps is 1e-12 here: at the
+    default 1e-8 the two differ by ~4 % (voxels whose gradient is below ~1e-7)."""
+    from contrareg_bids.training.calibration import calibrate_reg_scale, reference_output
+    from contrareg_bids.training.objective import RegistrationObjective
+
+    mov, fix = _deformed_pair(icbm_pair)
+    batch = {
+        "moving": torch.from_numpy(mov)[None, None],
+        "fixed": torch.from_numpy(fix)[None, None],
+    }
+    lam = torch.full((1, 1), 0.3)
+
+    def adam_steps(factor: float, reg_scale: float | None = None):
+        obj = RegistrationObjective(sloppy_config(loss="mi"))
+        obj.alpha = obj.alpha * factor
+        obj.reg_scale = reg_scale or calibrate_reg_scale(obj, [batch], ts=5)["reg_scale"]
+        v0 = 0.3 * torch.randn((1, 3, *fix.shape), generator=torch.Generator().manual_seed(0))
+        v = v0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([v], lr=0.05, eps=1e-12)
+        for _ in range(5):
+            opt.zero_grad()
+            obj(batch, reference_output(batch, v, 5), lam)["loss"].backward()
+            opt.step()
+        return obj.reg_scale, v.detach() - v0
+
+    scale_sum, step_sum = adam_steps(1.0)
+    scale_mean, step_mean = adam_steps(1.0 / 6.0)
+    _, step_uncalibrated = adam_steps(1.0 / 6.0, reg_scale=scale_sum)
+    assert scale_mean == pytest.approx(scale_sum / 6.0, rel=1e-4)
+    size = step_sum.norm()
+    print("relative differences:", float((step_mean - step_sum).norm() / size),
+          float((step_uncalibrated - step_sum).norm() / size))  # fmt: skip
+    assert (step_mean - step_sum).norm() < 0.01 * size
+    assert (step_uncalibrated - step_sum).norm() > 0.1 * size
