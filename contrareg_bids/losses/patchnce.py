@@ -273,29 +273,19 @@ class PatchNCELoss(nn.Module):
         mask_ext: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
-        args = (f_fix, f_mov, heads_fixed, heads_moved, k, mask, f_ext, mask_ext, generator)
-        if self.draws == 1:
-            return self._draw_loss(*args)
-        return torch.stack([self._draw_loss(*args) for _ in range(self.draws)]).mean()
-
-    def _draw_loss(
-        self,
-        f_fix: torch.Tensor,
-        f_mov: torch.Tensor,
-        heads_fixed: ProjectionHeads,
-        heads_moved: ProjectionHeads,
-        k: int,
-        mask: torch.Tensor | None,
-        f_ext: torch.Tensor | None,
-        mask_ext: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        n = f_fix.shape[0]
+        # ``draws`` independent samples per item, projected in one pass: the items of the
+        # contrastive batch are (item, draw), negatives stay within their own draw
+        n, d = f_fix.shape[0], self.draws
         v = f_fix[0, 0].numel()
         valid = None if mask is None else mask.flatten(1) > 0.5
-        idx = _sample_indices(valid, n, v, self.num_negatives + 1, generator, f_fix.device)
-        q = heads_fixed.project(k, _gather(f_fix, idx))  # (N, P, W) float32, unit norm
-        pos_neg = heads_moved.project(k, _gather(f_mov, idx))  # (N, P, W)
+        if valid is not None and d > 1:
+            valid = valid.repeat_interleave(d, dim=0)
+        idx = _sample_indices(valid, n * d, v, self.num_negatives + 1, generator, f_fix.device)
+        p = idx.shape[1]
+        idx = idx.reshape(n, d * p)
+        q = heads_fixed.project(k, _gather(f_fix, idx))  # (N, D P, W) float32, unit norm
+        pos_neg = heads_moved.project(k, _gather(f_mov, idx))
+        q, pos_neg = q.reshape(n * d, p, -1), pos_neg.reshape(n * d, p, -1)
         keys = [pos_neg]
         if f_ext is not None:
             ne = f_ext.shape[0]
@@ -304,7 +294,8 @@ class PatchNCELoss(nn.Module):
                 valid_e, ne, f_ext[0, 0].numel(), self.num_external, generator, f_ext.device
             )
             ext = heads_moved.project(k, _gather(f_ext, idx_e)).expand(n, -1, -1)
-            keys.append(ext)
+            keys.append(ext.repeat_interleave(d, dim=0) if d > 1 else ext)
+        n = n * d
         with full_precision(f_fix.device):
             # logits[n, i, j] = q_i . k_j / tau; the target column i is the positive, every
             # other column (the other sampled locations, then external ones) a negative
