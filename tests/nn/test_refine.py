@@ -15,7 +15,7 @@ from contrareg_bids.metrics import mean_dice
 from contrareg_bids.nn.inference import register_arrays
 from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
 from contrareg_bids.nn.model import ContraRegNet
-from contrareg_bids.nn.refine import RefineSettings
+from contrareg_bids.nn.refine import RefineSettings, refine_velocity
 from contrareg_bids.training.config import sloppy_config
 from contrareg_bids.training.objective import RegistrationObjective, objective_from_bundle
 from tests.io.test_bundle import make_bundle
@@ -73,6 +73,32 @@ def test_objective_from_bundle_uses_the_bundles_heads_and_regulariser_scale(tmp_
     assert objective.heads["moving"] is loaded.heads["T2w"]
     assert objective.sim12.ae_moved is loaded.autoencoders["T2w"]
     assert objective.sim12.nce.tau == 0.07
+
+
+def test_refinement_with_draws_averages_patchnce_samples_and_restores_them():
+    """``RefineSettings(draws=k)``: every PatchNCE loss of the objective averages k location
+    samples during the refinement (a different, less noisy step than one draw) and is back
+    at one draw afterwards; bad values are refused."""
+    bundle = make_bundle(
+        loss_params={"reg_scale": 1.0, "num_negatives": 8},
+        extra={"train_config": sloppy_config(loss="mcr", num_negatives=8).to_dict()},
+    )
+    objective = objective_from_bundle(bundle)
+    shape = (12, 14, 10)  # make_bundle's grid
+    gen = torch.Generator().manual_seed(0)
+    mov, fix = (torch.rand((1, 1, *shape), generator=gen) for _ in range(2))
+    v0 = torch.zeros((1, 3, *shape))
+
+    def refine(draws: int) -> torch.Tensor:
+        return refine_velocity(
+            v0, mov, fix, objective, lam=0.5, ts=3, settings=RefineSettings(steps=2, draws=draws)
+        )
+
+    one, eight = refine(1), refine(8)
+    assert not torch.allclose(one, eight)
+    assert {objective.sim12.nce.draws, objective.sim21.nce.draws} == {1}
+    with pytest.raises(ValueError, match="draws must be >= 1"):
+        RefineSettings(steps=1, draws=0)
 
 
 @pytest.mark.parametrize("loss", ["mi", "localmi"])
