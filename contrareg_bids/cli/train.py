@@ -54,7 +54,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--train-preset",
         choices=("paper", "cpu"),
         help="settings to start from: paper (default) or cpu (500 steps of a small network "
-        "with deformation augmentation: the BIDS-App's train-level preset)",
+        "with deformation augmentation: the BIDS-App's train-level preset; here the "
+        "volumes' own grid is the model grid)",
     )
     t = p.add_argument_group("training (override the configuration file)")
     losses = ", ".join(BASE_LOSSES)
