@@ -43,6 +43,9 @@ from bench_train_atlas import COHORTS, TEMPLATE, preprocess_cohort
 
 HERE = Path(__file__).resolve().parents[1]
 HELD_OUT = [31, 35, 39, 43]
+METHODS = ("network", "refine", "ants")
+DEFAULT_LAMBDA = 0.8
+DEFAULT_REFINE_STEPS = 30
 
 
 def rigid(rng: np.random.Generator, degrees: float, mm: float) -> np.ndarray:
@@ -147,14 +150,25 @@ def main(argv=None) -> int:
     p.add_argument("--held-out", type=int, nargs="+", default=HELD_OUT)
     p.add_argument("--train-per-cohort", type=int, default=1)
     p.add_argument("--test-per-cohort", type=int, default=3)
+    p.add_argument(
+        "--register-index",
+        type=int,
+        nargs="+",
+        default=None,
+        help="which of each held-out cohort's subjects to register (default: all); e.g. "
+        "subjects beyond the test set as a selection set",
+    )
+    p.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="what to run"
+    )
     p.add_argument("--reference-cohort", type=int, default=37)
     p.add_argument("--amplitude", type=float, default=5.0, help="largest velocity, mm")
     p.add_argument("--sigma", type=float, default=10.0, help="warp smoothness, mm")
     p.add_argument("--rotation", type=float, default=6.0, help="degrees, each axis")
     p.add_argument("--shift", type=float, default=6.0, help="mm, each axis")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lambda", dest="lam", type=float, default=0.8)
-    p.add_argument("--refine-steps", type=int, default=30)
+    p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA)
+    p.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-options", default="", help="extra train-level options (quoted)")
     p.add_argument(
@@ -166,6 +180,8 @@ def main(argv=None) -> int:
     work = args.work_dir.resolve()
     bids = work / "bids"
     train, test = write_dataset(args, bids)
+    if args.register_index is not None:
+        test = [t for t in test if int(t.split("s")[-1]) in args.register_index]
     reference = f"c{args.reference_cohort}s0"
     if reference not in train:
         sys.exit(f"error: the reference sub-{reference} is not a training subject")
@@ -207,6 +223,8 @@ def main(argv=None) -> int:
         if rc:
             return rc
         log(f"  train level {seconds['train'] / 60:.1f} min ({len(train)} subjects)")
+    variant = "" if args.lam == DEFAULT_LAMBDA else f"-lam{args.lam:g}"
+    steps = "" if args.refine_steps == DEFAULT_REFINE_STEPS else f"-steps{args.refine_steps}"
     methods = {
         "network": ["--model", str(bundle), "--lambda", f"{args.lam:g}", "--refine-steps", "0"],
         "refine": [
@@ -219,12 +237,19 @@ def main(argv=None) -> int:
         ],
         "ants": ["--registration", "ants"],
     }
+    folders = {
+        "network": f"out-{args.model_name}-network{variant}",
+        "refine": f"out-{args.model_name}-refine{variant}{steps}",
+        "ants": "out-ants",
+    }
     results: dict[str, dict[str, dict]] = {}
-    for name, extra in methods.items():
-        out = work / (f"out-{name}" if name == "ants" else f"out-{args.model_name}-{name}")
-        if len(metrics(out)) == len(test):  # same subjects and settings: the run is done
+    for name in args.methods:
+        extra = methods[name]
+        out = work / folders[name]
+        done = {k.split("_")[0]: v for k, v in metrics(out).items()}
+        if all(f"sub-{t}" in done for t in test):  # same settings: the run is done
             log(f"{name}: reusing {out}")
-            results[name] = {k.split("_")[0]: v for k, v in metrics(out).items()}
+            results[name] = {t: done[t] for t in done if t[4:] in test}
             continue
         argv_p = [
             str(bids),
@@ -246,7 +271,8 @@ def main(argv=None) -> int:
     if not subjects:
         log("no subject finished with every method")
         return 1
-    affine = [float(results["ants"][s]["mean_dice_affine"]) for s in subjects]
+    first = next(iter(results.values()))
+    affine = [float(first[s]["mean_dice_affine"]) for s in subjects]
     dice = {m: [float(results[m][s]["mean_dice"]) for s in subjects] for m in results}
     print(f"\n{len(subjects)} held-out subjects -> sub-{reference} (moving T2w, fixed T1w)")
     print(
@@ -257,7 +283,7 @@ def main(argv=None) -> int:
     for m in results:
         fold = statistics.mean(float(results[m][s]["folding_percent"]) for s in subjects)
         sdj = statistics.mean(float(results[m][s]["std_log_jacobian"]) for s in subjects)
-        vs_ants = "-" if m == "ants" else paired(dice[m], dice["ants"])
+        vs_ants = "-" if m == "ants" or "ants" not in dice else paired(dice[m], dice["ants"])
         print(
             f"| {m} | {statistics.mean(dice[m]):.4f} | {paired(dice[m], affine)} | "
             f"{vs_ants} | {fold:.3f} | {sdj:.3f} |"

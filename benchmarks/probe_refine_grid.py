@@ -1,0 +1,164 @@
+"""Test-time refinement on a finer grid than the model's, on the CPU-recipe subjects.
+
+The participant level refines the network's velocity on the model grid (2.5 mm for the CPU
+recipe) and carries the displacement to native resolution by interpolation. This probe asks
+what refining on a finer grid buys: for each subject of a ``bench_cpu_recipe.py`` work
+directory (preprocessing already cached there by a participant run), the network's velocity
+is predicted on the model grid, resampled onto a grid ``factor`` times finer over the same
+extent, refined there with the bundle's own objective, and scored exactly as the app scores
+it (its composite transforms, the reference labels resampled into the subject, the app's
+Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws]``; ``1:30:0.05:2:0.8`` is what
+``participant --refine-steps 30`` does (a check that this probe reproduces the app).
+
+    python benchmarks/probe_refine_grid.py --work-dir /tmp/cpu-recipe \\
+        --model cpu-recipe-1500 --subjects c31s3 c35s3 --variants 1:30:0.05:2:0.8 2:30:0.05:2:0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def subject_paths(work: Path, sid: str) -> dict[str, Path]:
+    """The cached inputs of a subject's registration in the app's work directory."""
+    from nipype.utils.filemanip import loadpkl
+
+    wf = work / "work" / f"sub_{sid}_wf"
+    prep = loadpkl(wf / "registration_wf" / "prepare_pair" / "_inputs.pklz")
+    met = loadpkl(wf / "metrics" / "_inputs.pklz")
+    return {
+        "moving": Path(prep["moving"]),
+        "reference": Path(prep["reference"]),
+        "reference_mask": Path(prep["reference_mask"]),
+        "affine": Path(prep["affine"]),
+        "subject_grid": wf / "anat_preproc_wf" / "n4_moving" / "n4.nii.gz",
+        "subject_labels": Path(met["subject_labels"]),
+        "reference_dseg": Path(met["reference_dseg"]),
+    }
+
+
+def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
+    """Register one subject with one variant; the app's metrics row for it."""
+    import torch
+
+    from contrareg_bids.io.images import load_nifti
+    from contrareg_bids.io.transforms import apply_transform, write_displacement_nifti
+    from contrareg_bids.nn.integrate import integrate_velocity, resize_field
+    from contrareg_bids.nn.refine import RefineSettings, refine_velocity
+    from contrareg_bids.processing.model_space import export_transforms, prepare_model_pair
+    from contrareg_bids.processing.participant_metrics import subject_dice, warp_quality
+
+    factor, steps, lr, coarse, lam, *rest = (float(x) for x in variant.split(":"))
+    draws = int(rest[0]) if rest else 1
+    grid = bundle.metadata.grid
+    shape = tuple(int(s) for s in grid.shape)
+    args = (paths["moving"], paths["reference"], paths["affine"])
+    model = prepare_model_pair(*args, shape, tuple(grid.spacing), out / "model")
+    fine_shape = tuple(int(round((s - 1) * factor)) + 1 for s in shape)
+    # the same extent as the model grid: (n - 1) * spacing unchanged per axis
+    fine_spacing = tuple(
+        sp * (s - 1) / (n - 1) for sp, s, n in zip(grid.spacing, shape, fine_shape, strict=True)
+    )
+    fine = prepare_model_pair(
+        *args, fine_shape, fine_spacing, out / "fine", reference_mask=paths["reference_mask"]
+    )
+
+    def tensor(path):
+        return torch.from_numpy(load_nifti(path).get_fdata(dtype=np.float32))[None, None]
+
+    net = bundle.regnet.eval()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        v = net.velocity(tensor(model.moving), tensor(model.fixed), lam).float()
+    v = resize_field(v.clone(), fine_shape)
+    settings = RefineSettings(steps=int(steps), lr=lr, coarse=int(coarse), draws=draws)
+    cfg = net.config
+    v = refine_velocity(
+        v, tensor(fine.moving), tensor(fine.fixed), objective, lam, cfg.ts, settings,
+        cfg.int_downsize,
+    )  # fmt: skip
+    with torch.inference_mode():
+        fwd = integrate_velocity(v, cfg.ts, cfg.int_downsize)[0].numpy()
+        inv = integrate_velocity(-v, cfg.ts, cfg.int_downsize)[0].numpy()
+    seconds = time.perf_counter() - t0
+    fwd_path = write_displacement_nifti(fwd, fine.grid_affine, out / "fwd.nii.gz")
+    inv_path = write_displacement_nifti(inv, fine.grid_affine, out / "inv.nii.gz")
+    _, subj_to_ref = export_transforms(paths["affine"], fwd_path, inv_path, out)
+    ref_in_subject = apply_transform(
+        paths["reference_dseg"], paths["subject_grid"], [subj_to_ref], out / "ref_dseg.nii.gz",
+        "label",
+    )  # fmt: skip
+    row = subject_dice(
+        paths["subject_labels"], ref_in_subject, reference_dseg=paths["reference_dseg"],
+        affine=paths["affine"],
+    )  # fmt: skip
+    row.update(warp_quality(fwd_path, fine.fixed_mask))
+    row["seconds"] = seconds
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work-dir", type=Path, required=True, help="bench_cpu_recipe's work dir")
+    p.add_argument("--model", default="cpu-recipe", help="the bundle's name in out-train")
+    p.add_argument("--subjects", nargs="+", required=True, help="e.g. c31s3 c35s3")
+    p.add_argument(
+        "--variants", nargs="+", required=True, help="factor:steps:lr:coarse:lambda[:draws]"
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None, help="results as JSON")
+    a = p.parse_args(argv)
+    print(f"# python benchmarks/probe_refine_grid.py {shlex.join(sys.argv[1:])}", flush=True)
+    import torch
+
+    from contrareg_bids.io.bundle import load_model
+    from contrareg_bids.training.objective import objective_from_bundle
+
+    torch.set_num_threads(a.threads)
+    work = a.work_dir.resolve()
+    bundle = load_model(work / "out-train" / "models" / f"{a.model}.safetensors")
+    objective = objective_from_bundle(bundle)
+    rows: dict[str, dict[str, dict]] = {v: {} for v in a.variants}
+    for sid in a.subjects:
+        paths = subject_paths(work, sid)
+        for variant in a.variants:
+            with tempfile.TemporaryDirectory() as tmp:
+                row = run_variant(paths, bundle, objective, variant, Path(tmp))
+            rows[variant][sid] = row
+            print(
+                f"{sid} {variant}: Dice {row['mean_dice']:.4f} (affine "
+                f"{row['mean_dice_affine']:.4f}), folding {row['folding_percent']:.3f} %, "
+                f"std log|J| {row['std_log_jacobian']:.3f}, {row['seconds']:.0f} s",
+                flush=True,
+            )
+    base = a.variants[0]
+    print(f"\n| variant | mean Dice | vs {base} | folding % | std log|J| | s/subject |")
+    print("|---|---|---|---|---|---|")
+    for v in a.variants:
+        d = [rows[v][s]["mean_dice"] - rows[base][s]["mean_dice"] for s in a.subjects]
+        sd = statistics.stdev(d) if len(d) > 1 else 0.0
+        mean = statistics.mean(rows[v][s]["mean_dice"] for s in a.subjects)
+        fold = statistics.mean(rows[v][s]["folding_percent"] for s in a.subjects)
+        sdj = statistics.mean(rows[v][s]["std_log_jacobian"] for s in a.subjects)
+        sec = statistics.mean(rows[v][s]["seconds"] for s in a.subjects)
+        up = sum(x > 0 for x in d)
+        print(
+            f"| {v} | {mean:.4f} | {statistics.mean(d):+.4f} ± {sd:.4f} ({up}/{len(d)}) | "
+            f"{fold:.3f} | {sdj:.3f} | {sec:.0f} |"
+        )
+    if a.out:
+        a.out.write_text(json.dumps(rows, indent=1, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
