@@ -63,7 +63,7 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
     shape = tuple(int(s) for s in grid.shape)
     args = (paths["moving"], paths["reference"], paths["affine"])
     model = prepare_model_pair(*args, shape, tuple(grid.spacing), out / "model")
-    fine_shape = tuple(int(round((s - 1) * factor)) + 1 for s in shape)
+    fine_shape = tuple(round((s - 1) * factor) + 1 for s in shape)
     # the same extent as the model grid: (n - 1) * spacing unchanged per axis
     fine_spacing = tuple(
         sp * (s - 1) / (n - 1) for sp, s, n in zip(grid.spacing, shape, fine_shape, strict=True)

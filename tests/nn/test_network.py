@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from contrareg_bids.nn.autoencoder import Autoencoder, mask_to_feature_grid
+from contrareg_bids.nn.autoencoder import Autoencoder, dilate_box, mask_to_feature_grid
 from contrareg_bids.nn.inference import register_arrays, resolve_device
 from contrareg_bids.nn.integrate import compose
 from contrareg_bids.nn.model import ContraRegNet, RegNetConfig
@@ -263,3 +264,11 @@ def test_register_arrays_on_cuda_matches_cpu(rng):
     cpu = register_arrays(net, mov, fix, lam=0.2, device="cpu")
     gpu = register_arrays(net, mov, fix, lam=0.2, device="cuda")
     np.testing.assert_allclose(cpu.forward_disp, gpu.forward_disp, atol=1e-4)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 4])
+def test_dilate_box_is_the_cubic_max_pool(radius):
+    mask = torch.rand(2, 1, 13, 17, 11, generator=torch.Generator().manual_seed(radius)) > 0.9
+    mask = mask.float()
+    expected = F.max_pool3d(mask, 2 * radius + 1, stride=1, padding=radius) if radius else mask
+    assert torch.equal(dilate_box(mask, radius), expected)
