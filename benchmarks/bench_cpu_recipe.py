@@ -17,7 +17,10 @@ participant run and reused by the others: compare the registrations' Dice, and t
     python benchmarks/bench_cpu_recipe.py --work-dir /tmp/cpu-recipe
 
 A method whose output folder already holds every held-out subject's metrics is not run
-again (ANTs SyN's, when only the training options change with ``--model-name``).
+again (ANTs SyN's, when only the training options change with ``--model-name``). Output
+folders carry ``--lambda`` and ``--refine-steps`` when they differ from the defaults.
+``--test-per-cohort 5 --register-index 3 4`` registers two more subjects per held-out cohort
+instead of the test subjects: a selection set for choosing settings before the test.
 
 Dice: the app's own ``mean_dice`` (mean over the reference's tissue labels) and
 ``mean_dice_affine`` (its affine step) of each held-out subject; differences paired over
