@@ -292,7 +292,7 @@ def main(argv=None) -> int:
             f"{vs_ants} | {fold:.3f} | {sdj:.3f} |"
         )
     print("wall seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
-    (work / "results.json").write_text(
+    (work / f"results-{args.model_name}{variant}{steps}.json").write_text(
         json.dumps(
             {
                 "subjects": subjects,
