@@ -46,19 +46,40 @@ def subject_paths(work: Path, sid: str) -> dict[str, Path]:
     }
 
 
+def inverse_field(disp: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The inverse of a displacement field ``(3, X, Y, Z)`` (voxels), by ITK's fixed-point
+    inversion (for a peer that returns the forward field only)."""
+    import SimpleITK as sitk
+
+    from contrareg_bids.io.transforms import (
+        array_from_image,
+        displacement_image,
+        world_disp_to_voxel,
+    )
+
+    img = displacement_image(disp, affine)
+    inv = sitk.InvertDisplacementField(
+        img, maximumNumberOfIterations=50, maxErrorToleranceThreshold=0.01,
+        meanErrorToleranceThreshold=0.001, enforceBoundaryCondition=True,
+    )  # fmt: skip
+    return world_disp_to_voxel(array_from_image(inv), affine).astype(np.float32)
+
+
 def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
     """Register one subject with one variant; the app's metrics row for it."""
     import torch
 
     from contrareg_bids.io.images import load_nifti
-    from contrareg_bids.io.transforms import apply_transform, write_displacement_nifti
     from contrareg_bids.nn.integrate import integrate_velocity, resize_field
     from contrareg_bids.nn.refine import RefineSettings, refine_velocity
-    from contrareg_bids.processing.model_space import export_transforms, prepare_model_pair
-    from contrareg_bids.processing.participant_metrics import subject_dice, warp_quality
+    from contrareg_bids.processing.model_space import prepare_model_pair
 
-    factor, steps, lr, coarse, lam, *rest = (float(x) for x in variant.split(":"))
-    draws = int(rest[0]) if rest else 1
+    peer = variant.startswith("convexadam:")
+    if peer:  # ConvexAdam (MIND, its defaults) on the pair at that grid, for comparison
+        factor, steps, lr, coarse, lam = float(variant.split(":")[1]), 0, 1.0, 1, 0.0
+    else:
+        factor, steps, lr, coarse, lam, *rest = (float(x) for x in variant.split(":"))
+    draws = int(rest[0]) if not peer and rest else 1
     grid = bundle.metadata.grid
     shape = tuple(int(s) for s in grid.shape)
     args = (paths["moving"], paths["reference"], paths["affine"])
@@ -77,6 +98,13 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
 
     net = bundle.regnet.eval()
     t0 = time.perf_counter()
+    if peer:
+        from contrareg_bids.evaluation.peers import convexadam_forward_field
+
+        mov, fix = (load_nifti(x).get_fdata(dtype=np.float32) for x in (fine.moving, fine.fixed))
+        fwd, _ = convexadam_forward_field(mov, fix)
+        inv = inverse_field(fwd, fine.grid_affine)
+        return score(paths, fwd, inv, fine, out, time.perf_counter() - t0)
     with torch.inference_mode():
         v = net.velocity(tensor(model.moving), tensor(model.fixed), lam).float()
     v = resize_field(v.clone(), fine_shape)
@@ -89,7 +117,16 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
     with torch.inference_mode():
         fwd = integrate_velocity(v, cfg.ts, cfg.int_downsize)[0].numpy()
         inv = integrate_velocity(-v, cfg.ts, cfg.int_downsize)[0].numpy()
-    seconds = time.perf_counter() - t0
+    return score(paths, fwd, inv, fine, out, time.perf_counter() - t0)
+
+
+def score(paths, fwd, inv, fine, out: Path, seconds: float) -> dict:
+    """The app's metrics of a pair of fields on the grid of ``fine``: its composites, the
+    reference labels resampled into the subject, its Dice and warp quality."""
+    from contrareg_bids.io.transforms import apply_transform, write_displacement_nifti
+    from contrareg_bids.processing.model_space import export_transforms
+    from contrareg_bids.processing.participant_metrics import subject_dice, warp_quality
+
     fwd_path = write_displacement_nifti(fwd, fine.grid_affine, out / "fwd.nii.gz")
     inv_path = write_displacement_nifti(inv, fine.grid_affine, out / "inv.nii.gz")
     _, subj_to_ref = export_transforms(paths["affine"], fwd_path, inv_path, out)
