@@ -9,6 +9,9 @@ extent, refined there with the bundle's own objective, and scored exactly as the
 it (its composite transforms, the reference labels resampled into the subject, the app's
 Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws]``; ``1:30:0.05:2:0.8`` is what
 ``participant --refine-steps 30`` does (a check that this probe reproduces the app).
+``convexadam:factor`` registers the pair with ConvexAdam instead (MIND, its defaults) on that
+grid, e.g. ``convexadam:2.909`` at the atlas's own 0.86 mm from a 2.5 mm model grid: the
+peer at native resolution, scored the same way (its inverse by ITK's fixed-point inversion).
 
     python benchmarks/probe_refine_grid.py --work-dir /tmp/cpu-recipe \\
         --model cpu-recipe-1500 --subjects c31s3 c35s3 --variants 1:30:0.05:2:0.8 2:30:0.05:2:0.8
