@@ -79,6 +79,16 @@ def test_sets(args) -> dict[str, list[tuple[str, dict, dict]]]:
     return sets
 
 
+def probe_pairs(work_dir: str, cohorts: list[int], which: str = "atlas") -> list:
+    """The ``which`` pairs (``atlas`` or ``pseudo``) of :func:`test_sets` between
+    ``cohorts``, with this benchmark's settings (the probes' data)."""
+    sets = argparse.Namespace(
+        work_dir=work_dir, factor=3, reference=36, affine_modality="T2w",
+        held_out=cohorts, pseudo=1, pseudo_amplitude=2.0, seed=0,
+    )  # fmt: skip
+    return test_sets(sets)[which]
+
+
 def score(moving: dict, fixed: dict, disp: np.ndarray) -> dict:
     from contrareg_bids.evaluation.sweep import evaluate_pair, warp_label_map
 

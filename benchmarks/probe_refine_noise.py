@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy_atlas import test_sets
+from bench_accuracy_atlas import probe_pairs
 
 
 def main(argv=None) -> int:
@@ -43,11 +43,7 @@ def main(argv=None) -> int:
     from contrareg_bids.training.objective import objective_from_bundle
 
     torch.set_num_threads(1)
-    sets = argparse.Namespace(
-        work_dir=a.work_dir, factor=3, reference=36, affine_modality="T2w",
-        held_out=a.cohorts, pseudo=1, pseudo_amplitude=2.0, seed=0,
-    )  # fmt: skip
-    pairs = test_sets(sets)["atlas"]
+    pairs = probe_pairs(a.work_dir, a.cohorts)
     bundle = load_model(a.bundle)
     objective = objective_from_bundle(bundle).train(False)
     for param in objective.parameters():
