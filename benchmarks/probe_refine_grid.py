@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cpu_recipe import paired
+
 
 def subject_paths(work: Path, sid: str) -> dict[str, Path]:
     """The cached inputs of a subject's registration in the app's work directory."""
@@ -79,14 +82,12 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
 
     peer = variant.startswith("convexadam:")
     if peer:  # ConvexAdam (MIND, its defaults) on the pair at that grid, for comparison
-        factor, steps, lr, coarse, lam = float(variant.split(":")[1]), 0, 1.0, 1, 0.0
+        factor = float(variant.split(":")[1])
     else:
         factor, steps, lr, coarse, lam, *rest = (float(x) for x in variant.split(":"))
-    draws = int(rest[0]) if not peer and rest else 1
     grid = bundle.metadata.grid
     shape = tuple(int(s) for s in grid.shape)
     args = (paths["moving"], paths["reference"], paths["affine"])
-    model = prepare_model_pair(*args, shape, tuple(grid.spacing), out / "model")
     fine_shape = tuple(round((s - 1) * factor) + 1 for s in shape)
     # the same extent as the model grid: (n - 1) * spacing unchanged per axis
     fine_spacing = tuple(
@@ -108,9 +109,11 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
         fwd, _ = convexadam_forward_field(mov, fix)
         inv = inverse_field(fwd, fine.grid_affine)
         return score(paths, fwd, inv, fine, out, time.perf_counter() - t0)
+    model = prepare_model_pair(*args, shape, tuple(grid.spacing), out / "model")
     with torch.inference_mode():
         v = net.velocity(tensor(model.moving), tensor(model.fixed), lam).float()
     v = resize_field(v.clone(), fine_shape)
+    draws = int(rest[0]) if rest else 1
     settings = RefineSettings(steps=int(steps), lr=lr, coarse=int(coarse), draws=draws)
     cfg = net.config
     v = refine_velocity(
@@ -160,6 +163,7 @@ def main(argv=None) -> int:
     print(f"# python benchmarks/probe_refine_grid.py {shlex.join(sys.argv[1:])}", flush=True)
     import torch
 
+    from contrareg_bids.io.atomic import write_text_atomic
     from contrareg_bids.io.bundle import load_model
     from contrareg_bids.training.objective import objective_from_bundle
 
@@ -184,19 +188,15 @@ def main(argv=None) -> int:
     print(f"\n| variant | mean Dice | vs {base} | folding % | std log|J| | s/subject |")
     print("|---|---|---|---|---|---|")
     for v in a.variants:
-        d = [rows[v][s]["mean_dice"] - rows[base][s]["mean_dice"] for s in a.subjects]
-        sd = statistics.stdev(d) if len(d) > 1 else 0.0
-        mean = statistics.mean(rows[v][s]["mean_dice"] for s in a.subjects)
+        dice = [rows[v][s]["mean_dice"] for s in a.subjects]
+        mean = statistics.mean(dice)
         fold = statistics.mean(rows[v][s]["folding_percent"] for s in a.subjects)
         sdj = statistics.mean(rows[v][s]["std_log_jacobian"] for s in a.subjects)
         sec = statistics.mean(rows[v][s]["seconds"] for s in a.subjects)
-        up = sum(x > 0 for x in d)
-        print(
-            f"| {v} | {mean:.4f} | {statistics.mean(d):+.4f} ± {sd:.4f} ({up}/{len(d)}) | "
-            f"{fold:.3f} | {sdj:.3f} | {sec:.0f} |"
-        )
+        vs_base = paired(dice, [rows[base][s]["mean_dice"] for s in a.subjects])
+        print(f"| {v} | {mean:.4f} | {vs_base} | {fold:.3f} | {sdj:.3f} | {sec:.0f} |")
     if a.out:
-        a.out.write_text(json.dumps(rows, indent=1, default=float) + "\n")
+        write_text_atomic(a.out, json.dumps(rows, indent=1, default=float) + "\n")
     return 0
 
 
