@@ -7,7 +7,9 @@ directory (preprocessing already cached there by a participant run), the network
 is predicted on the model grid, resampled onto a grid ``factor`` times finer over the same
 extent, refined there with the bundle's own objective, and scored exactly as the app scores
 it (its composite transforms, the reference labels resampled into the subject, the app's
-Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws]``; ``1:30:0.05:2:0.8`` is what
+Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws[:jitter]]``, ``jitter`` > 1: each
+step samples the pair at a random sub-voxel phase of the grid from images ``jitter`` times
+finer (:func:`contrareg_bids.nn.refine.phase_view`); ``1:30:0.05:2:0.8`` is what
 ``participant --refine-steps 30`` does (a check that this probe reproduces the app).
 ``convexadam:factor`` registers the pair with ConvexAdam instead (MIND, its defaults) on that
 grid, e.g. ``convexadam:2.909`` at the atlas's own 0.86 mm from a 2.5 mm model grid: the
@@ -144,11 +146,23 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
         v = net.velocity(tensor(model.moving), tensor(model.fixed), lam).float()
     v = resize_field(v.clone(), fine_shape)
     draws = int(rest[0]) if rest else 1
+    jitter = len(rest) > 1 and rest[1] > 1  # images at rest[1] x the model grid, phase-sampled
     settings = RefineSettings(steps=int(steps), lr=lr, coarse=int(coarse), draws=draws)
     cfg = net.config
+    fine_images = None
+    if jitter:
+        jshape = tuple(round((s - 1) * rest[1]) + 1 for s in fine_shape)
+        jspacing = tuple(
+            sp * (s - 1) / (n - 1)
+            for sp, s, n in zip(fine_spacing, fine_shape, jshape, strict=True)
+        )
+        jit = prepare_model_pair(
+            *args, jshape, jspacing, out / "jitter", reference_mask=paths["reference_mask"]
+        )
+        fine_images = (tensor(jit.moving), tensor(jit.fixed))
     v = refine_velocity(
         v, tensor(fine.moving), tensor(fine.fixed), objective, lam, cfg.ts, settings,
-        cfg.int_downsize,
+        cfg.int_downsize, fine_images=fine_images,
     )  # fmt: skip
     with torch.inference_mode():
         fwd = integrate_velocity(v, cfg.ts, cfg.int_downsize)[0].numpy()

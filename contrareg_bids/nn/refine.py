@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses.patchnce import more_draws
-from .integrate import integrate_velocity, warp
+from .integrate import identity_grid, integrate_velocity, voxel_to_sample_grid, warp
 from .model import RegistrationOutput
 
 
@@ -28,6 +28,38 @@ def _constant_images(objective: torch.nn.Module) -> contextlib.AbstractContextMa
     """The objective's cache for features of the unwarped images, when it has one."""
     cache = getattr(objective, "constant_images", None)
     return cache() if callable(cache) else contextlib.nullcontext()
+
+
+def sample_at(src: torch.Tensor, locations: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Sample ``src`` (any grid spanning the model grid's extent) at model-voxel
+    ``locations`` ``(1, 3, X, Y, Z)``: the corner voxels of both grids coincide."""
+    grid = voxel_to_sample_grid(locations)
+    return F.grid_sample(src.float(), grid, padding_mode=padding, align_corners=True)
+
+
+def phase_view(
+    fine_moving: torch.Tensor,
+    fine_fixed: torch.Tensor,
+    fwd: torch.Tensor,
+    inv: torch.Tensor,
+    v: torch.Tensor,
+    offset: torch.Tensor,
+) -> tuple[dict[str, torch.Tensor], RegistrationOutput]:
+    """The pair and its warps on the model grid shifted by ``offset`` (model voxels), sampled
+    from images finer than the model grid.
+
+    The features were learned on images point-sampled at the model spacing; sampling the
+    native images at a random sub-voxel phase each step keeps that scale while letting the
+    similarity see what lies between the model grid's points.
+    """
+    pts = identity_grid(fwd.shape[2:], device=fwd.device) + offset.view(1, 3, 1, 1, 1)
+    fwd_o = sample_at(fwd, pts, "border")
+    inv_o = sample_at(inv, pts, "border")
+    batch = {"moving": sample_at(fine_moving, pts), "fixed": sample_at(fine_fixed, pts)}
+    out = RegistrationOutput(
+        sample_at(fine_moving, pts + fwd_o), sample_at(fine_fixed, pts + inv_o), fwd_o, inv_o, v
+    )
+    return batch, out
 
 
 @dataclass(frozen=True)
@@ -63,13 +95,16 @@ def refine_velocity(
     int_downsize: int = 1,
     moving_mask: torch.Tensor | None = None,
     fixed_mask: torch.Tensor | None = None,
+    fine_images: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Optimise ``velocity`` ``(1, 3, X, Y, Z)`` for this pair; returns the refined field.
 
     ``objective`` is a :class:`~contrareg_bids.training.objective.RegistrationObjective`
     (called as ``objective(batch, out, lam, generator)``); its parameters are not changed.
     Masks (``(1, 1, X, Y, Z)``) restrict the similarity like in training; without them the
-    image support (> 0) is used.
+    image support (> 0) is used. ``fine_images`` (moving, fixed on a finer grid of the same
+    extent, e.g. native resolution) make each step see the pair at a random sub-voxel phase
+    of the model grid (:func:`phase_view`; masks are then not used).
     """
     if settings.steps == 0:
         return velocity
@@ -92,20 +127,22 @@ def refine_velocity(
     try:
         for p in params:
             p.requires_grad_(False)
-        with (
-            torch.enable_grad(),
-            _constant_images(objective),
-            more_draws(objective, settings.draws),
-        ):
+        cache = contextlib.nullcontext() if fine_images else _constant_images(objective)
+        with torch.enable_grad(), cache, more_draws(objective, settings.draws):
             for _ in range(settings.steps):
                 up = F.interpolate(delta, size=shape, mode="trilinear", align_corners=True)
                 v = v0 + up * settings.coarse  # delta in coarse voxels -> fine voxels
                 fwd = integrate_velocity(v, ts, int_downsize)
                 inv = integrate_velocity(-v, ts, int_downsize)
-                out = RegistrationOutput(
-                    warp(batch["moving"], fwd), warp(batch["fixed"], inv), fwd, inv, v
-                )
-                loss = objective(batch, out, lam_t, gen)["loss"]
+                if fine_images:
+                    offset = torch.rand(3, generator=gen, device=v0.device) - 0.5
+                    step_batch, out = phase_view(*fine_images, fwd, inv, v, offset)
+                else:
+                    step_batch = batch
+                    out = RegistrationOutput(
+                        warp(batch["moving"], fwd), warp(batch["fixed"], inv), fwd, inv, v
+                    )
+                loss = objective(step_batch, out, lam_t, gen)["loss"]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
