@@ -203,12 +203,20 @@ class _PrepareInputSpec(BaseInterfaceInputSpec):
     affine = File(exists=True, desc="reference -> subject affine")
     shape = traits.Tuple(traits.Int, traits.Int, traits.Int, mandatory=True)
     spacing = traits.Tuple(traits.Float, traits.Float, traits.Float, mandatory=True)
+    phase_sampling = traits.Bool(
+        False,
+        usedefault=True,
+        desc="also write the pair at the reference's own resolution when the model grid is "
+        "coarser (for the phase-sampled refinement)",
+    )
 
 
 class _PrepareOutputSpec(TraitedSpec):
     moving = File(exists=True)
     fixed = File(exists=True)
     fixed_mask = File()
+    fine_moving = File(desc="the subject at the reference's resolution (phase_sampling)")
+    fine_fixed = File(desc="the reference at its resolution (phase_sampling)")
 
 
 class PrepareModelPair(SimpleInterface):
@@ -218,10 +226,13 @@ class PrepareModelPair(SimpleInterface):
     output_spec = _PrepareOutputSpec
 
     def _run_interface(self, runtime):
-        from ..processing.model_space import prepare_model_pair
+        from ..processing.model_space import phase_sampling_factor, prepare_model_pair
 
         aff = self.inputs.affine if isdefined(self.inputs.affine) else None
         mask = self.inputs.reference_mask if isdefined(self.inputs.reference_mask) else None
+        factor = None
+        if self.inputs.phase_sampling:
+            factor = phase_sampling_factor(self.inputs.reference, self.inputs.spacing)
         pair = prepare_model_pair(
             self.inputs.moving,
             self.inputs.reference,
@@ -230,9 +241,13 @@ class PrepareModelPair(SimpleInterface):
             self.inputs.spacing,
             os.getcwd(),
             reference_mask=mask,
+            fine_factor=factor,
         )
         self._results["moving"] = str(pair.moving)
         self._results["fixed"] = str(pair.fixed)
         if pair.fixed_mask is not None:
             self._results["fixed_mask"] = str(pair.fixed_mask)
+        if pair.fine_moving is not None:
+            self._results["fine_moving"] = str(pair.fine_moving)
+            self._results["fine_fixed"] = str(pair.fine_fixed)
         return runtime

@@ -45,6 +45,10 @@ class _ContraRegInputSpec(ThreadedInputSpec):
         0, usedefault=True, desc="test-time refinement steps with the bundle's objective"
     )
     seed = traits.Int(0, usedefault=True, desc="sampling seed of the refinement")
+    fine_moving = File(
+        exists=True, desc="moving image on a finer grid of the model grid's extent (refinement)"
+    )
+    fine_fixed = File(exists=True, desc="fixed image on that finer grid (refinement)")
     use_gpu = traits.Bool(
         False, usedefault=True, desc="ask Nipype's MultiProc for a GPU slot (n_gpu_procs)"
     )
@@ -70,6 +74,9 @@ class ContraRegister(SimpleInterface):
 
         device = device_name(self.inputs.device, prefer_gpu=self.inputs.use_gpu)
         lam = "auto" if self.inputs.auto_lambda else self.inputs.lam
+        fine = None
+        if isdefined(self.inputs.fine_moving) and isdefined(self.inputs.fine_fixed):
+            fine = (self.inputs.fine_moving, self.inputs.fine_fixed)
         res = contrareg_register(
             self.inputs.moving,
             self.inputs.fixed,
@@ -80,6 +87,7 @@ class ContraRegister(SimpleInterface):
             max_folding=self.inputs.max_folding,
             refine_steps=self.inputs.refine_steps,
             seed=self.inputs.seed,
+            fine_pair=fine,
         )
         self._results.update(
             forward_field=str(res.forward_field),

@@ -58,6 +58,7 @@ def register_arrays(
     objective: torch.nn.Module | None = None,
     moving_mask: np.ndarray | None = None,
     fixed_mask: np.ndarray | None = None,
+    fine_images: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> InferenceResult:
     """Register ``moving`` to ``fixed`` (same grid) at regularisation weight ``lam``.
 
@@ -67,7 +68,9 @@ def register_arrays(
     ``refine`` with ``steps > 0`` optimises the predicted velocity on this pair with
     ``objective`` (the bundle's, :func:`~contrareg_bids.training.objective.objective_from_bundle`)
     at ``lam`` before integrating (:mod:`.refine`); optional brain masks restrict its
-    similarity as in training.
+    similarity as in training; ``fine_images`` (moving, fixed on a finer grid of the same
+    extent) make each refinement step sample the pair at a random sub-voxel phase
+    (:func:`~contrareg_bids.nn.refine.phase_view`).
     """
     mov = _as_volume("moving", moving)
     fix = _as_volume("fixed", fixed)
@@ -102,6 +105,12 @@ def register_arrays(
                 None if m is None else _as_volume(name, m).gt(0.5).float().to(dev)
                 for name, m in (("moving_mask", moving_mask), ("fixed_mask", fixed_mask))
             ]
+            fine = None
+            if fine_images is not None:
+                fine = tuple(
+                    _as_volume(name, a).to(dev)
+                    for name, a in zip(("fine moving", "fine fixed"), fine_images, strict=True)
+                )
             v = refine_velocity(
                 v.clone(),
                 mov,
@@ -112,6 +121,7 @@ def register_arrays(
                 refine,
                 net.config.int_downsize,
                 *masks,
+                fine_images=fine,
             )
         with torch.inference_mode():
             fwd = integrate_velocity(v, net.config.ts, net.config.int_downsize)

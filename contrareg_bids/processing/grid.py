@@ -131,3 +131,23 @@ def resample_to_grid(
     if out_path is not None:
         write_nifti(out, target_affine, out_path, dtype=None if is_label else np.float32)
     return out
+
+
+def finer_grid(
+    affine: np.ndarray, shape: Sequence[int], factor: float
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A grid about ``factor`` times finer over exactly the extent of ``(affine, shape)``.
+
+    Its first and last voxel centres are those of the given grid along every axis (the
+    ``align_corners`` correspondence the displacement fields use), so model-grid voxel
+    coordinates map onto it by one scale per axis.
+    """
+    if not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    fine_shape = tuple(round((int(s) - 1) * factor) + 1 for s in shape)
+    scale = np.array(
+        [(int(s) - 1) / max(n - 1, 1) for s, n in zip(shape, fine_shape, strict=True)]
+    )
+    fine = np.array(affine, dtype=np.float64, copy=True)
+    fine[:3, :3] = fine[:3, :3] * scale  # column k: the step along array axis k
+    return fine, fine_shape

@@ -10,19 +10,26 @@ steps 5-7).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..io.images import load_nifti
 from ..io.transforms import (
     read_ants_affine,
     read_displacement_nifti,
     write_composite,
 )
-from .grid import model_grid, resample_to_grid
+from .grid import finer_grid, model_grid, resample_to_grid
 
 PathLike = str | os.PathLike
+
+#: Phase-sampled refinement (:func:`contrareg_bids.nn.refine.phase_view`) needs the reference's
+#: own voxels at least this many times finer than the model grid's; below that the model grid
+#: is about native and the pair is not written a second time.
+MIN_PHASE_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,17 @@ class ModelPair:
     fixed: Path
     fixed_mask: Path | None
     grid_affine: np.ndarray
+    #: the pair again on a finer grid of the same extent (``fine_factor``), else None
+    fine_moving: Path | None = None
+    fine_fixed: Path | None = None
+
+
+def phase_sampling_factor(reference_path: PathLike, spacing: Sequence[float]) -> float | None:
+    """How many times finer the reference's voxels are than the model grid's (finest axes),
+    or None under :data:`MIN_PHASE_FACTOR`."""
+    ref_spacing = load_nifti(reference_path).header.get_zooms()[:3]
+    factor = float(min(spacing)) / float(min(ref_spacing))
+    return round(factor, 3) if factor >= MIN_PHASE_FACTOR else None
 
 
 def prepare_model_pair(
@@ -41,9 +59,14 @@ def prepare_model_pair(
     spacing: tuple[float, float, float],
     out_dir: PathLike,
     reference_mask: PathLike | None = None,
+    fine_factor: float | None = None,
 ) -> ModelPair:
     """Resample the (normalised) subject through its affine and the (normalised) reference
-    onto the model grid centred on the reference brain; write both (and the mask)."""
+    onto the model grid centred on the reference brain; write both (and the mask).
+
+    With ``fine_factor`` both are also written on a grid that many times finer over the same
+    extent (:func:`~contrareg_bids.processing.grid.finer_grid`), for the phase-sampled
+    refinement."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     grid = model_grid(reference_path, shape, spacing, mask=reference_mask)
@@ -55,7 +78,13 @@ def prepare_model_pair(
     if reference_mask is not None:
         mask = out / "fixed_model_mask.nii.gz"
         resample_to_grid(reference_mask, grid, shape, interpolation="nearest", out_path=mask)
-    return ModelPair(mov, fix, mask, grid)
+    fine_mov = fine_fix = None
+    if fine_factor is not None:
+        fine, fine_shape = finer_grid(grid, shape, fine_factor)
+        fine_mov, fine_fix = out / "moving_fine.nii.gz", out / "fixed_fine.nii.gz"
+        resample_to_grid(moving_path, fine, fine_shape, transform=affine_path, out_path=fine_mov)
+        resample_to_grid(reference_path, fine, fine_shape, out_path=fine_fix)
+    return ModelPair(mov, fix, mask, grid, fine_mov, fine_fix)
 
 
 def export_transforms(

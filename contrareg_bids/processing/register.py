@@ -80,6 +80,24 @@ def _read_pair(
     return moving, fixed, mov_img, fix_img
 
 
+def _read_fine_pair(
+    moving_path: PathLike, fixed_path: PathLike, grid_affine: np.ndarray, shape: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pair on a finer grid; it must span the model grid's extent exactly (first and last
+    voxel centres shared), as :func:`~contrareg_bids.processing.grid.finer_grid` makes it."""
+    moving, fixed, _, fix_img = _read_pair(moving_path, fixed_path)
+    last = np.append(np.asarray(shape, dtype=float) - 1, 1.0)
+    fine_last = np.append(np.asarray(fixed.shape, dtype=float) - 1, 1.0)
+    corners = (grid_affine[:3, 3], (grid_affine @ last)[:3])
+    fine_corners = (fix_img.affine[:3, 3], (fix_img.affine @ fine_last)[:3])
+    if not all(np.allclose(a, b, atol=1e-2) for a, b in zip(corners, fine_corners, strict=True)):
+        raise ValueError(
+            f"{fixed_path}: its grid does not span the model grid's extent (first/last voxel "
+            "centres differ): write it with prepare_model_pair(fine_factor=...)"
+        )
+    return moving, fixed
+
+
 def _outputs(out_dir: PathLike, prefix: str) -> tuple[Path, Path, Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,6 +117,7 @@ def contrareg_register(
     max_folding: float = FOLDING_LIMIT_PERCENT,
     refine_steps: int = 0,
     seed: int = 0,
+    fine_pair: tuple[PathLike, PathLike] | None = None,
 ) -> RegResult:
     """Run a trained ContraReg network (a model bundle) on a pair on the model grid.
 
@@ -115,7 +134,9 @@ def contrareg_register(
 
     ``refine_steps > 0`` refines the network's velocity on this pair with the bundle's own
     objective at the chosen lambda (:mod:`contrareg_bids.nn.refine`; after the search when
-    ``lam="auto"``).
+    ``lam="auto"``). ``fine_pair`` (moving, fixed on a finer grid over the model grid's
+    extent, :func:`~contrareg_bids.processing.model_space.prepare_model_pair`) makes every
+    refinement step see the pair at a random sub-voxel phase of the model grid.
     """
     from ..io.bundle import ModelBundle, load_model
     from ..nn.inference import register_arrays
@@ -158,6 +179,9 @@ def contrareg_register(
 
             refine = RefineSettings(steps=refine_steps, seed=seed)
             objective = objective_from_bundle(bundle)
+        fine = None
+        if refine_steps > 0 and fine_pair is not None:
+            fine = _read_fine_pair(*fine_pair, fix_img.affine, fixed.shape)
         res = register_arrays(
             bundle.regnet,
             moving,
@@ -167,6 +191,7 @@ def contrareg_register(
             amp=amp,
             refine=refine,
             objective=objective,
+            fine_images=fine,
         )
     fwd, inv, moved, fixed_moved = _outputs(out_dir, prefix)
     affine = fix_img.affine  # one grid: the moving grid's affine is the same

@@ -144,8 +144,14 @@ def init_registration_wf(
     outputnode = pe.Node(
         niu.IdentityInterface(fields=list(REGISTRATION_FIELDS)), name="outputnode"
     )
+    # the refinement samples the pair at random sub-voxel phases of the model grid from the
+    # images at the reference's resolution (when the model grid is coarser)
+    phase_sampling = registration == "contrareg" and refine_steps > 0
     prepare_pair = pe.Node(
-        PrepareModelPair(shape=tuple(grid_shape), spacing=tuple(grid_spacing)), name="prepare_pair"
+        PrepareModelPair(
+            shape=tuple(grid_shape), spacing=tuple(grid_spacing), phase_sampling=phase_sampling
+        ),
+        name="prepare_pair",
     )
     if registration == "contrareg":
         register = pe.Node(
@@ -163,6 +169,11 @@ def init_registration_wf(
             n_procs=1,
         )
         wf.connect(register, "lam", outputnode, "lam")
+        if phase_sampling:
+            wf.connect([
+                (prepare_pair, register, [("fine_moving", "fine_moving"),
+                                          ("fine_fixed", "fine_fixed")]),
+            ])  # fmt: skip
         if auto_lambda:
             wf.connect(register, "lambda_search_info", outputnode, "lambda_search")
     else:

@@ -408,6 +408,39 @@ def test_prepare_model_pair(inputs, model_pair, norm_subject, affine):
     assert dice(moving > 0.05, mask) > 0.85
 
 
+def test_prepare_model_pair_for_phase_sampled_refinement(
+    inputs, norm_subject, norm_reference, affine, work, tiny_bundle
+):
+    """On a model grid twice as coarse as the reference, ``phase_sampling`` also writes the
+    pair on a grid over the same extent at the reference's resolution: its even voxels are the
+    model grid's. The registration node refines from it; without the flag nothing extra."""
+    ref_spacing = min(load(norm_reference.out_file).header.get_zooms()[:3])
+    spacing = tuple(2 * ref_spacing for _ in range(3))
+    kwargs = dict(
+        moving=norm_subject.out_file, reference=norm_reference.out_file,
+        reference_mask=str(inputs.ref_mask), affine=affine.transform,
+        shape=inputs.grid_shape, spacing=spacing,
+    )  # fmt: skip
+    plain = run_node(PrepareModelPair(**kwargs), work, "prepare_coarse")
+    assert not isdefined(plain.fine_moving) and not isdefined(plain.fine_fixed)
+    pair = run_node(PrepareModelPair(phase_sampling=True, **kwargs), work, "prepare_phases")
+    fine, model = load(pair.fine_fixed), load(pair.fixed)
+    assert fine.shape == tuple(2 * s - 1 for s in model.shape)
+    np.testing.assert_allclose(fine.affine[:3, 3], model.affine[:3, 3], atol=1e-4)
+    for name in ("fixed", "moving"):
+        np.testing.assert_allclose(
+            arr(getattr(pair, f"fine_{name}"))[::2, ::2, ::2], arr(getattr(pair, name)), atol=1e-4
+        )
+    node = ContraRegister(
+        moving=pair.moving, fixed=pair.fixed, fine_moving=pair.fine_moving,
+        fine_fixed=pair.fine_fixed, model=str(tiny_bundle), lam=0.2, device="cpu", refine_steps=3,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="differs from the model"):  # the bundle's own spacing
+        out = run_node(node, work, "contrareg_phases")
+    disp, _ = read_displacement_nifti(out.forward_field)
+    assert np.isfinite(disp).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # registration and transforms
 # ---------------------------------------------------------------------------------------------

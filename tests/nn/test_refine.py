@@ -15,7 +15,7 @@ from contrareg_bids.metrics import mean_dice
 from contrareg_bids.nn.inference import register_arrays
 from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
 from contrareg_bids.nn.model import ContraRegNet
-from contrareg_bids.nn.refine import RefineSettings, refine_velocity
+from contrareg_bids.nn.refine import RefineSettings, phase_view, refine_velocity
 from contrareg_bids.training.config import sloppy_config
 from contrareg_bids.training.objective import RegistrationObjective, objective_from_bundle
 from tests.io.test_bundle import make_bundle
@@ -151,3 +151,55 @@ def test_contraregister_node_refines_through_nipype(tmp_path, tiny_bundle, icbm_
         fields[steps], _ = read_displacement_nifti(res.outputs.forward_field)
     assert np.isfinite(fields[5]).all()
     assert np.abs(fields[5] - fields[0]).max() > 1e-3
+
+
+def test_phase_view_at_zero_offset_is_the_plain_warp():
+    """Sampling the model-grid images themselves at phase 0 gives the images and their warps
+    exactly as the unjittered refinement sees them."""
+    g = torch.Generator().manual_seed(0)
+    mov, fix = torch.rand(1, 1, 9, 10, 11, generator=g), torch.rand(1, 1, 9, 10, 11, generator=g)
+    v = torch.randn(1, 3, 9, 10, 11, generator=g)
+    fwd, inv = integrate_velocity(v, 5), integrate_velocity(-v, 5)
+    batch, out = phase_view(mov, fix, fwd, inv, v, torch.zeros(3))
+    torch.testing.assert_close(batch["moving"], mov)
+    torch.testing.assert_close(batch["fixed"], fix)
+    torch.testing.assert_close(out.moved, warp(mov, fwd))
+    torch.testing.assert_close(out.fixed_moved, warp(fix, inv))
+
+
+def test_phase_view_sees_between_the_model_grid_points():
+    """From images twice as fine, a half-voxel phase lands on the fine voxels the model grid
+    skips; the displacement is carried along (sampled at the shifted points)."""
+    n = 8
+    ramp = torch.arange(2 * n - 1, dtype=torch.float32).view(-1, 1, 1) / 2  # model voxels
+    fine = ramp.expand(2 * n - 1, 2 * n - 1, 2 * n - 1)[None, None].contiguous()
+    zero = torch.zeros(1, 3, n, n, n)
+    shift = torch.zeros(1, 3, n, n, n)
+    shift[:, 0] = 1.0  # one model voxel along axis 0
+    batch, out = phase_view(fine, fine, shift, zero, zero, torch.tensor([0.5, 0.0, 0.0]))
+    x = torch.arange(n, dtype=torch.float32).view(-1, 1, 1) + 0.5
+    inside = slice(0, n - 2)  # the last points sample beyond the image (zero padding)
+    torch.testing.assert_close(batch["fixed"][0, 0, inside], x[inside].expand(-1, n, n))
+    torch.testing.assert_close(out.moved[0, 0, inside], (x + 1)[inside].expand(-1, n, n))
+    torch.testing.assert_close(out.forward_disp, shift)
+
+
+def test_refinement_with_fine_images_moves_the_field_and_keeps_the_objective(icbm_pair):
+    """Phase-sampled refinement runs from finer images, changes the velocity, leaves the
+    objective's parameters alone, and is reproducible for a seed."""
+    mov, fix, *_ = _pair(icbm_pair)
+    cfg = sloppy_config(loss="mi", reg_scale=20.0, regnet={"ch": 4, "depth": 2})
+    objective = RegistrationObjective(cfg)
+    m, f = (torch.from_numpy(a)[None, None] for a in (mov, fix))
+    fine = tuple(
+        torch.nn.functional.interpolate(t, scale_factor=2, mode="trilinear", align_corners=True)
+        for t in (m, f)
+    )
+    before = {k: p.clone() for k, p in objective.state_dict().items()}
+    v0 = torch.zeros(1, 3, *mov.shape)
+    settings = RefineSettings(steps=5, lr=0.1)
+    runs = [refine_velocity(v0, m, f, objective, 0.1, 5, settings, fine_images=fine)
+            for _ in range(2)]  # fmt: skip
+    assert runs[0].abs().max() > 1e-3
+    torch.testing.assert_close(runs[0], runs[1])
+    assert all(torch.equal(before[k], p) for k, p in objective.state_dict().items())

@@ -233,6 +233,21 @@ def test_contrareg_and_ants(files, tmp_path):
     assert names(wf) == CORE | OTHER | REF_DSEG | {"ds_ref_dseg_tsv"}
 
 
+def test_refinement_gets_the_pair_at_the_references_resolution(files, tmp_path):
+    """With --refine-steps the pair is also prepared at the reference's resolution and handed
+    to the registration node (phase-sampled refinement); without, it is not."""
+    wf = build(files, tmp_path, refine_steps=10)
+    assert node_of(wf, "prepare_pair").inputs.phase_sampling
+    edges = {
+        (u.name, v.name, src, dst)
+        for u, v, d in executed(wf).edges(data=True)
+        for src, dst in d["connect"]
+    }
+    assert ("prepare_pair", "register", "fine_moving", "fine_moving") in edges
+    assert ("prepare_pair", "register", "fine_fixed", "fine_fixed") in edges
+    assert not node_of(build(files, tmp_path), "prepare_pair").inputs.phase_sampling
+
+
 def test_required_arguments(files, tmp_path):
     with pytest.raises(ValueError, match="model bundle is required"):
         build(files, tmp_path, model=None)
