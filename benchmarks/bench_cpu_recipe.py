@@ -150,6 +150,11 @@ def paired(a: list[float], b: list[float]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/cpu-recipe"))
+    p.add_argument(
+        "--tag",
+        default="",
+        help="appended to the refined run's folder (a new run after a change in the app)",
+    )
     p.add_argument("--held-out", type=int, nargs="+", default=HELD_OUT)
     p.add_argument("--train-per-cohort", type=int, default=1)
     p.add_argument("--test-per-cohort", type=int, default=3)
@@ -242,7 +247,7 @@ def main(argv=None) -> int:
     }
     folders = {
         "network": f"out-{args.model_name}-network{variant}",
-        "refine": f"out-{args.model_name}-refine{variant}{steps}",
+        "refine": f"out-{args.model_name}-refine{variant}{steps}{args.tag}",
         "ants": "out-ants",
     }
     results: dict[str, dict[str, dict]] = {}
@@ -292,7 +297,7 @@ def main(argv=None) -> int:
             f"{vs_ants} | {fold:.3f} | {sdj:.3f} |"
         )
     print("wall seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
-    (work / f"results-{args.model_name}{variant}{steps}.json").write_text(
+    (work / f"results-{args.model_name}{variant}{steps}{args.tag}.json").write_text(
         json.dumps(
             {
                 "subjects": subjects,
