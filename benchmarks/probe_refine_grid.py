@@ -7,9 +7,10 @@ directory (preprocessing already cached there by a participant run), the network
 is predicted on the model grid, resampled onto a grid ``factor`` times finer over the same
 extent, refined there with the bundle's own objective, and scored exactly as the app scores
 it (its composite transforms, the reference labels resampled into the subject, the app's
-Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws[:jitter]]``, ``jitter`` > 1: each
-step samples the pair at a random sub-voxel phase of the grid from images ``jitter`` times
-finer (:func:`contrareg_bids.nn.refine.phase_view`); ``1:30:0.05:2:0.8`` is what
+Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine]]]``, ``jitter``
+> 1: each step samples the pair at a random sub-voxel phase of the grid from images
+``jitter`` times finer (:func:`contrareg_bids.nn.refine.phase_view`); ``cosine`` 1: the
+learning rate annealed to 0 over the steps; ``1:30:0.05:2:0.8`` is what
 ``participant --refine-steps 30`` does (a check that this probe reproduces the app).
 ``convexadam:factor`` registers the pair with ConvexAdam instead (MIND, its defaults) on that
 grid, e.g. ``convexadam:2.909`` at the atlas's own 0.86 mm from a 2.5 mm model grid: the
@@ -147,7 +148,10 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
     v = resize_field(v.clone(), fine_shape)
     draws = int(rest[0]) if rest else 1
     jitter = len(rest) > 1 and rest[1] > 1  # images at rest[1] x the model grid, phase-sampled
-    settings = RefineSettings(steps=int(steps), lr=lr, coarse=int(coarse), draws=draws)
+    schedule = "cosine" if len(rest) > 2 and rest[2] else "constant"
+    settings = RefineSettings(
+        steps=int(steps), lr=lr, coarse=int(coarse), draws=draws, schedule=schedule
+    )
     cfg = net.config
     fine_images = None
     if jitter:

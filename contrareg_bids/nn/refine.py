@@ -14,6 +14,7 @@ sampled gradient is noisy voxel to voxel), optimised with Adam.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,15 @@ def phase_view(
     return batch, out
 
 
+def lr_factor(settings: RefineSettings, step: int) -> float:
+    """The learning rate of ``step`` (0-based) as a fraction of ``settings.lr``: 1 for the
+    constant schedule; half a cosine from 1 at the first step to nearly 0 at the last for the
+    cosine one."""
+    if settings.schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / settings.steps))
+
+
 @dataclass(frozen=True)
 class RefineSettings:
     """How the velocity is refined. ``steps=0`` switches refinement off."""
@@ -72,6 +82,9 @@ class RefineSettings:
     seed: int = 0
     #: PatchNCE location samples averaged per step (CR/mCR; :func:`more_draws`)
     draws: int = 1
+    #: learning-rate schedule: "constant", or "cosine" (annealed to 0 over the steps, so the
+    #: last iterate settles instead of jittering with the sampled gradient)
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -82,6 +95,8 @@ class RefineSettings:
             raise ValueError(f"refine coarse factor must be >= 1, got {self.coarse}")
         if self.draws < 1:
             raise ValueError(f"refine draws must be >= 1, got {self.draws}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"refine schedule must be constant or cosine, got {self.schedule!r}")
 
 
 def refine_velocity(
@@ -113,6 +128,7 @@ def refine_velocity(
     coarse_shape = [max(2, -(-s // settings.coarse)) for s in shape]
     delta = torch.zeros((1, 3, *coarse_shape), device=v0.device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=settings.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(settings, i))
     gen = torch.Generator(device=v0.device).manual_seed(settings.seed)
     batch: dict[str, torch.Tensor] = {"moving": moving.float(), "fixed": fixed.float()}
     if moving_mask is not None:
@@ -146,6 +162,7 @@ def refine_velocity(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sched.step()
     finally:
         for p, r in zip(params, saved, strict=True):
             p.requires_grad_(r)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from contrareg_bids.metrics import mean_dice
 from contrareg_bids.nn.inference import register_arrays
 from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
 from contrareg_bids.nn.model import ContraRegNet
-from contrareg_bids.nn.refine import RefineSettings, phase_view, refine_velocity
+from contrareg_bids.nn.refine import RefineSettings, lr_factor, phase_view, refine_velocity
 from contrareg_bids.training.config import sloppy_config
 from contrareg_bids.training.objective import RegistrationObjective, objective_from_bundle
 from tests.io.test_bundle import make_bundle
@@ -203,3 +204,19 @@ def test_refinement_with_fine_images_moves_the_field_and_keeps_the_objective(icb
     assert runs[0].abs().max() > 1e-3
     torch.testing.assert_close(runs[0], runs[1])
     assert all(torch.equal(before[k], p) for k, p in objective.state_dict().items())
+
+
+def test_refine_settings_reject_what_cannot_run():
+    for bad in ({"steps": -1}, {"lr": 0.0}, {"coarse": 0}, {"draws": 0}, {"schedule": "step"}):
+        with pytest.raises(ValueError, match="refine"):
+            RefineSettings(**bad)
+
+
+def test_cosine_schedule_anneals_the_learning_rate():
+    """The cosine schedule starts at the full rate and falls monotonically to nearly 0 at the
+    last step, so the final iterate settles instead of jittering with PatchNCE's sampling."""
+    cos = RefineSettings(steps=50, schedule="cosine")
+    rates = [lr_factor(cos, i) for i in range(cos.steps)]
+    assert rates[0] == 1.0 and rates[-1] < 0.01
+    assert all(b < a for a, b in itertools.pairwise(rates))
+    assert {lr_factor(RefineSettings(steps=50), i) for i in range(50)} == {1.0}
