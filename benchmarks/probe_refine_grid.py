@@ -10,8 +10,8 @@ it (its composite transforms, the reference labels resampled into the subject, t
 Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine]]]``, ``jitter``
 > 1: each step samples the pair at a random sub-voxel phase of the grid from images
 ``jitter`` times finer (:func:`contrareg_bids.nn.refine.phase_view`); ``cosine`` 1: the
-learning rate annealed to 0 over the steps; ``1:30:0.05:2:0.8`` is what
-``participant --refine-steps 30`` does (a check that this probe reproduces the app).
+learning rate annealed to 0 over the steps; ``1:30:0.05:2:0.8:1:2.909:1`` is what
+``participant --refine-steps 30`` does at 0.86 mm (a check that this probe reproduces the app).
 ``convexadam:factor`` registers the pair with ConvexAdam instead (MIND, its defaults) on that
 grid, e.g. ``convexadam:2.909`` at the atlas's own 0.86 mm from a 2.5 mm model grid: the
 peer at native resolution, scored the same way (its inverse by ITK's fixed-point inversion).

@@ -8,7 +8,8 @@ lambda the user chose, so lambda keeps its meaning.
 
 Parameterisation: ``v = v_net + up(delta)`` with ``delta`` on a grid ``coarse`` times
 coarser, initialised at zero (trilinear upsampling keeps the update smooth; PatchNCE's
-sampled gradient is noisy voxel to voxel), optimised with Adam.
+sampled gradient is noisy voxel to voxel), optimised with Adam, its learning rate annealed
+on a cosine (the same noise makes a constant rate's last iterate jitter).
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ class RefineSettings:
     seed: int = 0
     #: PatchNCE location samples averaged per step (CR/mCR; :func:`more_draws`)
     draws: int = 1
-    #: learning-rate schedule: "constant", or "cosine" (annealed to 0 over the steps, so the
-    #: last iterate settles instead of jittering with the sampled gradient)
-    schedule: str = "constant"
+    #: learning-rate schedule: "cosine" (annealed to ~0 over the steps, so the last iterate
+    #: settles instead of jittering with PatchNCE's sampled gradient; docs/benchmarks.md) or
+    #: "constant"
+    schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         if self.steps < 0:
