@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -153,7 +154,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--tag",
         default="",
-        help="appended to the refined run's folder (a new run after a change in the app)",
+        help="appended to the refined run's folder: a new run after a change in the app (the "
+        "cached registrations in the work folder are cleared first)",
     )
     p.add_argument("--held-out", type=int, nargs="+", default=HELD_OUT)
     p.add_argument("--train-per-cohort", type=int, default=1)
@@ -268,6 +270,14 @@ def main(argv=None) -> int:
             *test,
             *extra,
         ]
+        if args.tag and name == "refine":
+            # Nipype caches a node by its inputs, not by the code it runs: a tagged rerun
+            # after a change in the app must not reuse the registrations of an earlier run
+            for t in test:
+                shutil.rmtree(
+                    work / "work" / f"sub_{t}_wf" / "registration_wf" / "register",
+                    ignore_errors=True,
+                )
         log(f"{name}: contrareg-bids " + shlex.join(argv_p))
         rc, seconds[name] = app(HERE, argv_p)
         if rc:
