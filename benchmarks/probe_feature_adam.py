@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import shlex
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_recipe import paired
-from probe_refine_grid import score, subject_paths
+from probe_refine_grid import run_probe, score
 
 
 def sample_cells(feat, locations, stride: float, offset: float):
@@ -208,43 +203,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
-    print(f"# python benchmarks/probe_feature_adam.py {shlex.join(sys.argv[1:])}", flush=True)
-    import torch
 
-    from contrareg_bids.io.atomic import write_text_atomic
-    from contrareg_bids.io.bundle import load_model
-    from contrareg_bids.training.objective import objective_from_bundle
+    def run(paths, bundle, objective, variant, out):
+        return run_variant(paths, bundle, objective, variant, out, a)
 
-    torch.set_num_threads(a.threads)
-    work = a.work_dir.resolve()
-    bundle = load_model(work / "out-train" / "models" / f"{a.model}.safetensors")
-    objective = objective_from_bundle(bundle)
-    rows: dict[str, dict[str, dict]] = {v: {} for v in a.variants}
-    for sid in a.subjects:
-        paths = subject_paths(work, sid)
-        for variant in a.variants:
-            with tempfile.TemporaryDirectory() as tmp:
-                row = run_variant(paths, bundle, objective, variant, Path(tmp), a)
-            rows[variant][sid] = row
-            print(
-                f"{sid} {variant}: Dice {row['mean_dice']:.4f} (affine "
-                f"{row['mean_dice_affine']:.4f}), folding {row['folding_percent']:.3f} %, "
-                f"std log|J| {row['std_log_jacobian']:.3f}, {row['seconds']:.0f} s",
-                flush=True,
-            )
-    base = a.variants[0]
-    print(f"\n| variant | mean Dice | vs {base} | folding % | std log|J| | s/subject |")
-    print("|---|---|---|---|---|---|")
-    for v in a.variants:
-        dice = [rows[v][s]["mean_dice"] for s in a.subjects]
-        fold = statistics.mean(rows[v][s]["folding_percent"] for s in a.subjects)
-        sdj = statistics.mean(rows[v][s]["std_log_jacobian"] for s in a.subjects)
-        sec = statistics.mean(rows[v][s]["seconds"] for s in a.subjects)
-        vs = paired(dice, [rows[base][s]["mean_dice"] for s in a.subjects])
-        print(f"| {v} | {statistics.mean(dice):.4f} | {vs} | {fold:.3f} | {sdj:.3f} | {sec:.0f} |")
-    if a.out:
-        write_text_atomic(a.out, json.dumps(rows, indent=1, default=float) + "\n")
-    return 0
+    return run_probe(a, "probe_feature_adam.py", run)
 
 
 if __name__ == "__main__":

@@ -203,12 +203,22 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="cpu-recipe", help="the bundle's name in out-train")
     p.add_argument("--subjects", nargs="+", required=True, help="e.g. c31s3 c35s3")
     p.add_argument(
-        "--variants", nargs="+", required=True, help="factor:steps:lr:coarse:lambda[:draws]"
+        "--variants",
+        nargs="+",
+        required=True,
+        help="factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine]]] or convexadam:factor[:project]",
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="results as JSON")
     a = p.parse_args(argv)
-    print(f"# python benchmarks/probe_refine_grid.py {shlex.join(sys.argv[1:])}", flush=True)
+    return run_probe(a, "probe_refine_grid.py", run_variant)
+
+
+def run_probe(a: argparse.Namespace, script: str, run) -> int:
+    """Run ``run(paths, bundle, objective, variant, out_dir)`` for every subject and variant
+    of ``a`` (``work_dir``, ``model``, ``subjects``, ``variants``, ``threads``, ``out``):
+    a line per registration, then a table against the first variant, and the rows as JSON."""
+    print(f"# python benchmarks/{script} {shlex.join(sys.argv[1:])}", flush=True)
     import torch
 
     from contrareg_bids.io.atomic import write_text_atomic
@@ -224,7 +234,7 @@ def main(argv=None) -> int:
         paths = subject_paths(work, sid)
         for variant in a.variants:
             with tempfile.TemporaryDirectory() as tmp:
-                row = run_variant(paths, bundle, objective, variant, Path(tmp))
+                row = run(paths, bundle, objective, variant, Path(tmp))
             rows[variant][sid] = row
             print(
                 f"{sid} {variant}: Dice {row['mean_dice']:.4f} (affine "
@@ -237,12 +247,11 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for v in a.variants:
         dice = [rows[v][s]["mean_dice"] for s in a.subjects]
-        mean = statistics.mean(dice)
         fold = statistics.mean(rows[v][s]["folding_percent"] for s in a.subjects)
         sdj = statistics.mean(rows[v][s]["std_log_jacobian"] for s in a.subjects)
         sec = statistics.mean(rows[v][s]["seconds"] for s in a.subjects)
-        vs_base = paired(dice, [rows[base][s]["mean_dice"] for s in a.subjects])
-        print(f"| {v} | {mean:.4f} | {vs_base} | {fold:.3f} | {sdj:.3f} | {sec:.0f} |")
+        vs = paired(dice, [rows[base][s]["mean_dice"] for s in a.subjects])
+        print(f"| {v} | {statistics.mean(dice):.4f} | {vs} | {fold:.3f} | {sdj:.3f} | {sec:.0f} |")
     if a.out:
         write_text_atomic(a.out, json.dumps(rows, indent=1, default=float) + "\n")
     return 0
