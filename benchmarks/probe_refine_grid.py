@@ -206,7 +206,8 @@ def main(argv=None) -> int:
         "--variants",
         nargs="+",
         required=True,
-        help="factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine]]] or convexadam:factor[:project]",
+        help="factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine]]] or "
+        "convexadam:factor[:project]",
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="results as JSON")
