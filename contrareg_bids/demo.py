@@ -44,12 +44,13 @@ DEMO_MM = 3
 DEMO_AGE_WEEKS = 40
 #: Regularisation weight of the held-out registrations (the participant's ``--lambda``):
 #: with refinement a strong regulariser is best (docs/benchmarks.md); measured on the demo's
-#: held-out subjects: mean Dice 0.679 (affine only 0.566; 0.645 at lambda 0.05 with a model
-#: trained on [0, 0.5]). Inside DEMO_TRAIN_OPTIONS' --lambda-range.
+#: held-out subjects: mean Dice 0.647 with the annealed refinement (affine only 0.567; 0.679
+#: with the earlier constant learning rate). Inside DEMO_TRAIN_OPTIONS' --lambda-range.
 DEMO_LAMBDA = 0.8
 #: Test-time refinement steps of the held-out registrations (``--refine-steps``): measured
 #: on this demo, 300 training steps alone gave 0.563 -> 0.563 Dice; with 30 refinement
-#: steps 0.563 -> 0.645 (no folding), for about a minute more.
+#: steps 0.567 -> 0.647 (no folding), for about half a minute more per subject (60 steps:
+#: 0.665 for another 20 s per subject).
 DEMO_REFINE_STEPS = 30
 #: The reference: a participant, so that its brain mask and labels come from the
 #: derivatives (an image path would carry no labels, hence no Dice).
