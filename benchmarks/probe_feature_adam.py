@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_refine_grid import run_probe, score
+from probe_refine_grid import grid_at, run_probe, score
 
 
 def sample_cells(feat, locations, stride: float, offset: float):
@@ -141,10 +141,7 @@ def run_variant(paths, bundle, objective, variant: str, out: Path, a) -> dict:
     grid = bundle.metadata.grid
     shape = tuple(int(s) for s in grid.shape)
     args = (paths["moving"], paths["reference"], paths["affine"])
-    nat_shape = tuple(round((s - 1) * a.native_factor) + 1 for s in shape)
-    nat_spacing = tuple(
-        sp * (s - 1) / (n - 1) for sp, s, n in zip(grid.spacing, shape, nat_shape, strict=True)
-    )
+    nat_shape, nat_spacing = grid_at(grid, a.native_factor)
     native = prepare_model_pair(
         *args, nat_shape, nat_spacing, out / "native", reference_mask=paths["reference_mask"]
     )

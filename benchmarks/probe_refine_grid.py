@@ -77,6 +77,15 @@ def inverse_field(disp: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return world_disp_to_voxel(array_from_image(inv), affine).astype(np.float32)
 
 
+def grid_at(grid, factor: float) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Shape and spacing of the grid ``factor`` times finer than the bundle's model grid over
+    its extent (:func:`contrareg_bids.processing.grid.finer_grid`)."""
+    from contrareg_bids.processing.grid import finer_grid
+
+    affine, shape = finer_grid(np.asarray(grid.affine), grid.shape, factor)
+    return shape, tuple(float(x) for x in np.linalg.norm(affine[:3, :3], axis=0))
+
+
 _PEER_FIELDS: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
 
 
@@ -112,14 +121,12 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
     grid = bundle.metadata.grid
     shape = tuple(int(s) for s in grid.shape)
     args = (paths["moving"], paths["reference"], paths["affine"])
-    fine_shape = tuple(round((s - 1) * factor) + 1 for s in shape)
-    # the same extent as the model grid: (n - 1) * spacing unchanged per axis
-    fine_spacing = tuple(
-        sp * (s - 1) / (n - 1) for sp, s, n in zip(grid.spacing, shape, fine_shape, strict=True)
-    )
+    fine_shape, fine_spacing = grid_at(grid, factor)
+    jitter = not peer and len(rest) > 1 and rest[1] > 1  # phase-sampled from rest[1] x finer
     fine = prepare_model_pair(
-        *args, fine_shape, fine_spacing, out / "fine", reference_mask=paths["reference_mask"]
-    )
+        *args, fine_shape, fine_spacing, out / "fine", reference_mask=paths["reference_mask"],
+        fine_factor=rest[1] if jitter else None,
+    )  # fmt: skip
 
     def tensor(path):
         return torch.from_numpy(load_nifti(path).get_fdata(dtype=np.float32))[None, None]
@@ -147,7 +154,6 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
         v = net.velocity(tensor(model.moving), tensor(model.fixed), lam).float()
     v = resize_field(v.clone(), fine_shape)
     draws = int(rest[0]) if rest else 1
-    jitter = len(rest) > 1 and rest[1] > 1  # images at rest[1] x the model grid, phase-sampled
     schedule = "cosine" if len(rest) > 2 and rest[2] else "constant"
     settings = RefineSettings(
         steps=int(steps), lr=lr, coarse=int(coarse), draws=draws, schedule=schedule
@@ -155,15 +161,7 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
     cfg = net.config
     fine_images = None
     if jitter:
-        jshape = tuple(round((s - 1) * rest[1]) + 1 for s in fine_shape)
-        jspacing = tuple(
-            sp * (s - 1) / (n - 1)
-            for sp, s, n in zip(fine_spacing, fine_shape, jshape, strict=True)
-        )
-        jit = prepare_model_pair(
-            *args, jshape, jspacing, out / "jitter", reference_mask=paths["reference_mask"]
-        )
-        fine_images = (tensor(jit.moving), tensor(jit.fixed))
+        fine_images = (tensor(fine.fine_moving), tensor(fine.fine_fixed))
     v = refine_velocity(
         v, tensor(fine.moving), tensor(fine.fixed), objective, lam, cfg.ts, settings,
         cfg.int_downsize, fine_images=fine_images,

@@ -275,8 +275,10 @@ def get_parser() -> argparse.ArgumentParser:
         default=DEFAULT_REFINE_STEPS,
         metavar="N",
         help="after the network, optimise each subject's warp for N steps with the model's "
-        "own similarity and regulariser at the chosen lambda (test-time refinement; "
-        "0 = off; default: %(default)s)",
+        "own similarity and regulariser at the chosen lambda (test-time refinement, "
+        "learning rate annealed; on a model grid coarser than the reference each step "
+        "samples the native images at a random sub-voxel offset; 0 = off; "
+        "default: %(default)s)",
     )
     g.add_argument(
         "--random-seed",
