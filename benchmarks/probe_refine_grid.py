@@ -7,7 +7,9 @@ directory (preprocessing already cached there by a participant run), the network
 is predicted on the model grid, resampled onto a grid ``factor`` times finer over the same
 extent, refined there with the bundle's own objective, and scored exactly as the app scores
 it (its composite transforms, the reference labels resampled into the subject, the app's
-Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine]]]``, ``jitter``
+Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine[:init]]]]``,
+``init``: the lambda at which the network predicts the starting velocity (default: lambda),
+``jitter``
 > 1: each step samples the pair at a random sub-voxel phase of the grid from images
 ``jitter`` times finer (:func:`contrareg_bids.nn.refine.phase_view`); ``cosine`` 1: the
 learning rate annealed to 0 over the steps; ``1:30:0.05:2:0.8:1:2.909:1`` is what
@@ -150,8 +152,9 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
         inv = inverse_field(fwd, fine.grid_affine)
         return score(paths, fwd, inv, fine, out, seconds)
     model = prepare_model_pair(*args, shape, tuple(grid.spacing), out / "model")
+    init_lam = rest[3] if len(rest) > 3 else lam  # the network's lambda for the start
     with torch.inference_mode():
-        v = net.velocity(tensor(model.moving), tensor(model.fixed), lam).float()
+        v = net.velocity(tensor(model.moving), tensor(model.fixed), init_lam).float()
     v = resize_field(v.clone(), fine_shape)
     draws = int(rest[0]) if rest else 1
     schedule = "cosine" if len(rest) > 2 and rest[2] else "constant"
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
         "--variants",
         nargs="+",
         required=True,
-        help="factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine]]] or "
+        help="factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine[:init]]]] or "
         "convexadam:factor[:project]",
     )
     p.add_argument("--threads", type=int, default=2)
