@@ -1,7 +1,8 @@
 """Test-time refinement settings on the pseudo-subject pairs of the development atlas.
 
-Runs ``register_arrays`` with refinement for each ``steps:lr:coarse:lambda[:draws]`` variant
-(``draws``: PatchNCE location samples averaged per step, default 1) on the
+Runs ``register_arrays`` with refinement for each ``steps:lr:coarse:lambda[:draws[:schedule]]``
+variant (``draws``: PatchNCE location samples averaged per step, default 1; ``schedule``: the
+learning rate's, cosine (the default) or constant) on the
 pseudo pairs of ``bench_accuracy_atlas.py`` (same cohorts, same generator) with one bundle,
 and prints the Dice gain over affine alignment (paired mean ± SD), std log|J|, % folding and
 the time per pair.
@@ -28,7 +29,9 @@ from bench_accuracy_atlas import probe_pairs, score
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--variants", nargs="+", required=True, help="steps:lr:coarse:lambda[:draws]")
+    p.add_argument(
+        "--variants", nargs="+", required=True, help="steps:lr:coarse:lambda[:draws[:schedule]]"
+    )
     p.add_argument("--work-dir", default="/tmp/atlas3", help="bench_train_atlas's work dir")
     p.add_argument("--set", default="pseudo", choices=("pseudo", "atlas"))
     p.add_argument("--max-pairs", type=int, default=12)
@@ -55,12 +58,13 @@ def main(argv=None) -> int:
     for i, (name, mov, fix) in enumerate(pairs):
         res.setdefault("affine", []).append(score(mov, fix, np.zeros((3, *fix["T1w"].shape))))
         for v in a.variants:
-            steps, lr, coarse, lam, *draws = v.split(":")
+            steps, lr, coarse, lam, *rest = v.split(":")
             t0 = time.perf_counter()
             out = register_arrays(
                 bundle.regnet, mov["T2w"], fix["T1w"], lam=float(lam), objective=objective,
                 refine=RefineSettings(steps=int(steps), lr=float(lr), coarse=int(coarse), seed=i,
-                                     draws=int(draws[0]) if draws else 1),
+                                     draws=int(rest[0]) if rest else 1,
+                                     schedule=rest[1] if len(rest) > 1 else "cosine"),
                 moving_mask=mov["mask"], fixed_mask=fix["mask"],
             )  # fmt: skip
             row = score(mov, fix, out.forward_disp)
