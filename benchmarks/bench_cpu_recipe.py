@@ -18,7 +18,8 @@ participant run and reused by the others: compare the registrations' Dice, and t
 
 A method whose output folder already holds every held-out subject's metrics is not run
 again (ANTs SyN's, when only the training options change with ``--model-name``). Output
-folders carry ``--lambda`` and ``--refine-steps`` when they differ from the defaults.
+folders carry ``--lambda``, ``--refine-steps`` and ``--refine-draws`` when they differ from the
+defaults.
 ``--test-per-cohort 5 --register-index 3 4`` registers two more subjects per held-out cohort
 instead of the test subjects: a selection set for choosing settings before the test.
 
@@ -50,6 +51,7 @@ HELD_OUT = [31, 35, 39, 43]
 METHODS = ("network", "refine", "ants")
 DEFAULT_LAMBDA = 0.8
 DEFAULT_REFINE_STEPS = 30
+DEFAULT_REFINE_DRAWS = 1
 
 
 def rigid(rng: np.random.Generator, degrees: float, mm: float) -> np.ndarray:
@@ -179,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA)
     p.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
+    p.add_argument("--refine-draws", type=int, default=DEFAULT_REFINE_DRAWS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-options", default="", help="extra train-level options (quoted)")
     p.add_argument(
@@ -235,6 +238,8 @@ def main(argv=None) -> int:
         log(f"  train level {seconds['train'] / 60:.1f} min ({len(train)} subjects)")
     variant = "" if args.lam == DEFAULT_LAMBDA else f"-lam{args.lam:g}"
     steps = "" if args.refine_steps == DEFAULT_REFINE_STEPS else f"-steps{args.refine_steps}"
+    if args.refine_draws != DEFAULT_REFINE_DRAWS:
+        steps += f"-draws{args.refine_draws}"
     methods = {
         "network": ["--model", str(bundle), "--lambda", f"{args.lam:g}", "--refine-steps", "0"],
         "refine": [
@@ -244,6 +249,8 @@ def main(argv=None) -> int:
             f"{args.lam:g}",
             "--refine-steps",
             str(args.refine_steps),
+            "--refine-draws",
+            str(args.refine_draws),
         ],
         "ants": ["--registration", "ants"],
     }

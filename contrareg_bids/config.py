@@ -51,6 +51,8 @@ class ConfigError(ValueError):
 
 #: test-time refinement steps when the user does not say (``--refine-steps``)
 DEFAULT_REFINE_STEPS = 0
+#: PatchNCE draws per refinement step (``--refine-draws``)
+DEFAULT_REFINE_DRAWS = 1
 
 
 @dataclass
@@ -84,6 +86,8 @@ class RunConfig:
     max_folding: float = FOLDING_LIMIT_PERCENT
     #: test-time refinement steps of each subject's warp (``nn/refine.py``)
     refine_steps: int = DEFAULT_REFINE_STEPS
+    #: PatchNCE location samples averaged per refinement step (CR/mCR bundles)
+    refine_draws: int = DEFAULT_REFINE_DRAWS
     random_seed: int = 0
     nprocs: int | None = None
     omp_nthreads: int | None = None
@@ -133,6 +137,7 @@ class RunConfig:
             if getattr(args, "max_folding", None) is None
             else args.max_folding,
             refine_steps=getattr(args, "refine_steps", DEFAULT_REFINE_STEPS),
+            refine_draws=getattr(args, "refine_draws", DEFAULT_REFINE_DRAWS),
             random_seed=args.random_seed,
             nprocs=args.nprocs,
             omp_nthreads=(

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from .. import __version__
-from ..config import DEFAULT_REFINE_STEPS
+from ..config import DEFAULT_REFINE_DRAWS, DEFAULT_REFINE_STEPS
 
 LEVELS = ("participant", "group", "train")
 
@@ -80,6 +80,7 @@ def _bounded(kind: type, minimum: float, strict: bool):
 
 
 _non_negative_int = _bounded(int, 0, strict=False)
+_positive_int = _bounded(int, 1, strict=False)
 _non_negative_float = _bounded(float, 0.0, strict=False)
 _positive_float = _bounded(float, 0.0, strict=True)
 
@@ -279,6 +280,15 @@ def get_parser() -> argparse.ArgumentParser:
         "learning rate annealed; on a model grid coarser than the reference each step "
         "samples the native images at a random sub-voxel offset; 0 = off; "
         "default: %(default)s)",
+    )
+    g.add_argument(
+        "--refine-draws",
+        type=_positive_int,
+        default=DEFAULT_REFINE_DRAWS,
+        metavar="N",
+        help="PatchNCE location samples averaged in each refinement step of a CR/mCR model "
+        "(a smoother gradient for about 20%% more time per extra draw; 4 draws gained about "
+        "+0.005 Dice over 1 on the CPU recipe; default: %(default)s)",
     )
     g.add_argument(
         "--random-seed",

@@ -166,6 +166,7 @@ def build_subject_workflow(
         use_gpu=bool(cfg.n_gpus),
         seed=cfg.random_seed,
         refine_steps=cfg.refine_steps,
+        refine_draws=cfg.refine_draws,
         sloppy=cfg.sloppy,
         omp_nthreads=cfg.threads_per_node,
         bids_dir=cfg.bids_dir,

@@ -44,6 +44,9 @@ class _ContraRegInputSpec(ThreadedInputSpec):
     refine_steps = traits.Int(
         0, usedefault=True, desc="test-time refinement steps with the bundle's objective"
     )
+    refine_draws = traits.Range(
+        low=1, value=1, usedefault=True, desc="PatchNCE location samples per refinement step"
+    )
     seed = traits.Int(0, usedefault=True, desc="sampling seed of the refinement")
     fine_moving = File(
         exists=True, desc="moving image on a finer grid of the model grid's extent (refinement)"
@@ -86,6 +89,7 @@ class ContraRegister(SimpleInterface):
             os.getcwd(),
             max_folding=self.inputs.max_folding,
             refine_steps=self.inputs.refine_steps,
+            refine_draws=self.inputs.refine_draws,
             seed=self.inputs.seed,
             fine_pair=fine,
         )

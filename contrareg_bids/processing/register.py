@@ -116,6 +116,7 @@ def contrareg_register(
     amp: bool = False,
     max_folding: float = FOLDING_LIMIT_PERCENT,
     refine_steps: int = 0,
+    refine_draws: int = 1,
     seed: int = 0,
     fine_pair: tuple[PathLike, PathLike] | None = None,
 ) -> RegResult:
@@ -134,8 +135,9 @@ def contrareg_register(
 
     ``refine_steps > 0`` refines the network's velocity on this pair with the bundle's own
     objective at the chosen lambda (:mod:`contrareg_bids.nn.refine`; after the search when
-    ``lam="auto"``). ``fine_pair`` (moving, fixed on a finer grid over the model grid's
-    extent, :func:`~contrareg_bids.processing.model_space.prepare_model_pair`) makes every
+    ``lam="auto"``), averaging ``refine_draws`` PatchNCE location samples per step.
+    ``fine_pair`` (moving, fixed on a finer grid over the model grid's extent,
+    :func:`~contrareg_bids.processing.model_space.prepare_model_pair`) makes every
     refinement step see the pair at a random sub-voxel phase of the model grid.
     """
     from ..io.bundle import ModelBundle, load_model
@@ -177,7 +179,7 @@ def contrareg_register(
             from ..nn.refine import RefineSettings
             from ..training.objective import objective_from_bundle
 
-            refine = RefineSettings(steps=refine_steps, seed=seed)
+            refine = RefineSettings(steps=refine_steps, seed=seed, draws=refine_draws)
             objective = objective_from_bundle(bundle)
         fine = None
         if refine_steps > 0 and fine_pair is not None:

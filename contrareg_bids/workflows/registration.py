@@ -107,6 +107,7 @@ def init_registration_wf(
     lam: float | str = 0.1,
     max_folding: float = FOLDING_LIMIT_PERCENT,
     refine_steps: int = 0,
+    refine_draws: int = 1,
     device: str = "auto",
     use_gpu: bool = False,
     seed: int = 0,
@@ -118,7 +119,7 @@ def init_registration_wf(
 
     ``lam="auto"`` chooses lambda per pair under the ``max_folding`` % budget;
     ``refine_steps`` refines each warp with the bundle's own objective
-    (:mod:`contrareg_bids.nn.refine`).
+    (:mod:`contrareg_bids.nn.refine`), ``refine_draws`` PatchNCE samples per step.
 
     Inputs
     ------
@@ -163,6 +164,7 @@ def init_registration_wf(
                 device=device,
                 use_gpu=use_gpu,
                 refine_steps=refine_steps,
+                refine_draws=refine_draws,
                 seed=seed,
             ),
             name="register",
@@ -315,6 +317,7 @@ def init_subject_registration_wf(
     lam: float | str = 0.1,
     max_folding: float = FOLDING_LIMIT_PERCENT,
     refine_steps: int = 0,
+    refine_draws: int = 1,
     device: str = "auto",
     use_gpu: bool = False,
     seed: int = 0,
@@ -361,6 +364,7 @@ def init_subject_registration_wf(
         lam=lam,
         max_folding=max_folding,
         refine_steps=refine_steps,
+        refine_draws=refine_draws,
         device=device,
         use_gpu=use_gpu,
         seed=seed,

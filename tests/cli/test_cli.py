@@ -94,6 +94,17 @@ def test_mem_refused(bad, capsys):
     assert "expected a memory size" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"), [("0", "must be >= 1"), ("-2", "must be >= 1"), ("1.5", "whole number")]
+)
+def test_refine_draws_refused(bad, message, capsys):
+    assert args("--refine-draws", "4").refine_draws == 4
+    with pytest.raises(SystemExit):
+        args("--refine-draws", bad)
+    err = capsys.readouterr().err
+    assert "--refine-draws" in err and message in err
+
+
 @pytest.mark.parametrize("value", ["0", "1", "1.0", "0.25", "1e-2"])
 def test_lambda_in_range(value):
     assert args("--lambda", value).lam == pytest.approx(float(value))
@@ -560,13 +571,14 @@ def test_config_file_fills_in_what_the_command_line_does_not_give(tmp_path, bids
     from contrareg_bids.config import apply_config_file
 
     first = config(tmp_path, bids, "--lambda", "0.3", "--refine-steps", "5", "--mem", "4GB",
+                   "--refine-draws", "4",
                    "--train-steps", "70", "--derivatives", f"labels={bids}")  # fmt: skip
     saved = first.write(tmp_path / "logs" / "config-x.json")
     assert RunConfig.from_dict(json.loads(saved.read_text())).to_dict() == first.to_dict()
     argv = [str(bids), str(tmp_path / "out2"), "participant", "--config-file", str(saved),
             "--refine-steps", "9"]  # fmt: skip
     cfg = apply_config_file(RunConfig.from_args(parse_args(argv)), saved, explicit_options(argv))
-    assert (cfg.lam, cfg.refine_steps, cfg.mem_gb) == (0.3, 9, 4.0)
+    assert (cfg.lam, cfg.refine_steps, cfg.refine_draws, cfg.mem_gb) == (0.3, 9, 4, 4.0)
     assert cfg.train == {"train_steps": 70} and cfg.derivatives == {"labels": bids}
     assert cfg.output_dir == tmp_path / "out2" and cfg.run_uuid != first.run_uuid
     (tmp_path / "bad.json").write_text("[1, 2]")

@@ -154,6 +154,45 @@ def test_contraregister_node_refines_through_nipype(tmp_path, tiny_bundle, icbm_
     assert np.abs(fields[5] - fields[0]).max() > 1e-3
 
 
+def test_contraregister_node_passes_refine_draws_to_the_refinement(tmp_path):
+    """``refine_draws`` (--refine-draws) reaches the refinement of an mCR bundle through the
+    registration node: one draw is the default, more draws take another path."""
+    from contrareg_bids.interfaces.registration import ContraRegister
+    from contrareg_bids.io.transforms import read_displacement_nifti, write_nifti
+
+    bundle = make_bundle(
+        loss_params={"reg_scale": 1.0, "num_negatives": 8},
+        extra={"train_config": sloppy_config(loss="mcr", num_negatives=8).to_dict()},
+    )
+    model = tmp_path / "mcr.safetensors"
+    save_bundle(model, bundle)
+    grid = bundle.metadata.grid
+    gen = np.random.default_rng(0)
+    mov, fix = (
+        write_nifti(gen.random(grid.shape), grid.affine, tmp_path / f"{n}.nii.gz", np.float32)
+        for n in ("mov", "fix")
+    )
+    fields = {}
+    for name, draws in (("default", None), ("one", 1), ("four", 4)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        node = ContraRegister(moving=str(mov), fixed=str(fix), model=str(model), lam=0.3,
+                              device="cpu", refine_steps=2)  # fmt: skip
+        if draws is not None:
+            node.inputs.refine_draws = draws
+        cwd = Path.cwd()
+        try:
+            os.chdir(run_dir)
+            res = node.run()
+        finally:
+            os.chdir(cwd)
+        fields[name], _ = read_displacement_nifti(res.outputs.forward_field)
+    np.testing.assert_array_equal(fields["default"], fields["one"])
+    assert np.abs(fields["four"] - fields["one"]).max() > 1e-6
+    with pytest.raises(Exception, match="refine_draws"):
+        ContraRegister(refine_draws=0)
+
+
 def test_phase_view_at_zero_offset_is_the_plain_warp():
     """Sampling the model-grid images themselves at phase 0 gives the images and their warps
     exactly as the unjittered refinement sees them."""

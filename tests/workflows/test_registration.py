@@ -236,8 +236,9 @@ def test_contrareg_and_ants(files, tmp_path):
 def test_refinement_gets_the_pair_at_the_references_resolution(files, tmp_path):
     """With --refine-steps the pair is also prepared at the reference's resolution and handed
     to the registration node (phase-sampled refinement); without, it is not."""
-    wf = build(files, tmp_path, refine_steps=10)
+    wf = build(files, tmp_path, refine_steps=10, refine_draws=3)
     assert node_of(wf, "prepare_pair").inputs.phase_sampling
+    assert node_of(wf, "register").inputs.refine_draws == 3
     edges = {
         (u.name, v.name, src, dst)
         for u, v, d in executed(wf).edges(data=True)
