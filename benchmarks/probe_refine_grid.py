@@ -14,6 +14,11 @@ Dice). Variants are ``factor:steps:lr:coarse:lambda[:draws[:jitter[:cosine[:init
 ``jitter`` times finer (:func:`contrareg_bids.nn.refine.phase_view`); ``cosine`` 1: the
 learning rate annealed to 0 over the steps; ``1:30:0.05:2:0.8:1:2.909:1`` is what
 ``participant --refine-steps 30`` does at 0.86 mm (a check that this probe reproduces the app).
+A variant may end in comma-separated test-time changes of the PatchNCE similarity:
+``,tau=T`` (softmax temperature), ``,layers=0-1-4`` (the feature layers kept, others weighted
+0); with either, the similarity is rescaled so that it pulls a reference deformation back as
+hard as the bundle's own (:func:`contrareg_bids.training.calibration.pull_ratio` on the pair,
+16 draws), which keeps lambda's meaning.
 ``convexadam:factor`` registers the pair with ConvexAdam instead (MIND, its defaults) on that
 grid, e.g. ``convexadam:2.909`` at the atlas's own 0.86 mm from a 2.5 mm model grid: the
 peer at native resolution, scored the same way (its inverse by ITK's fixed-point inversion).
@@ -28,6 +33,7 @@ default 5 mm update grid): what a warp limited to that grid can score.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import statistics
@@ -106,6 +112,57 @@ def project_field(disp: np.ndarray, coarse_shape: tuple[int, ...]) -> np.ndarray
     return back[0].numpy().astype(np.float32)
 
 
+@contextlib.contextmanager
+def patchnce_changed(objective, batch, ts: int, options: dict[str, str]):
+    """Within: every PatchNCE loss of ``objective`` uses ``options`` (``tau``, ``layers``)
+    and ``alpha`` is rescaled so the pull ratio on ``batch`` matches the unchanged one."""
+    import torch
+
+    from contrareg_bids.losses.patchnce import PatchNCELoss, more_draws
+    from contrareg_bids.training.calibration import pull_ratio, reference_velocity
+
+    if not options:
+        yield
+        return
+    losses = [m for m in objective.modules() if isinstance(m, PatchNCELoss)]
+    shape = tuple(int(s) for s in batch["fixed"].shape[2:])
+    v_ref = reference_velocity(shape, ts, torch.Generator().manual_seed(4242))
+
+    def ratio() -> float:
+        with more_draws(objective, 16):
+            return pull_ratio(objective, batch, v_ref, ts, torch.Generator().manual_seed(7))
+
+    before = ratio()
+    saved = [(m.tau, m.__dict__.get("_layer_loss")) for m in losses]
+    alpha = objective.alpha
+    keep = None
+    if "layers" in options:
+        keep = {int(k) for k in options["layers"].split("-")}
+    for m in losses:
+        m.tau = float(options.get("tau", m.tau))
+        if keep is not None:
+            plain = type(m)._layer_loss.__get__(m)
+
+            def weighted(*args, _plain=plain, **kwargs):
+                k = args[4]
+                return _plain(*args, **kwargs) * (1.0 if k in keep else 0.0)
+
+            m._layer_loss = weighted
+    try:
+        after = ratio()
+        objective.alpha = alpha * before / after
+        print(f"  pull ratio {before:.3g} -> {after:.3g}: alpha x {before / after:.3g}")
+        yield
+    finally:
+        objective.alpha = alpha
+        for m, (tau, own) in zip(losses, saved, strict=True):
+            m.tau = tau
+            if own is None:
+                m.__dict__.pop("_layer_loss", None)
+            else:
+                m._layer_loss = own
+
+
 def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
     """Register one subject with one variant; the app's metrics row for it."""
     import torch
@@ -115,6 +172,8 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
     from contrareg_bids.nn.refine import RefineSettings, refine_velocity
     from contrareg_bids.processing.model_space import prepare_model_pair
 
+    variant, *changes = variant.split(",")
+    options = dict(c.split("=", 1) for c in changes)
     peer = variant.startswith("convexadam:")
     if peer:  # ConvexAdam (MIND, its defaults) on the pair at that grid, for comparison
         factor, *project = (float(x) for x in variant.split(":")[1:])
@@ -165,10 +224,12 @@ def run_variant(paths, bundle, objective, variant: str, out: Path) -> dict:
     fine_images = None
     if jitter:
         fine_images = (tensor(fine.fine_moving), tensor(fine.fine_fixed))
-    v = refine_velocity(
-        v, tensor(fine.moving), tensor(fine.fixed), objective, lam, cfg.ts, settings,
-        cfg.int_downsize, fine_images=fine_images,
-    )  # fmt: skip
+    pair = {"moving": tensor(fine.moving), "fixed": tensor(fine.fixed)}
+    with patchnce_changed(objective, pair, cfg.ts, options):
+        v = refine_velocity(
+            v, pair["moving"], pair["fixed"], objective, lam, cfg.ts, settings,
+            cfg.int_downsize, fine_images=fine_images,
+        )  # fmt: skip
     with torch.inference_mode():
         fwd = integrate_velocity(v, cfg.ts, cfg.int_downsize)[0].numpy()
         inv = integrate_velocity(-v, cfg.ts, cfg.int_downsize)[0].numpy()
