@@ -11,7 +11,15 @@ wrote. Made for the demo's dataset and model (``contrareg-bids-demo OUT`` first)
 
 The options of the participant runs are the demo's (``--reference sub-01``, its label
 derivatives, one process) but without ``--sloppy`` unless asked: ANTs SyN then runs its
-full-resolution iterations, the strong baseline, not the quick one.
+full-resolution iterations, the strong baseline, not the quick one. Another dataset and
+model (e.g. ``bench_cpu_recipe.py``'s, at native resolution) with ``--bids-dir``,
+``--model``, ``--reference`` and ``--labels``; ``--refine-steps`` and ``--refine-draws``
+choose the refined rows (one per number of draws):
+
+    python benchmarks/bench_participant_methods.py --bids-dir /tmp/cpurecipe/bids \
+        --model /tmp/cpurecipe/out-train/models/cpu-recipe-6000.safetensors \
+        --reference sub-c37s0 --labels /tmp/cpurecipe/bids/derivatives/labels \
+        --subjects c31s0 c43s0 --refine-steps 100 --refine-draws 1 4 --rounds 1
 """
 
 from __future__ import annotations
@@ -27,12 +35,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_participant_dataset import HERE, app, log
 
-#: method name -> participant options
-METHODS = {
-    "contrareg (lambda 0.8, no refinement)": ["--lambda", "0.8", "--refine-steps", "0"],
-    "contrareg (lambda 0.8, refine 30)": ["--lambda", "0.8", "--refine-steps", "30"],
-    "ants-syn": ["--registration", "ants"],
-}
+
+def methods(refine_steps: int, draws: list[int]) -> dict[str, list[str]]:
+    """Method name -> participant options: the network alone, refined (once per number of
+    PatchNCE draws), ANTs SyN."""
+    out = {"contrareg (lambda 0.8, no refinement)": ["--lambda", "0.8", "--refine-steps", "0"]}
+    for d in draws:
+        name = f"contrareg (lambda 0.8, refine {refine_steps}" + (
+            f", {d} draws)" if d > 1 else ")"
+        )
+        out[name] = ["--lambda", "0.8", "--refine-steps", str(refine_steps)]
+        out[name] += ["--refine-draws", str(d)] if d > 1 else []
+    out["ants-syn"] = ["--registration", "ants"]
+    return out
 
 
 def mean_dice(out: Path) -> float:
@@ -46,28 +61,40 @@ def mean_dice(out: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--demo-dir", type=Path, required=True, help="a contrareg-bids-demo output")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--demo-dir", type=Path, help="a contrareg-bids-demo output")
+    src.add_argument("--bids-dir", type=Path, help="another BIDS dataset (with --model)")
+    p.add_argument("--model", type=Path, help="the bundle (default: the demo's)")
+    p.add_argument("--reference", default="sub-01")
+    p.add_argument("--labels", type=Path, help="label derivatives (default: the demo's)")
     p.add_argument("--subjects", nargs="+", default=["07", "08"], help="the demo's held-out")
+    p.add_argument("--refine-steps", type=int, default=30)
+    p.add_argument("--refine-draws", type=int, nargs="+", default=[1])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="--omp-nthreads")
     p.add_argument("--scratch", type=Path, default=Path("/tmp/bench_participant_methods"))
     p.add_argument("--sloppy", action="store_true", help="the demo's quick settings (weak SyN)")
     a = p.parse_args(argv)
     print(f"# python benchmarks/bench_participant_methods.py {shlex.join(sys.argv[1:])}")
-    bids = a.demo_dir / "bids"
-    models = sorted((bids / "derivatives" / "contrareg-bids" / "models").glob("*.safetensors"))
-    if not models:
-        sys.exit(f"error: no model bundle under {bids}/derivatives/contrareg-bids/models")
+    bids = a.bids_dir or a.demo_dir / "bids"
+    model = a.model
+    if model is None:
+        models = sorted((bids / "derivatives" / "contrareg-bids" / "models").glob("*.safetensors"))
+        if not models:
+            sys.exit(f"error: no model bundle under {bids}/derivatives/contrareg-bids/models")
+        model = models[-1]
+    labels = a.labels or bids / "derivatives" / "labels"
     common = [
-        *(["--sloppy"] if a.sloppy else []), "--reference", "sub-01", "--derivatives",
-        f"labels={bids / 'derivatives' / 'labels'}", "--nprocs", "1",
-        "--omp-nthreads", str(a.threads), "--model", str(models[-1]),
+        *(["--sloppy"] if a.sloppy else []), "--reference", a.reference, "--derivatives",
+        f"labels={labels}", "--nprocs", "1",
+        "--omp-nthreads", str(a.threads), "--model", str(model),
         "--participant-label", *a.subjects, "--skip-bids-validation",
     ]  # fmt: skip
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    runs = methods(a.refine_steps, a.refine_draws)
+    times: dict[str, list[float]] = {m: [] for m in runs}
     dice: dict[str, float] = {}
     for r in range(a.rounds):
-        for method, opts in METHODS.items():
+        for method, opts in runs.items():
             out, work = a.scratch / "out", a.scratch / "work"
             shutil.rmtree(a.scratch, ignore_errors=True)
             rc, seconds = app(HERE, [str(bids), str(out), "participant", "-w", str(work),
