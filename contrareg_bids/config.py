@@ -186,10 +186,12 @@ class RunConfig:
                 raise ConfigError(f"--derivatives {name}={path}: not a directory")
         if self.use_plugin is not None and not self.use_plugin.is_file():
             raise ConfigError(f"--use-plugin {self.use_plugin} does not exist")
-        for name in ("nprocs", "omp_nthreads"):
+        # a --config-file bypasses the command line's checks of these
+        for name, least in (("nprocs", 1), ("omp_nthreads", 1), ("refine_steps", 0),
+                            ("refine_draws", 1)):  # fmt: skip
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            if value is not None and value < least:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
 
     @property
     def threads_per_node(self) -> int:

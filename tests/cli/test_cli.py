@@ -584,6 +584,10 @@ def test_config_file_fills_in_what_the_command_line_does_not_give(tmp_path, bids
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="cannot be read as a run configuration"):
         apply_config_file(cfg, tmp_path / "bad.json", set())
+    edited = json.loads(saved.read_text()) | {"refine_draws": 0}
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match="--refine-draws must be >= 1, got 0"):
+        apply_config_file(cfg, tmp_path / "edited.json", set())
 
 
 def _same(a, b) -> bool:
