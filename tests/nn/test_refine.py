@@ -128,11 +128,24 @@ def test_baseline_similarities_only_see_the_union_foreground(loss):
     assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
 
 
+def _forward_field_of(node, run_dir: Path) -> np.ndarray:
+    """Run a registration node in ``run_dir``; its forward displacement field."""
+    from contrareg_bids.io.transforms import read_displacement_nifti
+
+    cwd = Path.cwd()
+    try:
+        os.chdir(run_dir)
+        res = node.run()
+    finally:
+        os.chdir(cwd)
+    return read_displacement_nifti(res.outputs.forward_field)[0]
+
+
 def test_contraregister_node_refines_through_nipype(tmp_path, tiny_bundle, icbm_small):
     """``refine_steps`` reaches the registration node (as --refine-steps does at the
     participant level): the refined field differs from the network's, both are valid."""
     from contrareg_bids.interfaces.registration import ContraRegister
-    from contrareg_bids.io.transforms import read_displacement_nifti, write_nifti
+    from contrareg_bids.io.transforms import write_nifti
 
     aff = icbm_small["affine"]
     mov = write_nifti(icbm_small["t2w"], aff, tmp_path / "mov.nii.gz", dtype=np.float32)
@@ -143,13 +156,7 @@ def test_contraregister_node_refines_through_nipype(tmp_path, tiny_bundle, icbm_
         run_dir.mkdir()
         node = ContraRegister(moving=str(mov), fixed=str(fix), model=str(tiny_bundle),
                               lam=0.2, device="cpu", refine_steps=steps)  # fmt: skip
-        cwd = Path.cwd()
-        try:
-            os.chdir(run_dir)
-            res = node.run()
-        finally:
-            os.chdir(cwd)
-        fields[steps], _ = read_displacement_nifti(res.outputs.forward_field)
+        fields[steps] = _forward_field_of(node, run_dir)
     assert np.isfinite(fields[5]).all()
     assert np.abs(fields[5] - fields[0]).max() > 1e-3
 
@@ -158,7 +165,7 @@ def test_contraregister_node_passes_refine_draws_to_the_refinement(tmp_path):
     """``refine_draws`` (--refine-draws) reaches the refinement of an mCR bundle through the
     registration node: one draw is the default, more draws take another path."""
     from contrareg_bids.interfaces.registration import ContraRegister
-    from contrareg_bids.io.transforms import read_displacement_nifti, write_nifti
+    from contrareg_bids.io.transforms import write_nifti
 
     bundle = make_bundle(
         loss_params={"reg_scale": 1.0, "num_negatives": 8},
@@ -180,13 +187,7 @@ def test_contraregister_node_passes_refine_draws_to_the_refinement(tmp_path):
                               device="cpu", refine_steps=2)  # fmt: skip
         if draws is not None:
             node.inputs.refine_draws = draws
-        cwd = Path.cwd()
-        try:
-            os.chdir(run_dir)
-            res = node.run()
-        finally:
-            os.chdir(cwd)
-        fields[name], _ = read_displacement_nifti(res.outputs.forward_field)
+        fields[name] = _forward_field_of(node, run_dir)
     np.testing.assert_array_equal(fields["default"], fields["one"])
     assert np.abs(fields["four"] - fields["one"]).max() > 1e-6
     with pytest.raises(Exception, match="refine_draws"):
