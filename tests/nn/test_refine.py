@@ -190,7 +190,9 @@ def test_contraregister_node_passes_refine_draws_to_the_refinement(tmp_path):
         fields[name] = _forward_field_of(node, run_dir)
     np.testing.assert_array_equal(fields["default"], fields["one"])
     assert np.abs(fields["four"] - fields["one"]).max() > 1e-6
-    with pytest.raises(Exception, match="refine_draws"):
+    from traits.api import TraitError
+
+    with pytest.raises(TraitError, match="refine_draws"):
         ContraRegister(refine_draws=0)
 
 
