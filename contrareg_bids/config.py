@@ -53,6 +53,8 @@ class ConfigError(ValueError):
 DEFAULT_REFINE_STEPS = 0
 #: PatchNCE draws per refinement step (``--refine-draws``)
 DEFAULT_REFINE_DRAWS = 1
+#: ``--fine-steps``: the fine stage after the refinement (MIND-SSC, reference resolution)
+DEFAULT_FINE_STEPS = 0
 
 
 @dataclass
@@ -88,6 +90,8 @@ class RunConfig:
     refine_steps: int = DEFAULT_REFINE_STEPS
     #: PatchNCE location samples averaged per refinement step (CR/mCR bundles)
     refine_draws: int = DEFAULT_REFINE_DRAWS
+    #: fine-stage steps after the refinement (MIND-SSC at the reference's resolution)
+    fine_steps: int = DEFAULT_FINE_STEPS
     random_seed: int = 0
     nprocs: int | None = None
     omp_nthreads: int | None = None
@@ -138,6 +142,7 @@ class RunConfig:
             else args.max_folding,
             refine_steps=getattr(args, "refine_steps", DEFAULT_REFINE_STEPS),
             refine_draws=getattr(args, "refine_draws", DEFAULT_REFINE_DRAWS),
+            fine_steps=getattr(args, "fine_steps", DEFAULT_FINE_STEPS),
             random_seed=args.random_seed,
             nprocs=args.nprocs,
             omp_nthreads=(
@@ -188,7 +193,7 @@ class RunConfig:
             raise ConfigError(f"--use-plugin {self.use_plugin} does not exist")
         # a --config-file bypasses the command line's checks of these
         for name, least in (("nprocs", 1), ("omp_nthreads", 1), ("refine_steps", 0),
-                            ("refine_draws", 1)):  # fmt: skip
+                            ("refine_draws", 1), ("fine_steps", 0)):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")

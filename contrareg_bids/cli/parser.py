@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from .. import __version__
-from ..config import DEFAULT_REFINE_DRAWS, DEFAULT_REFINE_STEPS
+from ..config import DEFAULT_FINE_STEPS, DEFAULT_REFINE_DRAWS, DEFAULT_REFINE_STEPS
 
 LEVELS = ("participant", "group", "train")
 
@@ -289,6 +289,16 @@ def get_parser() -> argparse.ArgumentParser:
         help="PatchNCE location samples averaged in each refinement step of a CR/mCR model "
         "(a less noisy gradient for about 15%% more time per extra draw; 4 draws gained about "
         "+0.005 Dice over 1 on the CPU recipe; default: %(default)s)",
+    )
+    g.add_argument(
+        "--fine-steps",
+        type=_non_negative_int,
+        default=DEFAULT_FINE_STEPS,
+        metavar="N",
+        help="after the network and the refinement, optimise each subject's warp for N more "
+        "steps at the reference's resolution with a local modality-independent similarity "
+        "(MIND-SSC descriptors, both directions) and a diffusion penalty (0 = off; "
+        "default: %(default)s)",
     )
     g.add_argument(
         "--random-seed",

@@ -167,6 +167,7 @@ def build_subject_workflow(
         seed=cfg.random_seed,
         refine_steps=cfg.refine_steps,
         refine_draws=cfg.refine_draws,
+        fine_steps=cfg.fine_steps,
         sloppy=cfg.sloppy,
         omp_nthreads=cfg.threads_per_node,
         bids_dir=cfg.bids_dir,

@@ -48,6 +48,9 @@ class _ContraRegInputSpec(ThreadedInputSpec):
         low=1, value=1, usedefault=True, desc="PatchNCE location samples per refinement step"
     )
     seed = traits.Int(0, usedefault=True, desc="sampling seed of the refinement")
+    fine_steps = traits.Range(
+        low=0, value=0, usedefault=True, desc="fine-stage steps (MIND-SSC, the fine grid)"
+    )
     fine_moving = File(
         exists=True, desc="moving image on a finer grid of the model grid's extent (refinement)"
     )
@@ -92,6 +95,7 @@ class ContraRegister(SimpleInterface):
             refine_draws=self.inputs.refine_draws,
             seed=self.inputs.seed,
             fine_pair=fine,
+            fine_steps=self.inputs.fine_steps,
         )
         self._results.update(
             forward_field=str(res.forward_field),

@@ -16,7 +16,7 @@ import torch
 from .device import resolve_device
 from .integrate import integrate_velocity, warp, warp_labels
 from .model import ContraRegNet
-from .refine import RefineSettings, refine_velocity
+from .refine import FineSettings, RefineSettings, refine_fine, refine_velocity
 
 
 @dataclass
@@ -33,6 +33,8 @@ class InferenceResult:
     forward_disp: np.ndarray
     inverse_disp: np.ndarray
     moved_labels: np.ndarray | None = None
+    #: the fields and images are on the grid of ``fine_images`` (the fine stage ran)
+    on_fine_grid: bool = False
 
 
 def _as_volume(name: str, arr) -> torch.Tensor:
@@ -59,6 +61,7 @@ def register_arrays(
     moving_mask: np.ndarray | None = None,
     fixed_mask: np.ndarray | None = None,
     fine_images: tuple[np.ndarray, np.ndarray] | None = None,
+    fine: FineSettings | None = None,
 ) -> InferenceResult:
     """Register ``moving`` to ``fixed`` (same grid) at regularisation weight ``lam``.
 
@@ -70,7 +73,10 @@ def register_arrays(
     at ``lam`` before integrating (:mod:`.refine`); optional brain masks restrict its
     similarity as in training; ``fine_images`` (moving, fixed on a finer grid of the same
     extent) make each refinement step sample the pair at a random sub-voxel phase
-    (:func:`~contrareg_bids.nn.refine.phase_view`).
+    (:func:`~contrareg_bids.nn.refine.phase_view`). ``fine`` with ``steps > 0`` then
+    optimises the velocity again on the grid of ``fine_images`` (the model grid's images when
+    none are given) with MIND-SSC (:func:`~contrareg_bids.nn.refine.refine_fine`): the fields
+    and images returned are then on that grid (``on_fine_grid``).
     """
     mov = _as_volume("moving", moving)
     fix = _as_volume("fixed", fixed)
@@ -91,6 +97,9 @@ def register_arrays(
     if param.device != dev:
         net.to(dev)
     refining = refine is not None and refine.steps > 0
+    fine_stage = fine is not None and fine.steps > 0
+    if fine_stage and moving_labels is not None:
+        raise ValueError("moving_labels are warped on the model grid: not with the fine stage")
     if refining and objective is None:
         raise ValueError("refine needs the objective to optimise (objective_from_bundle)")
     mov, fix = mov.to(dev), fix.to(dev)
@@ -100,17 +109,17 @@ def register_arrays(
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp):
                 v = net.velocity(mov, fix, lam)
             v = v.float()
+        fine_t = None
+        if fine_images is not None:
+            fine_t = tuple(
+                _as_volume(name, a).to(dev)
+                for name, a in zip(("fine moving", "fine fixed"), fine_images, strict=True)
+            )
         if refining:
             masks = [
                 None if m is None else _as_volume(name, m).gt(0.5).float().to(dev)
                 for name, m in (("moving_mask", moving_mask), ("fixed_mask", fixed_mask))
             ]
-            fine = None
-            if fine_images is not None:
-                fine = tuple(
-                    _as_volume(name, a).to(dev)
-                    for name, a in zip(("fine moving", "fine fixed"), fine_images, strict=True)
-                )
             v = refine_velocity(
                 v.clone(),
                 mov,
@@ -121,8 +130,19 @@ def register_arrays(
                 refine,
                 net.config.int_downsize,
                 *masks,
-                fine_images=fine,
+                fine_images=fine_t,
             )
+        if fine_stage:
+            fine_mov, fine_fix = fine_t if fine_t is not None else (mov, fix)
+            fwd, inv = refine_fine(v.clone(), fine_mov, fine_fix, net.config.ts, fine)
+            with torch.inference_mode():
+                return InferenceResult(
+                    warp(fine_mov, fwd)[0, 0].cpu().numpy(),
+                    warp(fine_fix, inv)[0, 0].cpu().numpy(),
+                    fwd[0].cpu().numpy(),
+                    inv[0].cpu().numpy(),
+                    on_fine_grid=fine_t is not None,
+                )
         with torch.inference_mode():
             fwd = integrate_velocity(v, net.config.ts, net.config.int_downsize)
             inv = integrate_velocity(-v, net.config.ts, net.config.int_downsize)

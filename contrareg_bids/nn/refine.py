@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..losses.patchnce import more_draws
+from ..losses.regularizers import gradient_loss
 from .integrate import identity_grid, integrate_velocity, voxel_to_sample_grid, warp
 from .model import RegistrationOutput
 
@@ -172,3 +174,104 @@ def refine_velocity(
     with torch.no_grad():
         up = F.interpolate(delta, size=shape, mode="trilinear", align_corners=True)
         return (v0 + up * settings.coarse).detach()
+
+
+@dataclass(frozen=True)
+class FineSettings:
+    """The fine stage: after the network (and the model-grid refinement), the velocity is
+    optimised again on a grid at the images' own resolution, with a local,
+    modality-independent similarity (MIND-SSC descriptors, mean squared difference, both
+    directions) that sees the detail a coarse model grid cannot. ``steps=0`` switches it off.
+
+    ``control`` fine voxels per control point of the velocity update; ``reg`` weighs the
+    diffusion penalty on the whole velocity (control-grid voxels); ``lr`` is Adam's rate in
+    control-grid voxels, annealed on a cosine."""
+
+    steps: int = 0
+    lr: float = 0.5
+    reg: float = 1.0
+    control: int = 2
+    mind_distance: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"fine steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"fine lr must be > 0, got {self.lr}")
+        if self.reg < 0:
+            raise ValueError(f"fine reg must be >= 0, got {self.reg}")
+        if self.control < 1:
+            raise ValueError(f"fine control spacing must be >= 1, got {self.control}")
+
+
+def _grid_scale(src: Sequence[int], dst: Sequence[int], device) -> torch.Tensor:
+    """Per-axis factor from voxels of ``src`` to voxels of ``dst`` (same extent, corner
+    voxels shared)."""
+    return torch.tensor(
+        [(d - 1) / max(s - 1, 1) for s, d in zip(src, dst, strict=True)], device=device
+    ).view(1, 3, 1, 1, 1)
+
+
+def _mind_on(img: torch.Tensor, shape: Sequence[int], distance: int) -> torch.Tensor:
+    """MIND-SSC of ``img`` at its own resolution, box-smoothed and resampled to ``shape``."""
+    from ..losses.mind import mind_ssc
+
+    feat = mind_ssc(img.float(), distance=distance, patch_size=3)
+    if tuple(feat.shape[2:]) != tuple(shape):
+        feat = F.avg_pool3d(feat, 3, stride=1, padding=1, count_include_pad=False)
+        feat = F.interpolate(feat, size=tuple(shape), mode="trilinear", align_corners=True)
+    return feat
+
+
+def refine_fine(
+    velocity: torch.Tensor,
+    fine_moving: torch.Tensor,
+    fine_fixed: torch.Tensor,
+    ts: int,
+    settings: FineSettings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimise ``velocity`` (model-grid voxels, ``(1, 3, X, Y, Z)``) on the grid of
+    ``fine_moving``/``fine_fixed`` (a finer grid over the same extent); returns the forward
+    and inverse displacements ``exp(+-v)`` on the fine grid, in fine voxels."""
+    fine_shape = tuple(fine_fixed.shape[2:])
+    ctrl = tuple(max(2, -(-(n - 1) // settings.control) + 1) for n in fine_shape)
+    dev = velocity.device
+    with torch.no_grad():
+        v0 = F.interpolate(velocity.float(), size=ctrl, mode="trilinear", align_corners=True)
+        v0 = v0 * _grid_scale(velocity.shape[2:], ctrl, dev)
+        feat_mov = _mind_on(fine_moving, ctrl, settings.mind_distance)
+        feat_fix = _mind_on(fine_fixed, ctrl, settings.mind_distance)
+    delta = torch.zeros_like(v0, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=settings.lr)
+    cosine = RefineSettings(steps=max(settings.steps, 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(cosine, i))
+
+    def field(d: torch.Tensor) -> torch.Tensor:
+        # three box filters: a smooth (B-spline-like) update, as ConvexAdam's Adam stage
+        for _ in range(3):
+            d = F.avg_pool3d(d, 3, stride=1, padding=1, count_include_pad=False)
+        return v0 + d
+
+    with torch.enable_grad():
+        for _ in range(settings.steps):
+            v = field(delta)
+            fwd = integrate_velocity(v, ts)
+            inv = integrate_velocity(-v, ts)
+            sim = 0.5 * (
+                (warp(feat_mov, fwd) - feat_fix).pow(2).sum(1).mean()
+                + (warp(feat_fix, inv) - feat_mov).pow(2).sum(1).mean()
+            )
+            loss = sim + settings.reg * gradient_loss(v)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        v = field(delta)
+        to_fine = _grid_scale(ctrl, fine_shape, dev)
+        fwd = F.interpolate(integrate_velocity(v, ts), size=fine_shape, mode="trilinear",
+                            align_corners=True) * to_fine  # fmt: skip
+        inv = F.interpolate(integrate_velocity(-v, ts), size=fine_shape, mode="trilinear",
+                            align_corners=True) * to_fine  # fmt: skip
+    return fwd, inv

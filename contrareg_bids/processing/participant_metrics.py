@@ -35,6 +35,7 @@ __all__ = [
     "COLUMNS_HELP",
     "affine_only_dice",
     "lambda_search_columns",
+    "mask_on_grid",
     "metrics_row",
     "subject_dice",
     "warp_quality",
@@ -62,12 +63,24 @@ COLUMNS_HELP = {
 }
 
 
+def mask_on_grid(mask_path: PathLike, affine: np.ndarray, shape) -> np.ndarray:
+    """The mask on the grid of ``(affine, shape)``: as stored when it is that grid, else
+    resampled (nearest) -- the fine stage writes its fields on a finer grid than the model
+    grid's mask."""
+    img = load_nifti(mask_path)
+    if tuple(img.shape[:3]) == tuple(shape) and np.allclose(img.affine, affine, atol=1e-4):
+        return read_mask(mask_path, allow_empty=True)
+    from .grid import resample_to_grid
+
+    return resample_to_grid(mask_path, affine, shape, interpolation="nearest") > 0
+
+
 def warp_quality(forward_field: PathLike, mask_path: PathLike | None = None) -> dict[str, float]:
     """Folding % (whole model grid) and std log|J| (inside the mask) of a displacement field
     on disk, computed on the raw field in its own voxel units: the metrics table's numbers,
     which the Jacobian reportlet shows too."""
-    disp, _ = read_displacement_nifti(forward_field)
-    mask = read_mask(mask_path, allow_empty=True) if mask_path is not None else None
+    disp, grid = read_displacement_nifti(forward_field)
+    mask = None if mask_path is None else mask_on_grid(mask_path, grid, disp.shape[1:])
     scores = registration_metrics(None, None, disp, mask)
     return {
         "folding_percent": scores["folding_percent_grid"],

@@ -119,6 +119,7 @@ def contrareg_register(
     refine_draws: int = 1,
     seed: int = 0,
     fine_pair: tuple[PathLike, PathLike] | None = None,
+    fine_steps: int = 0,
 ) -> RegResult:
     """Run a trained ContraReg network (a model bundle) on a pair on the model grid.
 
@@ -139,6 +140,10 @@ def contrareg_register(
     ``fine_pair`` (moving, fixed on a finer grid over the model grid's extent,
     :func:`~contrareg_bids.processing.model_space.prepare_model_pair`) makes every
     refinement step see the pair at a random sub-voxel phase of the model grid.
+
+    ``fine_steps > 0`` adds the fine stage (:func:`~contrareg_bids.nn.refine.refine_fine`):
+    the velocity optimised again with MIND-SSC on the grid of ``fine_pair`` (the model grid
+    without one); the fields and images written are then on that grid.
     """
     from ..io.bundle import ModelBundle, load_model
     from ..nn.inference import register_arrays
@@ -173,16 +178,20 @@ def contrareg_register(
             f"lambda {lam} is outside the range the model was trained on [{lo}, {hi}]",
             stacklevel=2,
         )
-    if search_json is None or refine_steps > 0:
-        refine = objective = None
+    if search_json is None or refine_steps > 0 or fine_steps > 0:
+        refine = objective = fine_settings = None
         if refine_steps > 0:
             from ..nn.refine import RefineSettings
             from ..training.objective import objective_from_bundle
 
             refine = RefineSettings(steps=refine_steps, seed=seed, draws=refine_draws)
             objective = objective_from_bundle(bundle)
+        if fine_steps > 0:
+            from ..nn.refine import FineSettings
+
+            fine_settings = FineSettings(steps=fine_steps, seed=seed)
         fine = None
-        if refine_steps > 0 and fine_pair is not None:
+        if (refine_steps > 0 or fine_steps > 0) and fine_pair is not None:
             fine = _read_fine_pair(*fine_pair, fix_img.affine, fixed.shape)
         res = register_arrays(
             bundle.regnet,
@@ -194,9 +203,12 @@ def contrareg_register(
             refine=refine,
             objective=objective,
             fine_images=fine,
+            fine=fine_settings,
         )
     fwd, inv, moved, fixed_moved = _outputs(out_dir, prefix)
     affine = fix_img.affine  # one grid: the moving grid's affine is the same
+    if res.on_fine_grid:
+        affine = nib.load(fine_pair[1]).affine
     write_displacement_nifti(res.forward_disp, affine, fwd)
     write_displacement_nifti(res.inverse_disp, affine, inv)
     write_nifti(res.moved, affine, moved, dtype=np.float32)

@@ -297,16 +297,21 @@ def plot_jacobian(
     from matplotlib.figure import Figure
     from matplotlib.gridspec import GridSpec
 
-    from ..io.images import read_mask, read_volume
+    from ..io.images import read_volume
     from ..io.transforms import read_displacement_nifti
-    from ..processing.participant_metrics import warp_quality
+    from ..processing.grid import resample_to_grid
+    from ..processing.participant_metrics import mask_on_grid, warp_quality
 
-    disp, _ = read_displacement_nifti(forward_field)
+    disp, grid = read_displacement_nifti(forward_field)
     quality = warp_quality(forward_field, mask)
     logj, folds = log_jacobian(disp)
     shape = logj.shape
-    brain = read_mask(mask, allow_empty=True) if mask is not None else np.ones(shape, bool)
-    bg = read_volume(background, finite=False)[0] if background else None
+    brain = mask_on_grid(mask, grid, shape) if mask is not None else np.ones(shape, bool)
+    bg = None
+    if background:
+        bg = read_volume(background, finite=False)[0]
+        if bg.shape != shape:  # a fine-stage field lies on a finer grid than the model's
+            bg = resample_to_grid(background, grid, shape)
 
     fig = Figure(figsize=(2.0 * n_slices + 5.0, 6.3))
     grid = GridSpec(

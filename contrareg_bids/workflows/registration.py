@@ -108,6 +108,7 @@ def init_registration_wf(
     max_folding: float = FOLDING_LIMIT_PERCENT,
     refine_steps: int = 0,
     refine_draws: int = 1,
+    fine_steps: int = 0,
     device: str = "auto",
     use_gpu: bool = False,
     seed: int = 0,
@@ -119,7 +120,9 @@ def init_registration_wf(
 
     ``lam="auto"`` chooses lambda per pair under the ``max_folding`` % budget;
     ``refine_steps`` refines each warp with the bundle's own objective
-    (:mod:`contrareg_bids.nn.refine`), ``refine_draws`` PatchNCE samples per step.
+    (:mod:`contrareg_bids.nn.refine`), ``refine_draws`` PatchNCE samples per step;
+    ``fine_steps`` then optimises the warp again at the reference's resolution
+    (:func:`contrareg_bids.nn.refine.refine_fine`).
 
     Inputs
     ------
@@ -147,7 +150,7 @@ def init_registration_wf(
     )
     # the refinement samples the pair at random sub-voxel phases of the model grid from the
     # images at the reference's resolution (when the model grid is coarser)
-    phase_sampling = registration == "contrareg" and refine_steps > 0
+    phase_sampling = registration == "contrareg" and (refine_steps > 0 or fine_steps > 0)
     prepare_pair = pe.Node(
         PrepareModelPair(
             shape=tuple(grid_shape), spacing=tuple(grid_spacing), phase_sampling=phase_sampling
@@ -165,6 +168,7 @@ def init_registration_wf(
                 use_gpu=use_gpu,
                 refine_steps=refine_steps,
                 refine_draws=refine_draws,
+                fine_steps=fine_steps,
                 seed=seed,
             ),
             name="register",
@@ -318,6 +322,7 @@ def init_subject_registration_wf(
     max_folding: float = FOLDING_LIMIT_PERCENT,
     refine_steps: int = 0,
     refine_draws: int = 1,
+    fine_steps: int = 0,
     device: str = "auto",
     use_gpu: bool = False,
     seed: int = 0,
@@ -365,6 +370,7 @@ def init_subject_registration_wf(
         max_folding=max_folding,
         refine_steps=refine_steps,
         refine_draws=refine_draws,
+        fine_steps=fine_steps,
         device=device,
         use_gpu=use_gpu,
         seed=seed,

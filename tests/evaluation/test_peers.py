@@ -1,7 +1,8 @@
-"""The ConvexAdam peer of the benchmark tables (optional extra ``bench``)."""
+"""The classical peers of the benchmark tables: ConvexAdam (extra ``bench``) and FireANTs."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -23,3 +24,34 @@ def test_convexadam_recovers_a_shift_in_our_displacement_convention():
     assert got == pytest.approx([3, -2, 1], abs=0.6) and seconds > 0
     # its import switches every warning off; that must not leak into the process
     assert ("ignore", None, Warning, None, 0) not in warnings.filters
+
+
+def test_fireants_recovers_a_shift_in_our_displacement_convention():
+    pytest.importorskip("fireants")
+    from scipy import ndimage
+
+    from contrareg_bids.evaluation.peers import FireANTsSettings, fireants_forward_field
+
+    root = logging.getLogger()
+    root_before = (root.level, list(root.handlers))
+    x = np.indices((32, 32, 32)).astype(np.float32)  # FireANTs' smallest size (MIN_IMG_SIZE)
+    centre = np.full(3, 15.5)[:, None, None, None]
+    radii = np.array([7.0, 5.0, 6.0])[:, None, None, None]
+    fixed = np.exp(-(((x - centre) / radii) ** 2).sum(0)).astype(np.float32)
+    # moving(x) = fixed(x - s), so moved(x) = moving(x + u(x)) matches fixed for u = s
+    moving = ndimage.shift(fixed, (2.0, 0.0, -1.0), order=3, mode="nearest")
+    settings = FireANTsSettings(iterations=(50, 30, 20))
+    disp, seconds = fireants_forward_field(moving, fixed, (1.0, 1.0, 1.0), settings)
+
+    assert disp.shape == (3, 32, 32, 32) and disp.dtype == np.float32 and seconds > 0
+    moved = ndimage.map_coordinates(moving, x + disp, order=1, mode="nearest")
+    before, after = ((moving - fixed) ** 2).mean(), ((moved - fixed) ** 2).mean()
+    assert after < before / 50
+    # channel k along array axis k, sign as above (LNCC on a smooth blob stops a bit short)
+    inside = fixed > 0.3
+    got = [float(disp[k][inside].mean()) for k in range(3)]
+    assert 1.0 < got[0] < 2.5 and abs(got[1]) < 0.3 and -1.25 < got[2] < -0.4
+    # its import runs logging.basicConfig(level=INFO); that must not leak into the process
+    assert (root.level, list(root.handlers)) == root_before
+    with pytest.raises(ValueError, match="at least 32 voxels"):
+        fireants_forward_field(moving[:16], fixed[:16])

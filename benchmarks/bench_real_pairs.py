@@ -1,0 +1,435 @@
+"""Accuracy on real neonates: inter-subject pairs (moving T2w -> another subject's T1w) of the
+development dataset, ContraReg through the app's command line against its peers, one run.
+
+Data: the BIDS dataset that ``../shared/data/alberts-dev/build.sh`` builds under
+``/tmp/alberts-dev/alberts-bids`` (8 real neonates, 37-44 weeks PMA, T1w + T2w, manual
+labels ``desc-structures_dseg``). Academic licence: nothing of it, nor anything derived from
+it (weights included), is kept in the repository.
+
+The split (written here, never changed after a test score was logged):
+
+- **selection** subjects 01 03 04 05: their 12 ordered pairs choose every setting;
+- **test** subjects 06 07 08 10: their 12 ordered pairs score each candidate default once;
+  every test evaluation is appended to ``benchmarks/logs/real_test_log.tsv`` (which
+  docs/benchmarks.md quotes).
+
+Labels: the 50 structures 1-50. The two low-T2 thalamus parts (86 right, 87 left) are merged
+into the thalamus labels 42 and 43 (same side); 85 ("intra-cranial background", the
+extracerebral CSF) is not a structure and is not scored. Dice of one pair: the moving
+subject's labels carried onto the fixed subject's grid through the method's own transform
+(nearest neighbour) against the fixed subject's labels, mean over the 50 structures.
+Folding % and std log|J| of the whole transform inside the fixed brain mask (an affine
+adds a constant to log|J|: the std is the deformation's).
+
+Methods, per fixed subject F (the others of its set are the moving subjects):
+
+- through ``contrareg-bids BIDS OUT participant --reference sub-F`` (one work folder per F,
+  so the preprocessing and the affine step are computed once and shared by every method):
+  ``syn`` (``--registration ants``: SyN, Mattes MI, 100x70x50), ``network`` (the model
+  alone), ``refine`` (the model with ``--refine-steps``), and any ``--variant NAME='OPTIONS'``
+  (participant options added to the model's);
+- on the app's own preprocessed images and affine (read from that work folder), in this
+  process: ``affine`` (the app's affine step alone), ``convexadam`` (MIND, its defaults),
+  ``fireants-cc`` and ``fireants-mi`` (greedy, LNCC / MI, FireANTs' defaults).
+
+    python benchmarks/bench_real_pairs.py --set selection --model M.safetensors \\
+        --work-dir /tmp/realbench --methods affine network refine convexadam
+
+Scores of every (method, pair) are cached under the work folder; ``--fresh`` recomputes the
+given methods. Times: seconds per pair, the app's wall time (reports and outputs included;
+the first app method of each fixed subject also pays the preprocessing) or the peer's own
+registration time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from contrareg_bids.evaluation.stats import paired_difference
+from contrareg_bids.io.transforms import (
+    apply_transform,
+    array_from_image,
+    chain_transforms,
+    compose_to_field,
+    displacement_transform,
+    read_ants_affine,
+    resample_image,
+    sitk_image_from_file,
+)
+from contrareg_bids.metrics import registration_metrics
+
+HERE = Path(__file__).resolve().parents[1]
+SPLIT = {"selection": ("01", "03", "04", "05"), "test": ("06", "07", "08", "10")}
+STRUCTURES = tuple(range(1, 51))
+MERGED = {86: 42, 87: 43}  # low-T2 thalamus parts -> their thalamus
+LOG = HERE / "benchmarks" / "logs" / "real_test_log.tsv"
+APP_METHODS = ("syn", "network", "refine")
+PEERS = ("affine", "convexadam", "fireants-cc", "fireants-mi")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def structures(labels: np.ndarray) -> np.ndarray:
+    """The scored label map: 86/87 merged into 42/43, everything outside 1-50 set to 0."""
+    out = labels.astype(np.int16, copy=True)
+    for src, dst in MERGED.items():
+        out[out == src] = dst
+    out[(out < 1) | (out > 50)] = 0
+    return out
+
+
+def labels_path(bids: Path, sub: str) -> Path:
+    return (
+        bids
+        / "derivatives"
+        / "labels"
+        / f"sub-{sub}"
+        / "anat"
+        / f"sub-{sub}_desc-structures_dseg.nii.gz"
+    )
+
+
+def mask_path(bids: Path, sub: str) -> Path:
+    return (
+        bids
+        / "derivatives"
+        / "labels"
+        / f"sub-{sub}"
+        / "anat"
+        / f"sub-{sub}_desc-brain_mask.nii.gz"
+    )
+
+
+def score(bids: Path, moving: str, fixed: str, transform, work: Path) -> dict:
+    """Dice over the 50 structures and the warp's folding / std log|J| in the fixed brain."""
+    fixed_img = nib.load(labels_path(bids, fixed))
+    tmp = work / f"_moved_{moving}_{fixed}.nii.gz"
+    apply_transform(labels_path(bids, moving), labels_path(bids, fixed), transform, tmp, "nearest")
+    moved = structures(np.asarray(nib.load(tmp).dataobj))
+    tmp.unlink()
+    field = compose_to_field(transform, fixed_img.affine, fixed_img.shape)
+    mask = np.asarray(nib.load(mask_path(bids, fixed)).dataobj) > 0
+    fixed_lab = structures(np.asarray(fixed_img.dataobj))
+    s = registration_metrics(fixed_lab, moved, field, mask, labels=STRUCTURES)
+    return {
+        "dice": s["mean_dice"],
+        "dice_per_label": s["dice_per_label"],
+        "folding_percent": s["folding_percent"],
+        "std_log_jacobian": s["std_log_jacobian"],
+    }
+
+
+def app(argv: list[str]) -> tuple[int, float]:
+    """The BIDS-App of this checkout; (exit code, wall seconds)."""
+    cmd = [sys.executable, "-m", "contrareg_bids.cli.run", *argv]
+    t0 = time.perf_counter()
+    rc = subprocess.run(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        cwd="/",
+        env={**__import__("os").environ, "PYTHONPATH": str(HERE)},
+    )
+    if rc.returncode:
+        log(f"  exit {rc.returncode}: {rc.stderr[-3000:]}")
+    return rc.returncode, time.perf_counter() - t0
+
+
+def app_transform(out: Path, moving: str) -> Path:
+    hits = [
+        p
+        for p in (out / f"sub-{moving}" / "anat").glob(
+            f"sub-{moving}_from-T2w_to-*_mode-image_xfm.h5"
+        )
+        if "_to-T1w_" not in p.name
+    ]
+    if len(hits) != 1:
+        raise FileNotFoundError(
+            f"{out}/sub-{moving}/anat: expected one from-T2w transform, got {hits}"
+        )
+    return hits[0]
+
+
+def work_files(work: Path, moving: str) -> tuple[Path, Path, Path]:
+    """The app's preprocessed moving T2w, its affine (reference -> subject), the reference's
+    preprocessed T1w, from a participant run's work folder."""
+    sub = work / f"sub_{moving}_wf" / "anat_preproc_wf"
+    refs = sorted(work.glob("reference_*_wf/normalize_reference/norm.nii.gz"))
+    if len(refs) != 1:
+        raise FileNotFoundError(f"{work}: expected one preprocessed reference, got {refs}")
+    return (
+        sub / "normalize_moving" / "norm.nii.gz",
+        sub / "affine_moving" / "affine_0GenericAffine.mat",
+        refs[0],
+    )
+
+
+def run_peer(name: str, work: Path, moving: str) -> tuple[object, float]:
+    """(transform reference -> moving subject, seconds) of a peer on the app's affine-aligned,
+    preprocessed pair."""
+    norm, affine_mat, ref = work_files(work, moving)
+    affine = read_ants_affine(affine_mat)
+    if name == "affine":
+        return affine, 0.0
+    ref_img = sitk_image_from_file(ref)
+    fixed = array_from_image(ref_img)
+    moved = array_from_image(resample_image(sitk_image_from_file(norm), ref_img, affine))
+    ref_nii = nib.load(ref)
+    if name == "convexadam":
+        from contrareg_bids.evaluation.peers import convexadam_forward_field
+
+        disp, seconds = convexadam_forward_field(moved, fixed)
+    else:
+        from contrareg_bids.evaluation.peers import FireANTsSettings, fireants_forward_field
+
+        loss = name.split("-", 1)[1]
+        disp, seconds = fireants_forward_field(
+            moved,
+            fixed,
+            spacing=ref_nii.header.get_zooms()[:3],
+            settings=FireANTsSettings(loss=loss),
+        )
+    field = displacement_transform(disp, ref_nii.affine)
+    return chain_transforms([field, affine]), seconds
+
+
+def parse_variants(items: list[str]) -> dict[str, list[str]]:
+    out = {}
+    for item in items:
+        name, _, opts = item.partition("=")
+        if not name or not opts:
+            sys.exit(f"error: --variant {item!r}: expected NAME='participant options'")
+        out[name] = shlex.split(opts)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bids", type=Path, default=Path("/tmp/alberts-dev/alberts-bids"))
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/realbench"))
+    p.add_argument("--set", choices=SPLIT, required=True)
+    p.add_argument("--model", type=Path, help="the ContraReg bundle (network, refine, variants)")
+    p.add_argument("--lambda", dest="lam", default="0.8", help="the model's lambda")
+    p.add_argument("--refine-steps", type=int, default=100)
+    p.add_argument(
+        "--methods", nargs="+", default=[*PEERS, *APP_METHODS], choices=[*PEERS, *APP_METHODS]
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME='participant options': one more ContraReg row (the model's "
+        "options and --lambda come first; these override)",
+    )
+    p.add_argument("--primary", default="refine", help="the row the differences are taken from")
+    p.add_argument(
+        "--fresh", nargs="*", default=[], help="methods whose cached scores are dropped"
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-pairs", type=int, default=0, help="score only the first N pairs")
+    a = p.parse_args(argv)
+    command = "python benchmarks/bench_real_pairs.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    print(f"# {command}", flush=True)
+    bids = a.bids.resolve()
+    subjects = SPLIT[a.set]
+    pairs = [(m, f) for f in subjects for m in subjects if m != f]
+    if a.max_pairs:
+        pairs = pairs[: a.max_pairs]
+    fixed_subjects = sorted({f for _, f in pairs})
+    app_methods: dict[str, list[str]] = {}
+    if "syn" in a.methods:
+        app_methods["syn"] = ["--registration", "ants"]
+    model_opts = ["--model", str(a.model), "--lambda", a.lam] if a.model else []
+    if "network" in a.methods:
+        app_methods["network"] = [*model_opts, "--refine-steps", "0"]
+    if "refine" in a.methods:
+        app_methods["refine"] = [*model_opts, "--refine-steps", str(a.refine_steps)]
+    for name, opts in parse_variants(a.variant).items():
+        app_methods[name] = [*model_opts, *opts]
+    if any(m != "syn" for m in app_methods) and not a.model:
+        sys.exit("error: the network, refine and variant rows need --model")
+    peers = [m for m in PEERS if m in a.methods]
+    root = a.work_dir.resolve()
+    scores_dir = root / "scores"
+    results: dict[str, dict[tuple[str, str], dict]] = {}
+
+    def cached(method: str, m: str, f: str) -> Path:
+        return scores_dir / method / f"{m}_to_{f}.json"
+
+    for method in a.fresh:
+        shutil.rmtree(scores_dir / method, ignore_errors=True)
+    for f in fixed_subjects:
+        work = root / "work" / f"ref-{f}"
+        movings = [m for m, ff in pairs if ff == f]
+        common = [
+            "-w",
+            str(work),
+            "--reference",
+            f"sub-{f}",
+            "--derivatives",
+            f"labels={bids / 'derivatives' / 'labels'}",
+            "--labels-desc",
+            "structures",
+            "--nprocs",
+            "1",
+            "--omp-nthreads",
+            str(a.threads),
+            "--random-seed",
+            "0",
+            "--device",
+            "cpu",
+            "--skip-bids-validation",
+            "--participant-label",
+            *movings,
+        ]
+        # the peers read the app's affine step: a cheap app method runs first when none is due
+        need = {
+            m: o
+            for m, o in app_methods.items()
+            if not all(cached(m, mv, f).exists() for mv in movings)
+        }
+        if peers and not (work / f"sub_{movings[0]}_wf").exists() and not need:
+            first = "network" if a.model else "syn"
+            need = {
+                first: app_methods.get(
+                    first,
+                    [*model_opts, "--refine-steps", "0"]
+                    if a.model
+                    else ["--registration", "ants"],
+                )
+            }
+        for method, opts in need.items():
+            out = root / "out" / method / f"ref-{f}"
+            if method in a.fresh:
+                shutil.rmtree(out, ignore_errors=True)
+                for mv in movings:  # Nipype caches by inputs, not by the code it runs
+                    shutil.rmtree(work / f"sub_{mv}_wf" / "registration_wf", ignore_errors=True)
+            argv_p = [str(bids), str(out), "participant", *common, *opts]
+            log(f"{method} -> sub-{f}: contrareg-bids {shlex.join(argv_p)}")
+            rc, seconds = app(argv_p)
+            for mv in movings:
+                try:
+                    s = score(bids, mv, f, str(app_transform(out, mv)), root)
+                except FileNotFoundError as err:
+                    log(f"  {method} {mv}->{f}: no transform ({err}); rc {rc}")
+                    continue
+                s["seconds"] = seconds / len(movings)
+                cached(method, mv, f).parent.mkdir(parents=True, exist_ok=True)
+                cached(method, mv, f).write_text(json.dumps(s) + "\n")
+                log(f"  {method} {mv}->{f}: Dice {s['dice']:.4f}")
+        for method in peers:
+            for mv in movings:
+                if cached(method, mv, f).exists():
+                    continue
+                tx, seconds = run_peer(method, work, mv)
+                s = score(bids, mv, f, tx, root)
+                s["seconds"] = seconds
+                cached(method, mv, f).parent.mkdir(parents=True, exist_ok=True)
+                cached(method, mv, f).write_text(json.dumps(s) + "\n")
+                log(f"  {method} {mv}->{f}: Dice {s['dice']:.4f} ({seconds:.1f} s)")
+    rows = [*peers, *app_methods]
+    for method in rows:
+        results[method] = {}
+        for m, f in pairs:
+            c = cached(method, m, f)
+            if c.exists():
+                results[method][(m, f)] = json.loads(c.read_text())
+    report(a, command, pairs, rows, results)
+    return 0
+
+
+def report(a, command: str, pairs, rows, results) -> None:
+    done = [pr for pr in pairs if all(pr in results[m] for m in rows)]
+    if not done:
+        log("no pair scored by every method")
+        return
+    print(
+        f"\nreal neonates, {a.set} pairs ({len(done)} of {len(pairs)}), moving T2w -> fixed T1w; "
+        "Dice: mean over structures 1-50 (86/87 in 42/43, 85 not scored)"
+    )
+    primary = a.primary if a.primary in rows else None
+    head = "| method | mean Dice | folding % | std log\\|J\\| | s / pair |"
+    head += f" {primary} minus method (pairs better, p) |" if primary else ""
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    dice = {m: [results[m][pr]["dice"] for pr in done] for m in rows}
+    for m in sorted(rows, key=lambda r: -statistics.fmean(dice[r])):
+        r = [results[m][pr] for pr in done]
+        fold = statistics.fmean(x["folding_percent"] for x in r)
+        sdj = statistics.fmean(x["std_log_jacobian"] for x in r)
+        sec = statistics.median(x["seconds"] for x in r)
+        line = f"| {m} | {statistics.fmean(dice[m]):.4f} | {fold:.3f} | {sdj:.3f} | {sec:.1f} |"
+        if primary:
+            line += " |" if m == primary else f" {paired_difference(dice[primary], dice[m])} |"
+        print(line)
+    if a.set == "test":
+        append_log(command, done, rows, results)
+
+
+def append_log(command: str, done, rows, results) -> None:
+    """Every test evaluation, one line per method, appended (never rewritten)."""
+    commit = subprocess.run(
+        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    new = not LOG.exists()
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    with LOG.open("a", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        if new:
+            w.writerow(
+                [
+                    "date",
+                    "commit",
+                    "method",
+                    "pairs",
+                    "mean_dice",
+                    "folding_percent",
+                    "std_log_jacobian",
+                    "seconds_per_pair",
+                    "dice_per_pair",
+                    "command",
+                ]
+            )
+        for m in rows:
+            r = [results[m][pr] for pr in done]
+            w.writerow(
+                [
+                    dt.datetime.now().isoformat(timespec="seconds"),
+                    commit,
+                    m,
+                    len(done),
+                    f"{statistics.fmean(x['dice'] for x in r):.4f}",
+                    f"{statistics.fmean(x['folding_percent'] for x in r):.4f}",
+                    f"{statistics.fmean(x['std_log_jacobian'] for x in r):.4f}",
+                    f"{statistics.median(x['seconds'] for x in r):.1f}",
+                    ",".join(f"{x['dice']:.4f}" for x in r),
+                    command,
+                ]
+            )
+    log(f"test scores appended to {LOG}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
