@@ -121,9 +121,11 @@ def fireants_forward_field(
     root = logging.getLogger()
     root_state = (root.level, list(root.handlers))
     try:
-        # on import its grid-sample dispatcher prints its backend to stdout and
-        # fireants.utils.util calls logging.basicConfig(level=INFO) on the root logger
-        with contextlib.redirect_stdout(io.StringIO()):
+        # on import its grid-sample dispatcher prints its backend to stdout,
+        # fireants.utils.util calls logging.basicConfig(level=INFO) on the root logger and
+        # fireants.utils.imageutils calls the deprecated logger.warn
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             from fireants.io.image import BatchedImages, Image
             from fireants.registration.greedy import GreedyRegistration
             from fireants.utils.globals import MIN_IMG_SIZE
@@ -169,7 +171,9 @@ def fireants_forward_field(
         dtype=torch.float32,
         progress_bar=False,
     )
-    reg.optimize()
+    with warnings.catch_warnings():  # logger.warn again, on every downsampling
+        warnings.simplefilter("ignore", DeprecationWarning)
+        reg.optimize()
     with torch.no_grad():
         # the sampling grid of ``evaluate``: [1, Z, Y, X, 3] over FireANTs' (reversed) array,
         # grid_sample coordinates in [-1, 1] (align_corners=True), component 0 = sitk i = our

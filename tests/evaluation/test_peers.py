@@ -26,14 +26,18 @@ def test_convexadam_recovers_a_shift_in_our_displacement_convention():
     assert ("ignore", None, Warning, None, 0) not in warnings.filters
 
 
-def test_fireants_recovers_a_shift_in_our_displacement_convention():
-    pytest.importorskip("fireants")
+def test_fireants_recovers_a_shift_in_our_displacement_convention(monkeypatch):
+    pytest.importorskip("fireants")  # an empty package: its import changes nothing
     from scipy import ndimage
 
     from contrareg_bids.evaluation.peers import FireANTsSettings, fireants_forward_field
 
+    # fireants' first import runs logging.basicConfig(level=INFO), a no-op while the root
+    # logger has handlers (pytest adds its own): take them away to see it
     root = logging.getLogger()
-    root_before = (root.level, list(root.handlers))
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    root_before = (root.level, [])
     x = np.indices((32, 32, 32)).astype(np.float32)  # FireANTs' smallest size (MIN_IMG_SIZE)
     centre = np.full(3, 15.5)[:, None, None, None]
     radii = np.array([7.0, 5.0, 6.0])[:, None, None, None]
@@ -51,7 +55,6 @@ def test_fireants_recovers_a_shift_in_our_displacement_convention():
     inside = fixed > 0.3
     got = [float(disp[k][inside].mean()) for k in range(3)]
     assert 1.0 < got[0] < 2.5 and abs(got[1]) < 0.3 and -1.25 < got[2] < -0.4
-    # its import runs logging.basicConfig(level=INFO); that must not leak into the process
-    assert (root.level, list(root.handlers)) == root_before
+    assert (root.level, list(root.handlers)) == root_before  # nothing leaked
     with pytest.raises(ValueError, match="at least 32 voxels"):
         fireants_forward_field(moving[:16], fixed[:16])
