@@ -505,3 +505,27 @@ def test_ants_syn_register_exports_fields_that_reproduce_its_output(tmp_path, no
     before = dice(nib.load(mov).get_fdata() > 0.05, fixed)
     after = dice(nib.load(res.moved).get_fdata() > 0.05, fixed)
     assert after > 0.9 and after > before + 0.03, (before, after)
+
+
+def test_warp_quality_reads_a_model_grid_mask_for_a_field_on_a_finer_grid(tmp_path):
+    """The fine stage writes its fields on a grid finer than the model grid's brain mask: the
+    metrics (and the Jacobian reportlet) take the mask onto the field's grid instead of
+    refusing the shapes, and count only what lies inside it."""
+    from contrareg_bids.processing.grid import finer_grid
+    from contrareg_bids.processing.participant_metrics import mask_on_grid, warp_quality
+
+    coarse = np.diag([2.0, 2.0, 2.0, 1.0])
+    shape = (10, 12, 10)
+    mask = np.zeros(shape, np.uint8)
+    mask[2:8, 3:9, 2:8] = 1
+    nib.save(nib.Nifti1Image(mask, coarse), tmp_path / "mask.nii.gz")
+    fine_aff, fine_shape = finer_grid(coarse, shape, 2.0)
+    disp = np.zeros((3, *fine_shape), np.float32)
+    rng = np.random.default_rng(0)
+    disp[:, :2] = rng.normal(0, 2.0, (3, 2, *fine_shape[1:]))  # rough only outside the brain
+    field = T.write_displacement_nifti(disp, fine_aff, tmp_path / "fwd.nii.gz")
+    on_fine = mask_on_grid(tmp_path / "mask.nii.gz", fine_aff, fine_shape)
+    assert on_fine.shape == fine_shape
+    assert abs(on_fine.sum() / on_fine.size - mask.sum() / mask.size) < 0.05
+    quality = warp_quality(field, tmp_path / "mask.nii.gz")
+    assert quality["std_log_jacobian"] == pytest.approx(0.0, abs=1e-6)
