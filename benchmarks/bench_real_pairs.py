@@ -93,26 +93,17 @@ def structures(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def derivative(bids: Path, sub: str, suffix: str) -> Path:
+    """A file of the dataset's label derivatives, e.g. ``desc-structures_dseg``."""
+    return bids / "derivatives" / "labels" / f"sub-{sub}" / "anat" / f"sub-{sub}_{suffix}.nii.gz"
+
+
 def labels_path(bids: Path, sub: str) -> Path:
-    return (
-        bids
-        / "derivatives"
-        / "labels"
-        / f"sub-{sub}"
-        / "anat"
-        / f"sub-{sub}_desc-structures_dseg.nii.gz"
-    )
+    return derivative(bids, sub, "desc-structures_dseg")
 
 
 def mask_path(bids: Path, sub: str) -> Path:
-    return (
-        bids
-        / "derivatives"
-        / "labels"
-        / f"sub-{sub}"
-        / "anat"
-        / f"sub-{sub}_desc-brain_mask.nii.gz"
-    )
+    return derivative(bids, sub, "desc-brain_mask")
 
 
 def score(bids: Path, moving: str, fixed: str, transform, work: Path) -> dict:
