@@ -247,21 +247,28 @@ def main(argv: list[str] | None = None) -> int:
         pairs = pairs[: a.max_pairs]
     fixed_subjects = sorted({f for _, f in pairs})
     app_methods: dict[str, list[str]] = {}
-    if "syn" in a.methods:
-        app_methods["syn"] = ["--registration", "ants"]
     model_opts = ["--model", str(a.model), "--lambda", a.lam] if a.model else []
-    if "network" in a.methods:
-        app_methods["network"] = [*model_opts, "--refine-steps", "0"]
+    if "network" in a.methods:  # first: the one that pays the shared preprocessing
+        app_methods["network"] = [*model_opts, "--refine-steps", "0", "--fine-steps", "0"]
     if "refine" in a.methods:
-        app_methods["refine"] = [*model_opts, "--refine-steps", str(a.refine_steps)]
+        app_methods["refine"] = [
+            *model_opts,
+            "--refine-steps",
+            str(a.refine_steps),
+            "--fine-steps",
+            "0",
+        ]
     for name, opts in parse_variants(a.variant).items():
         app_methods[name] = [*model_opts, *opts]
+    if "syn" in a.methods:
+        app_methods["syn"] = ["--registration", "ants"]
     if any(m != "syn" for m in app_methods) and not a.model:
         sys.exit("error: the network, refine and variant rows need --model")
     peers = [m for m in PEERS if m in a.methods]
     root = a.work_dir.resolve()
     scores_dir = root / "scores"
     results: dict[str, dict[tuple[str, str], dict]] = {}
+    scored = 0  # new scores in this run: only those are a test evaluation to log
 
     def cached(method: str, m: str, f: str) -> Path:
         return scores_dir / method / f"{m}_to_{f}.json"
@@ -326,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 s["seconds"] = seconds / len(movings)
                 cached(method, mv, f).parent.mkdir(parents=True, exist_ok=True)
                 cached(method, mv, f).write_text(json.dumps(s) + "\n")
+                scored += 1
                 log(f"  {method} {mv}->{f}: Dice {s['dice']:.4f}")
         for method in peers:
             for mv in movings:
@@ -336,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 s["seconds"] = seconds
                 cached(method, mv, f).parent.mkdir(parents=True, exist_ok=True)
                 cached(method, mv, f).write_text(json.dumps(s) + "\n")
+                scored += 1
                 log(f"  {method} {mv}->{f}: Dice {s['dice']:.4f} ({seconds:.1f} s)")
     rows = [*peers, *app_methods]
     for method in rows:
@@ -344,11 +353,11 @@ def main(argv: list[str] | None = None) -> int:
             c = cached(method, m, f)
             if c.exists():
                 results[method][(m, f)] = json.loads(c.read_text())
-    report(a, command, pairs, rows, results)
+    report(a, command, pairs, rows, results, log_test=scored > 0)
     return 0
 
 
-def report(a, command: str, pairs, rows, results) -> None:
+def report(a, command: str, pairs, rows, results, log_test: bool) -> None:
     done = [pr for pr in pairs if all(pr in results[m] for m in rows)]
     if not done:
         log("no pair scored by every method")
@@ -361,7 +370,7 @@ def report(a, command: str, pairs, rows, results) -> None:
     head = "| method | mean Dice | folding % | std log\\|J\\| | s / pair |"
     head += f" {primary} minus method (pairs better, p) |" if primary else ""
     print(head)
-    print("|---" * (head.count("|") - 1) + "|")
+    print("|---" * (6 if primary else 5) + "|")
     dice = {m: [results[m][pr]["dice"] for pr in done] for m in rows}
     for m in sorted(rows, key=lambda r: -statistics.fmean(dice[r])):
         r = [results[m][pr] for pr in done]
@@ -372,7 +381,7 @@ def report(a, command: str, pairs, rows, results) -> None:
         if primary:
             line += " |" if m == primary else f" {paired_difference(dice[primary], dice[m])} |"
         print(line)
-    if a.set == "test":
+    if a.set == "test" and log_test:  # a re-run that scores nothing new logs nothing
         append_log(command, done, rows, results)
 
 

@@ -53,8 +53,11 @@ class ConfigError(ValueError):
 DEFAULT_REFINE_STEPS = 0
 #: PatchNCE draws per refinement step (``--refine-draws``)
 DEFAULT_REFINE_DRAWS = 1
-#: ``--fine-steps``: the fine stage after the refinement (MIND-SSC, reference resolution)
-DEFAULT_FINE_STEPS = 0
+#: ``--fine-steps``: the fine stage after the refinement (MIND-SSC, reference resolution);
+#: on by default: the recipe chosen on the real selection pairs (docs/benchmarks.md)
+DEFAULT_FINE_STEPS = 80
+#: ``--lambda``: the network's regularisation weight of that recipe
+DEFAULT_LAMBDA = 0.8
 
 
 @dataclass
@@ -83,7 +86,7 @@ class RunConfig:
     moving_modality: str = "T2w"
     fixed_modality: str = "T1w"
     #: a number in [0, 1], or "auto" (per subject, under the ``max_folding`` budget)
-    lam: float | str = 0.1
+    lam: float | str = DEFAULT_LAMBDA
     #: folding budget (% voxels of each warp) of ``lam = "auto"``
     max_folding: float = FOLDING_LIMIT_PERCENT
     #: test-time refinement steps of each subject's warp (``nn/refine.py``)

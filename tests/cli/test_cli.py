@@ -36,7 +36,7 @@ def test_defaults():
     assert (a.registration, a.reference, a.moving_modality, a.fixed_modality) == (
         "contrareg", "dhcpVol", "T2w", "T1w",
     )  # fmt: skip
-    assert a.lam == 0.1 and a.random_seed == 0 and a.device == "auto"
+    assert a.lam == 0.8 and a.fine_steps == 80 and a.random_seed == 0 and a.device == "auto"
     assert a.participant_label is None and a.derivatives == []
     assert a.mem is None and a.nprocs is None and not a.sloppy
 
