@@ -104,7 +104,7 @@ def test_lambda_strip_shows_five_lambdas_with_dice_and_folding(run):
     text = (run.out / "sub-01" / "figures" / "sub-01_desc-lambda_T2w.svg").read_text()
     lambdas = re.findall(r"λ = ([0-9.]+)", text)
     assert len(lambdas) == 5
-    assert "0.1" in lambdas and "(used)" in text  # the run's lambda among them
+    assert "0.8" in lambdas and "(used)" in text  # the run's lambda (the default) among them
     assert text.count("Dice ") == 5 and text.count("folds ") == 5
 
 
