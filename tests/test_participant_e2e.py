@@ -27,6 +27,7 @@ import pytest
 from contrareg_bids import __version__
 from contrareg_bids.cli import exit_codes
 from contrareg_bids.cli.run import main
+from contrareg_bids.config import DEFAULT_LAMBDA
 from contrareg_bids.io import templates
 from contrareg_bids.io.transforms import apply_transform
 from contrareg_bids.metrics import dice_per_label
@@ -332,7 +333,7 @@ def test_dice_computed_and_reported(e2e, tiny_templateflow, tmp_path):
         anat = e2e.out / f"sub-{sub}" / "anat"
         row = read_metrics(anat / f"sub-{sub}_desc-registration_metrics.tsv")
         assert row["method"] == "contrareg"
-        assert float(row["lambda"]) == pytest.approx(0.1)
+        assert float(row["lambda"]) == pytest.approx(DEFAULT_LAMBDA)  # the default
         assert row["reference"] == TPL
         assert float(row["folding_percent"]) >= 0
         assert np.isfinite(float(row["std_log_jacobian"]))
