@@ -47,6 +47,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -136,7 +137,7 @@ def app(argv: list[str]) -> tuple[int, float]:
         text=True,
         check=False,
         cwd="/",
-        env={**__import__("os").environ, "PYTHONPATH": str(HERE)},
+        env={**os.environ, "PYTHONPATH": str(HERE)},
     )
     if rc.returncode:
         log(f"  exit {rc.returncode}: {rc.stderr[-3000:]}")

@@ -194,7 +194,6 @@ class FineSettings:
     reg: float = 4.0
     control: int = 2
     mind_distance: int = 2
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0:

@@ -189,7 +189,7 @@ def contrareg_register(
         if fine_steps > 0:
             from ..nn.refine import FineSettings
 
-            fine_settings = FineSettings(steps=fine_steps, seed=seed)
+            fine_settings = FineSettings(steps=fine_steps)  # deterministic: no sampling
         fine = None
         if (refine_steps > 0 or fine_steps > 0) and fine_pair is not None:
             fine = _read_fine_pair(*fine_pair, fix_img.affine, fixed.shape)
