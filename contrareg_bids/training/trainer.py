@@ -180,7 +180,7 @@ def train_autoencoder(
     ckpt_path = out_dir / CHECKPOINT_NAME
     step = 0
     if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, ctx.device)
+        state = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay there
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
@@ -404,7 +404,7 @@ def train_registration(
     ckpt_path = out_dir / "checkpoints" / CHECKPOINT_NAME
     step = 0
     if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, dev)
+        state = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay there
         if state.get("config") != cfg.to_json():
             raise ValueError(
                 f"{ckpt_path} was written with another training configuration; use another "
@@ -586,7 +586,7 @@ def pretrain_supervised(
     ckpt_path = out_dir / CHECKPOINT_NAME
     step = 0
     if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, dev)
+        state = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay there
         for role in aes:
             aes[role].load_state_dict(state[f"ae_{role}"])
             heads[role].load_state_dict(state[f"heads_{role}"])

@@ -404,3 +404,19 @@ def test_a_constant_factor_on_the_similarity_is_absorbed_by_the_calibration(icbm
           float((step_uncalibrated - step_sum).norm() / size))  # fmt: skip
     assert (step_mean - step_sum).norm() < 0.01 * size
     assert (step_uncalibrated - step_sum).norm() > 0.1 * size
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_resumes_on_cuda(tmp_path):
+    """Checkpoints written on a GPU resume there (RNG states are loaded on the CPU)."""
+    from contrareg_bids.training.pipeline import read_record_list, train
+
+    moving, fixed = _write_lists(tmp_path)
+    args = _train_cmd(moving, fixed, tmp_path / "unused", 6, extra=("--device", "cuda"))
+    cfg = build_config(get_parser().parse_args(args))
+    mov, fix = read_record_list(moving), read_record_list(fixed)
+    out = tmp_path / "cuda"
+    assert train(mov, fix, cfg, out, progress=False, stop_after=2) is None
+    done = train(mov, fix, cfg, out, progress=False)  # resumes autoencoders and network
+    assert done is not None and load_model(done.bundle).metadata.training_steps == 6
