@@ -185,7 +185,10 @@ class FineSettings:
 
     ``control`` fine voxels per control point of the velocity update; ``reg`` weighs the
     diffusion penalty on the whole velocity (control-grid voxels); ``lr`` is Adam's rate in
-    control-grid voxels, annealed on a cosine."""
+    control-grid voxels, annealed on a cosine. The last ``full_resolution`` fraction of the
+    steps compares the descriptors at the images' own resolution (the field carried up from
+    the control grid) instead of on the control grid, where the descriptors are averaged
+    over ``control``-voxel cells and small structures blur."""
 
     steps: int = 0
     #: chosen on the real selection pairs (docs/benchmarks.md): penalty 4 scored 0.735 against
@@ -194,10 +197,17 @@ class FineSettings:
     reg: float = 4.0
     control: int = 2
     mind_distance: int = 2
+    #: chosen on the real selection pairs (docs/benchmarks.md, "The fine stage at full
+    #: resolution")
+    full_resolution: float = 0.25
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"fine steps must be >= 0, got {self.steps}")
+        if not 0.0 <= self.full_resolution <= 1.0:
+            raise ValueError(
+                f"fine full_resolution must be a fraction in [0, 1], got {self.full_resolution}"
+            )
         if not self.lr > 0:
             raise ValueError(f"fine lr must be > 0, got {self.lr}")
         if self.reg < 0:
@@ -225,6 +235,16 @@ def _mind_on(img: torch.Tensor, shape: Sequence[int], distance: int) -> torch.Te
     return feat
 
 
+def _mind_mismatch(
+    feat_mov: torch.Tensor, feat_fix: torch.Tensor, fwd: torch.Tensor, inv: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared descriptor difference, moving onto fixed and fixed onto moving."""
+    return 0.5 * (
+        (warp(feat_mov, fwd) - feat_fix).pow(2).sum(1).mean()
+        + (warp(feat_fix, inv) - feat_mov).pow(2).sum(1).mean()
+    )
+
+
 def refine_fine(
     velocity: torch.Tensor,
     fine_moving: torch.Tensor,
@@ -238,11 +258,21 @@ def refine_fine(
     fine_shape = tuple(fine_fixed.shape[2:])
     ctrl = tuple(max(2, -(-(n - 1) // settings.control) + 1) for n in fine_shape)
     dev = velocity.device
+    n_full = round(settings.steps * settings.full_resolution) if ctrl != fine_shape else 0
     with torch.no_grad():
         v0 = F.interpolate(velocity.float(), size=ctrl, mode="trilinear", align_corners=True)
         v0 = v0 * _grid_scale(velocity.shape[2:], ctrl, dev)
         feat_mov = _mind_on(fine_moving, ctrl, settings.mind_distance)
         feat_fix = _mind_on(fine_fixed, ctrl, settings.mind_distance)
+        if n_full:
+            full_mov = _mind_on(fine_moving, fine_shape, settings.mind_distance)
+            full_fix = _mind_on(fine_fixed, fine_shape, settings.mind_distance)
+    to_fine = _grid_scale(ctrl, fine_shape, dev)
+
+    def on_fine(disp: torch.Tensor) -> torch.Tensor:
+        """A control-grid displacement carried onto the fine grid (in fine voxels)."""
+        return F.interpolate(disp, size=fine_shape, mode="trilinear", align_corners=True) * to_fine
+
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=settings.lr)
     cosine = RefineSettings(steps=max(settings.steps, 1))
@@ -255,14 +285,14 @@ def refine_fine(
         return v0 + d
 
     with torch.enable_grad():
-        for _ in range(settings.steps):
+        for step in range(settings.steps):
             v = field(delta)
             fwd = integrate_velocity(v, ts)
             inv = integrate_velocity(-v, ts)
-            sim = 0.5 * (
-                (warp(feat_mov, fwd) - feat_fix).pow(2).sum(1).mean()
-                + (warp(feat_fix, inv) - feat_mov).pow(2).sum(1).mean()
-            )
+            if step >= settings.steps - n_full:
+                sim = _mind_mismatch(full_mov, full_fix, on_fine(fwd), on_fine(inv))
+            else:
+                sim = _mind_mismatch(feat_mov, feat_fix, fwd, inv)
             loss = sim + settings.reg * gradient_loss(v)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -270,9 +300,4 @@ def refine_fine(
             sched.step()
     with torch.no_grad():
         v = field(delta)
-        to_fine = _grid_scale(ctrl, fine_shape, dev)
-        fwd = F.interpolate(integrate_velocity(v, ts), size=fine_shape, mode="trilinear",
-                            align_corners=True) * to_fine  # fmt: skip
-        inv = F.interpolate(integrate_velocity(-v, ts), size=fine_shape, mode="trilinear",
-                            align_corners=True) * to_fine  # fmt: skip
-    return fwd, inv
+        return on_fine(integrate_velocity(v, ts)), on_fine(integrate_velocity(-v, ts))

@@ -305,9 +305,28 @@ def test_fine_stage_starts_from_the_given_velocity():
     assert fwd[:, 1:].abs().max() < 1e-5
 
 
+def test_full_resolution_steps_match_the_descriptors_the_control_grid_blurs(icbm_pair):
+    """The same budget with its last steps at the images' own resolution ends with a smaller
+    descriptor mismatch at that resolution than all steps on the control grid (which only
+    sees the descriptors averaged over its cells)."""
+    from contrareg_bids.nn.refine import FineSettings, _mind_mismatch, _mind_on, refine_fine
+
+    mov, fix, *_ = _pair(icbm_pair)
+    fine = torch.from_numpy(mov)[None, None], torch.from_numpy(fix)[None, None]
+    full = [_mind_on(img, fix.shape, 2) for img in fine]
+
+    def mismatch(fraction: float) -> float:
+        settings = FineSettings(steps=40, control=3, full_resolution=fraction)
+        fwd, inv = refine_fine(torch.zeros((1, 3, 16, 20, 16)), *fine, 7, settings)
+        return float(_mind_mismatch(*full, fwd, inv))
+
+    coarse_only, with_full = mismatch(0.0), mismatch(0.5)
+    assert with_full < 0.98 * coarse_only, (coarse_only, with_full)
+
+
 def test_fine_settings_reject_what_cannot_run():
     from contrareg_bids.nn.refine import FineSettings
 
-    for bad in ({"steps": -1}, {"lr": 0}, {"reg": -1}, {"control": 0}):
+    for bad in ({"steps": -1}, {"lr": 0}, {"reg": -1}, {"control": 0}, {"full_resolution": 1.5}):
         with pytest.raises(ValueError):
             FineSettings(**bad)
