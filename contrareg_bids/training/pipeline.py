@@ -270,6 +270,10 @@ def train(
                 "tau": cfg.tau,
                 "mi_bins": cfg.mi_bins,
                 "reg_scale": objective.reg_scale,
+                # the same calibration on the trained model, and the lambda at which the
+                # terms now balance (0.5 at the start of training by construction)
+                "reg_scale_final": result.final_reg_scale,
+                "balance_lambda_final": result.balance_lambda(objective.reg_scale),
             },
             lambda_range=tuple(cfg.lambda_range),
             training_steps=result.step,

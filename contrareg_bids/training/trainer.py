@@ -234,6 +234,15 @@ class TrainResult:
     val_log: Path
     digest: str
     last_val: dict = field(default_factory=dict)
+    #: the calibration again on the trained model (None: not calibrated, or not finished)
+    final_reg_scale: float | None = None
+
+    def balance_lambda(self, reg_scale: float) -> float | None:
+        """The lambda at which the trained similarity and the regulariser (weighted by the
+        ``reg_scale`` training used) now pull equally: 0.5 when nothing drifted."""
+        if self.final_reg_scale is None:
+            return None
+        return self.final_reg_scale / (self.final_reg_scale + reg_scale)
 
 
 class _TrainModule(nn.Module):
@@ -336,9 +345,11 @@ def _calibrate(
     cfg: TrainConfig,
     dev: torch.device,
     ctx: ddp.DistContext,
-) -> float:
+    final: bool = False,
+) -> float | None:
     """``reg_scale`` from the first training pairs (:mod:`.calibration`); every rank computes
-    the same value (same pairs, same seeds)."""
+    the same value (same pairs, same seeds). ``final``: the same measurement on the trained
+    model, reported against the scale training used (None when it cannot be measured)."""
     from torch.utils.data import default_collate
 
     from .calibration import calibrate_reg_scale
@@ -350,9 +361,20 @@ def _calibrate(
     try:
         res = calibrate_reg_scale(objective, batches, cfg.regnet.ts, cfg.seed, dev)
     except ValueError as err:
+        if final:
+            LOGGER.warning("final calibration: %s", err)
+            return None
         LOGGER.warning("%s: training with reg_scale 1 (lambda will matter little)", err)
         return 1.0
-    if ctx.is_main:
+    if final and ctx.is_main:
+        LOGGER.info(
+            "after training the terms balance at lambda %.3f (regulariser scale %.4g measured "
+            "now, %.4g used in training)",
+            res["reg_scale"] / (res["reg_scale"] + objective.reg_scale),
+            res["reg_scale"],
+            objective.reg_scale,
+        )
+    elif ctx.is_main:
         LOGGER.info(
             "regulariser scale %.4g (pull ratios %s at std log|J| %.2f): the terms balance "
             "at lambda 0.5",
@@ -528,6 +550,11 @@ def train_registration(
         checkpoint()
     if writer is not None:
         writer.close()
+    final_reg_scale = None
+    if cfg.reg_scale is None and step >= cfg.steps:
+        # lambda was defined by the balance at the start; CR/mCR's projection heads have
+        # trained since, so their similarity pulls differently now: measure it again
+        final_reg_scale = _calibrate(objective, train_set, cfg, dev, ctx, final=True)
     digest = parameters_digest(net, objective.heads)
     LOGGER.info(
         "rank %d/%d at step %d, parameters sha256 %s", ctx.rank, ctx.world_size, step, digest
@@ -535,8 +562,9 @@ def train_registration(
     if owns_group:
         ddp.teardown(ctx)
     result = TrainResult(
-        step, ckpt_path, out_dir / "train.csv", out_dir / "val.csv", digest, last_val
-    )
+        step, ckpt_path, out_dir / "train.csv", out_dir / "val.csv", digest, last_val,
+        final_reg_scale,
+    )  # fmt: skip
     return net, objective, result
 
 
