@@ -294,7 +294,7 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="PatchNCE location samples averaged in each refinement step of a CR/mCR model "
         "(a less noisy gradient for about 15%% more time per extra draw; 4 draws gained about "
-        "+0.005 Dice over 1 on the CPU recipe; default: %(default)s)",
+        "+0.005 Dice over 1 on atlas-derived pseudo-subjects; default: %(default)s)",
     )
     g.add_argument(
         "--fine-steps",
@@ -303,8 +303,10 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="after the network and the refinement, optimise each subject's warp for N more "
         "steps at the reference's resolution with a local modality-independent similarity "
-        "(MIND-SSC descriptors, both directions) and a diffusion penalty: the recipe measured "
-        "best on real neonates, with --lambda 0.8 (0 = off; default: %(default)s)",
+        "(MIND-SSC descriptors, both directions; the last quarter of the steps compares them "
+        "at that resolution, the others on a control grid of 2 voxels) and a diffusion "
+        "penalty: the recipe measured best on real neonates, with --lambda 0.8 (0 = off; "
+        "default: %(default)s)",
     )
     g.add_argument(
         "--random-seed",
@@ -385,9 +387,8 @@ def get_parser() -> argparse.ArgumentParser:
         help="the settings the options below start from: paper (the paper's: a GPU and "
         "1e5 steps) or cpu (for a CPU: a small network, 500 steps with deformation "
         "augmentation on a 2.5 mm model grid unless --model-spacing is given: 19 min for "
-        "13 neonates on 2 cores; register with --refine-steps; --train-steps 3000 with "
-        "--refine-steps 100 beat ANTs SyN). Default: paper, or the "
-        "test-sized preset with --sloppy",
+        "13 neonates on 2 cores; register with the participant level's defaults, the "
+        "network then the fine stage). Default: paper, or the test-sized preset with --sloppy",
     )
     g.add_argument(
         "--model-name",
