@@ -20,12 +20,14 @@ def write_boilerplate(cfg) -> int:
     row = {
         "method": "ants-syn" if cfg.registration == "ants" else "contrareg",
         "lambda": str(cfg.lam),
+        "refine_steps": str(cfg.refine_steps),
+        "fine_steps": str(cfg.fine_steps),
     }
     path = write_text_atomic(
         cfg.output_dir / "logs" / "CITATION.md",
         methods_markdown(row, cfg.moving_modality, cfg.reference),
     )
-    LOGGER.info("methods text written: %s", path)
+    print(f"methods text written to {path}")  # logging is not set up yet: say it plainly
     return exit_codes.OK
 
 

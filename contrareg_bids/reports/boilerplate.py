@@ -33,6 +33,9 @@ CITATIONS = (
     "Nat Methods 2022;19:1568-1571. doi:10.1038/s41592-022-01681-2",
     "Paszke A, et al. PyTorch: an imperative style, high-performance deep learning library. "
     "Advances in Neural Information Processing Systems 32 (NeurIPS 2019).",
+    "Heinrich MP, Papiez BW, Schnabel JA, Handels H. Towards realtime multimodal fusion for "
+    "image-guided interventions using self-similarities. Medical Image Computing and "
+    "Computer Assisted Intervention (MICCAI) 2013, LNCS 8149:187-194.",
 )
 
 
@@ -65,6 +68,18 @@ def methods_text(metrics: Mapping[str, str] | None, moving: str, reference: str 
             "network trained with a contrastive multi-scale similarity and conditioned on the "
             f"regularisation weight, at lambda = {lam} (PyTorch {v['torch']})"
         )
+        if int(row.get("refine_steps") or 0):
+            deform += (
+                f"; the network's velocity field was then optimised on each pair for "
+                f"{row['refine_steps']} steps with the model's own objective"
+            )
+        if int(row.get("fine_steps") or 0):
+            deform += (
+                f"; finally the velocity field was optimised for {row['fine_steps']} steps at "
+                "the reference's resolution with MIND-SSC descriptors (Heinrich et al. 2013) "
+                "compared in both directions and a diffusion penalty, keeping the transform "
+                "diffeomorphic"
+            )
     text = (
         f"Results included in this report were generated with contrareg-bids "
         f"{v['contrareg-bids']}, built on Nipype {v['nipype']} (Gorgolewski et al. 2011) and "

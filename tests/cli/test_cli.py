@@ -15,7 +15,7 @@ from contrareg_bids.cli import exit_codes
 from contrareg_bids.cli.execution import plugin_settings
 from contrareg_bids.cli.parser import parse_args
 from contrareg_bids.cli.run import main
-from contrareg_bids.config import ConfigError, RunConfig
+from contrareg_bids.config import DEFAULT_FINE_STEPS, ConfigError, RunConfig
 from tests.bids_factory import make_bids_dataset, make_volume
 
 
@@ -646,6 +646,21 @@ def test_saved_run_config_with_a_relative_plugin_loads_elsewhere(tmp_path, bids,
     back = RunConfig.from_dict(json.loads(saved.read_text()))
     assert back.use_plugin == tmp_path / "plugin.yml"
     back.check()
+
+
+def test_boilerplate_only_says_where_and_names_the_stages_that_run(tmp_path, bids, capsys):
+    out = tmp_path / "out"
+    rc = main([str(bids), str(out), "participant", "--boilerplate-only", "--refine-steps", "30"])
+    assert rc == exit_codes.OK
+    citation = out / "logs" / "CITATION.md"
+    assert f"methods text written to {citation}" in capsys.readouterr().out
+    text = citation.read_text()
+    assert "lambda = 0.8" in text and "for 30 steps with the model's own objective" in text
+    assert f"for {DEFAULT_FINE_STEPS} steps at the reference's resolution with MIND-SSC" in text
+    assert "Heinrich MP" in text
+    main([str(bids), str(out), "participant", "--boilerplate-only", "--fine-steps", "0"])
+    text = citation.read_text()
+    assert "MIND-SSC" not in text and "model's own objective" not in text
 
 
 def test_boilerplate_only_and_write_graph(tmp_path, bids):
