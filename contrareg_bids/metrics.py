@@ -1,11 +1,11 @@
-"""Evaluation metrics for deformable registration (METHOD.md, section Evaluation).
+"""Evaluation metrics for deformable registration (docs/method.md, Evaluation).
 
 Overlap (Dice per label, mean Dice, Dice30 and the 30th percentile), surface distance
 (HD95 in mm) and regularity of the deformation (Jacobian determinant, % folding voxels,
 std of log|J|). Only numpy and scipy are used; every public function also accepts torch
 tensors (converted with ``.detach().cpu().numpy()``, torch itself is never imported).
 
-Conventions (DESIGN.md):
+Conventions (docs/conventions.md):
 
 * A displacement field is ``(3, X, Y, Z)`` (``jacobian_determinant`` also takes a batch
   ``(N, 3, X, Y, Z)``), channel ``k`` along array axis ``k``. The map is
@@ -350,7 +350,7 @@ def std_log_jacobian(
 
     ``clip`` (default 1e-9) keeps folded voxels finite: each contributes ``log(1e-9)``
     (~ -20.7), so folding inflates the value strongly rather than producing NaN. Computed
-    inside ``mask`` if given (the foreground, per METHOD.md), else over the whole grid; NaN
+    inside ``mask`` if given (the foreground, docs/method.md), else over the whole grid; NaN
     for an empty mask.
     """
     clip = _check_clip(clip)
@@ -532,7 +532,7 @@ def registration_metrics(
     include_hd95: bool = False,
     clip: float = DEFAULT_LOG_JACOBIAN_CLIP,
 ) -> dict[str, Any]:
-    """All per-pair metrics of METHOD.md in one JSON-serialisable dict: the one scorer of a
+    """All per-pair metrics of docs/method.md in one JSON-serialisable dict: the one scorer of a
     registration, which the evaluation sweep, the participant metrics and the reports call.
 
     ``fixed_labels``/``moved_labels`` (both or neither) give the overlap keys ``mean_dice`` and

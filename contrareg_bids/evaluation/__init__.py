@@ -1,6 +1,6 @@
 """Lambda-sweep evaluation of trained bundles (and ANTs SyN) on labelled pairs.
 
-The paper's protocol (METHOD.md, Evaluation): register every pair at 17 lambda values, score
+The paper's protocol (docs/method.md, Evaluation): register every pair at 17 lambda values, score
 Dice, Dice30, % folding voxels and std log|J|, plot each metric against lambda and tabulate
 the lambda with the best Dice among those with < 0.5 % folding voxels.
 """

@@ -57,7 +57,7 @@ __all__ = [
     "run_sweep",
 ]
 
-#: The 17 test-time lambdas (METHOD.md: "dense in [0, 0.2), sparse in [0.2, 1]"): 8 values
+#: The 17 test-time lambdas (docs/method.md, Evaluation): 8 values
 #: in [0, 0.2) at a step of 0.025 and 9 in [0.2, 1] at a step of 0.1. Every optimal lambda
 #: of the paper's Table 1 (0, 0.05, 0.125, 0.175, 0.3) lies on this grid.
 PAPER_LAMBDAS: tuple[float, ...] = (

@@ -3,8 +3,8 @@
 The registration network runs on the grid it was trained on (shape and spacing from the
 model bundle), laid over the reference. The subject arrives there through its affine
 pre-alignment in one interpolation; the network's displacement fields live on that grid;
-the composite transforms written for users chain them with the affine (DESIGN.md, data flow
-steps 5-7).
+the composite transforms written for users chain them with the affine
+(docs/architecture.md, data flow).
 """
 
 from __future__ import annotations

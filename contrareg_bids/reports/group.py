@@ -17,7 +17,7 @@ from .html import page
 
 LOGGER = logging.getLogger("contrareg_bids.group")
 
-#: Folding above this percentage of the model grid flags a subject (METHOD.md: < 0.5 %).
+#: Folding above this percentage of the model grid flags a subject (docs/method.md: < 0.5 %).
 MAX_FOLDING_PERCENT = FOLDING_LIMIT_PERCENT
 #: A robust z-score (median/MAD) below this flags a similarity/overlap metric.
 MIN_ROBUST_Z = -2.5

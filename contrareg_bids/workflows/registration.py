@@ -1,7 +1,7 @@
 """Registration: the pair onto the model grid, ContraReg (or ANTs SyN), the transforms
 (:func:`init_registration_wf`), resampling with them (:func:`init_apply_wf`), and one
 subject-session of the participant level built from these and the anatomical pieces
-(:func:`init_subject_registration_wf`, DESIGN.md data flow steps 2-10).
+(:func:`init_subject_registration_wf`, docs/architecture.md, data flow).
 
 Node names equal variable names; every factory has an ``inputnode`` and an ``outputnode``.
 """

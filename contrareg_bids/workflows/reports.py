@@ -1,4 +1,4 @@
-"""Reportlets of one subject-session (DESIGN.md data flow step 9), written to
+"""Reportlets of one subject-session (docs/architecture.md, data flow), written to
 ``OUTPUT_DIR/sub-X/figures/`` by the derivatives sink; the HTML page is assembled after the
 workflow ran (:func:`contrareg_bids.reports.subject.write_subject_report`)."""
 
