@@ -67,9 +67,9 @@ ARG VCS_REF=unknown
 
 COPY setup.cfg pyproject.toml README.md constraints.txt /tmp/src/
 COPY contrareg_bids /tmp/src/contrareg_bids
-RUN pip install --no-cache-dir -c /tmp/src/constraints.txt /tmp/src \
+RUN pip install --no-cache-dir -c /tmp/src/constraints.txt "/tmp/src[demo]" \
     && rm -rf /tmp/src /tmp/constraints.txt \
-    && NIPYPE_NO_ET=1 python -c "import contrareg_bids.cli.run, contrareg_bids.interfaces"
+    && NIPYPE_NO_ET=1 python -c "import contrareg_bids.cli.run, contrareg_bids.interfaces, roiloc"
 
 COPY --from=templates /opt/templateflow /opt/templateflow
 COPY --chmod=0755 containers/entrypoint.sh /usr/local/bin/contrareg-entrypoint
@@ -83,9 +83,7 @@ LABEL org.opencontainers.image.title="contrareg-bids" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.created="${BUILD_DATE}" \
       org.opencontainers.image.revision="${VCS_REF}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.url="https://pypi.org/project/contrareg-bids/" \
-      org.opencontainers.image.documentation="https://pypi.org/project/contrareg-bids/"
+      org.opencontainers.image.licenses="Apache-2.0"
 
 # Threads: the participant level sets them per node (--omp-nthreads); raise these for
 # contrareg-train on CPU (docker run -e OMP_NUM_THREADS=8, apptainer --env ...).

@@ -40,11 +40,8 @@ def write_dataset_description(cfg: RunConfig) -> Path:
     smriprep's ``write_derivative_description``/``write_bidsignore`` do the same for
     sMRIPrep's own names and version; smriprep (with its FreeSurfer/niworkflows chain) is not
     a dependency of this app, and the two writers here are twenty lines."""
-    generated = {
-        "Name": "contrareg-bids",
-        "Version": __version__,
-        "CodeURL": "https://pypi.org/project/contrareg-bids/",
-    }
+    # no CodeURL: the project has no public page yet, and BIDS wants a URL that resolves
+    generated = {"Name": "contrareg-bids", "Version": __version__}
     container = os.environ.get("CONTRAREG_CONTAINER")
     if container:
         kind, _, tag = container.partition(":")

@@ -91,6 +91,8 @@ def test_dockerfile_conventions():
     assert re.search(r"^FROM base AS torch-cuda$", text, re.M)
     flat = re.sub(r"\s+", " ", text)
     assert "download.pytorch.org/whl/cpu -c /tmp/constraints.txt torch" in flat
+    # the image runs contrareg-bids-demo: the package goes in with the demo's extra
+    assert 'pip install --no-cache-dir -c /tmp/src/constraints.txt "/tmp/src[demo]"' in flat
     env = " ".join(re.findall(r"^ENV (.*)$", text, re.M))
     for setting in (
         "TEMPLATEFLOW_HOME=/opt/templateflow",
