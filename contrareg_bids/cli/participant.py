@@ -42,6 +42,14 @@ def write_dataset_description(cfg: RunConfig) -> Path:
     a dependency of this app, and the two writers here are twenty lines."""
     # no CodeURL: the project has no public page yet, and BIDS wants a URL that resolves
     generated = {"Name": "contrareg-bids", "Version": __version__}
+    if cfg.analysis_level == "participant":
+        generated["Description"] = (
+            "ANTs SyN registration (--registration ants)"
+            if cfg.registration == "ants"
+            else f"ContraReg registration at lambda {cfg.lam}, then {cfg.refine_steps} "
+            f"refinement steps and {cfg.fine_steps} fine-stage steps; the model bundle and "
+            "its sha256 are in each subject's registration metrics"
+        )
     container = os.environ.get("CONTRAREG_CONTAINER")
     if container:
         kind, _, tag = container.partition(":")

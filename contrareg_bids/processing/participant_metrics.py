@@ -60,6 +60,12 @@ COLUMNS_HELP = {
     "lambda_within_budget": "Whether the chosen lambda kept both warps within the budget",
     "lambda_probes": "Registrations run by the lambda search (trace in LambdaSearch)",
     "method": "Registration method",
+    "model": "File name of the model bundle (ContraReg)",
+    "model_sha256": "sha256 of the model bundle's bytes",
+    "refine_steps": "Test-time refinement steps with the model's objective (--refine-steps)",
+    "fine_steps": "Fine-stage steps at the reference's resolution, MIND-SSC (--fine-steps)",
+    "seed": "Random seed of the run (--random-seed)",
+    "reference": "The reference the subject was registered to",
 }
 
 

@@ -309,6 +309,28 @@ def init_apply_wf(
     return wf
 
 
+def provenance_columns(
+    *,
+    registration: str,
+    model: Path | None,
+    refine_steps: int,
+    fine_steps: int,
+    seed: int,
+    reference: str,
+) -> dict:
+    """The metrics row's record of what ran: the model (name and sha256 of the bundle), the
+    refinement and fine-stage steps (ContraReg only), the seed and the reference."""
+    from ..io.bundle import file_sha256
+
+    columns: dict = {}
+    if registration == "contrareg":
+        if model is not None:
+            columns.update(model=Path(model).name, model_sha256=file_sha256(model))
+        columns.update(refine_steps=refine_steps, fine_steps=fine_steps)
+    columns.update(seed=seed, reference=reference)
+    return columns
+
+
 def init_subject_registration_wf(
     *,
     subj: SubjectInputs,
@@ -378,9 +400,14 @@ def init_subject_registration_wf(
     )
     apply_wf = init_apply_wf(reference_dseg=ref.dseg, subject_dseg=labels, other=other is not None)
     metrics = pe.Node(
-        RegistrationMetrics(extra={"seed": seed, "reference": ref.description}),
+        RegistrationMetrics(
+            extra=provenance_columns(
+                registration=registration, model=model, refine_steps=refine_steps,
+                fine_steps=fine_steps, seed=seed, reference=ref.description,
+            )
+        ),
         name="metrics",
-    )
+    )  # fmt: skip
     ds_registration_wf = init_ds_registration_wf(
         output_dir=output_dir,
         source_file=source,

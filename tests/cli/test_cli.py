@@ -689,7 +689,10 @@ def test_derivatives_inherit_license_and_hide_non_bids_outputs(tmp_path, bids):
     (bids / "dataset_description.json").write_text(json.dumps(src))
     cfg = config(tmp_path, bids)
     desc = json.loads(write_dataset_description(cfg).read_text())
-    assert "CodeURL" not in desc["GeneratedBy"][0]  # none rather than a page that does not exist
+    (generated,) = desc["GeneratedBy"]
+    assert "CodeURL" not in generated  # none rather than a page that does not exist
+    assert generated["Description"].startswith(f"ContraReg registration at lambda {cfg.lam}, ")
+    assert f"{cfg.fine_steps} fine-stage steps" in generated["Description"]
     assert desc["License"] == "CC-BY-4.0"
     assert desc["HowToAcknowledge"] == "Cite the dataset paper."
     ignore = (cfg.output_dir / ".bidsignore").read_text().split()

@@ -224,12 +224,20 @@ def test_contrareg_and_ants(files, tmp_path):
         0.3, "cuda:1", True,
     )  # fmt: skip
     assert node_of(wf, "metrics").inputs.lam == 0.3
+    import hashlib
+
+    extra = node_of(wf, "metrics").inputs.extra  # what ran, in the metrics row
+    digest = hashlib.sha256(Path(files["model"]).read_bytes()).hexdigest()
+    assert extra["model"] == Path(files["model"]).name and extra["model_sha256"] == digest
+    assert (extra["refine_steps"], extra["fine_steps"]) == (0, 0)
 
     wf = build(files, tmp_path, registration="ants", seed=7, sloppy=True)
     register = node_of(wf, "register")
     assert isinstance(register.interface, AntsRegister)
     assert (register.inputs.seed, register.inputs.sloppy) == (7, True)
     assert not isdefined(node_of(wf, "metrics").inputs.lam)
+    extra = node_of(wf, "metrics").inputs.extra
+    assert extra["seed"] == 7 and not {"model", "fine_steps"} & set(extra)
     assert names(wf) == CORE | OTHER | REF_DSEG | {"ds_ref_dseg_tsv"}
 
 
