@@ -98,9 +98,9 @@ def files_under(root: Path) -> set[str]:
 
 def expected_outputs(sub: str, space: str, *, other=True, labels=True, tsv=True) -> set[str]:
     """Exact names of one subject's outputs (moving T2w; ``space`` with its cohort entity,
-    which the to-/from-/desc- labels carry as ``<tpl>+<cohort>``)."""
+    which the to-/from-/desc- labels carry as ``<tpl>Cohort<cohort>``)."""
     a = f"sub-{sub}/anat/sub-{sub}"
-    tpl = space.replace("_cohort-", "+")
+    tpl = space.replace("_cohort-", "Cohort")
     names = {
         f"{a}_desc-preproc_T2w.nii.gz",
         f"{a}_desc-brain_mask.nii.gz",
@@ -115,7 +115,8 @@ def expected_outputs(sub: str, space: str, *, other=True, labels=True, tsv=True)
     if tsv:
         names.add(f"{a}_space-T2w_desc-{tpl}_dseg.tsv")
     if other:
-        names |= {f"{a}_desc-preproc_T1w.nii.gz", f"{a}_space-{space}_desc-preproc_T1w.nii.gz",
+        names |= {f"{a}_space-T2w_desc-preproc_T1w.nii.gz",
+                  f"{a}_space-{space}_desc-preproc_T1w.nii.gz",
                   f"{a}_from-T1w_to-T2w_mode-image_xfm.h5",
                   f"{a}_from-T2w_to-T1w_mode-image_xfm.h5"}  # fmt: skip
     if labels:
@@ -232,6 +233,21 @@ def test_exit_code_and_exact_output_names(e2e):
     expected |= expected_outputs("01", TPL) | expected_outputs("02", TPL)
     assert found - logs == expected
     assert not (e2e.out / "sub-01" / "log").exists()  # no crash, no error file
+
+
+def test_derivatives_pass_the_bids_validator(e2e):
+    """The output folder is a valid BIDS derivatives dataset: alphanumeric labels (the
+    template's cohort as ``<tpl>Cohort<n>``), ``space-`` on every resampled image,
+    ``SkullStripped`` and ``SpatialReference`` where BIDS requires them, the non-BIDS outputs
+    hidden by ``.bidsignore`` in a form the validator matches."""
+    from contrareg_bids.io.validation import run_bids_validator
+
+    issues = run_bids_validator(e2e.out)
+    assert issues == [], issues
+    anat = e2e.out / "sub-01" / "anat"
+    meta = json.loads((anat / "sub-01_space-T2w_desc-preproc_T1w.json").read_text())
+    assert meta["SpatialReference"] == "bids:raw:sub-01/anat/sub-01_T2w.nii.gz"
+    assert meta["SkullStripped"] is True  # the test subjects are skull-stripped scans
 
 
 def test_sidecars_name_sources_and_spatial_reference(e2e):
@@ -711,7 +727,7 @@ def test_other_modality_follows_the_moving_one(orient_run, tiny_templateflow, tm
     # and it equals the T1w coregistered to the T2w (desc-preproc_T1w, on the T2w grid) carried
     # by the exported T2w transform
     chained = apply_transform(
-        anat / "sub-01_desc-preproc_T1w.nii.gz",
+        anat / "sub-01_space-T2w_desc-preproc_T1w.nii.gz",
         tiny_templateflow / f"tpl-{TPL}" / f"tpl-{TPL}_T1w.nii.gz",
         anat / f"sub-01_from-T2w_to-{TPL}_mode-image_xfm.h5",
         tmp_path / "chained.nii.gz",
@@ -735,7 +751,7 @@ def test_t1w_t2w_coregistration_transforms(e2e):
     anat = e2e.out / "sub-01" / "anat"
     to_t2w = anat / "sub-01_from-T1w_to-T2w_mode-image_xfm.h5"
     to_t1w = anat / "sub-01_from-T2w_to-T1w_mode-image_xfm.h5"
-    coreg = anat / "sub-01_desc-preproc_T1w.nii.gz"
+    coreg = anat / "sub-01_space-T2w_desc-preproc_T1w.nii.gz"
     out = apply_transform(e2e.bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz", coreg,
                           [to_t2w], e2e.out.parent / "t1w_in_t2w.nii.gz", "linear")  # fmt: skip
     a, b = data(out).ravel(), data(coreg).ravel()

@@ -82,16 +82,21 @@ def write_dataset_description(cfg: RunConfig) -> Path:
 
 
 #: What the app writes that BIDS does not define, hidden from the validator (as fMRIPrep's).
+#: Folders without a trailing slash: the BIDS validator does not match ``figures/`` below the
+#: top level. Transforms (``*_xfm.h5``) follow the transforms proposal (BEP 014), which the
+#: validator's schema does not include yet.
 BIDSIGNORE = (
     "*.html",
-    "logs/",
-    "figures/",
-    "models/",
-    "sub-*/log/",
+    "logs",
+    "figures",
+    "models",
+    "sub-*/log",
     "group_*.tsv",
     "group_*.json",
     "*_metrics.tsv",
     "*_metrics.json",
+    "*_xfm.h5",
+    "*_xfm.json",
 )
 
 

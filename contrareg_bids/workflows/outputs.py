@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..interfaces.bids import DerivativesDataSink
+from ..interfaces.bids import DerivativesDataSink, SkullStrippedSidecar
 
 if TYPE_CHECKING:
     from .registration import ReferenceInputs
@@ -67,6 +67,18 @@ def _sink(
     return node
 
 
+def _preproc_sink(wf: pe.Workflow, name: str, field: str, *, meta: dict, **kwargs) -> pe.Node:
+    """A ``desc-preproc`` image's sink whose sidecar also says whether the image is skull
+    stripped (BIDS requires ``SkullStripped`` for it), measured on the file itself."""
+    node = _sink(wf, name, field, desc="preproc", **kwargs)
+    sidecar = pe.Node(SkullStrippedSidecar(meta=meta), name=f"{name}_meta")
+    wf.connect([
+        (wf.get_node("inputnode"), sidecar, [(field, "in_file")]),
+        (sidecar, node, [("meta_dict", "meta_dict")]),
+    ])  # fmt: skip
+    return node
+
+
 def init_ds_registration_wf(
     *,
     output_dir: Path,
@@ -94,14 +106,14 @@ def init_ds_registration_wf(
     space = {"space": ref.space, **({"cohort": str(ref.cohort)} if ref.cohort else {})}
     sources = {"Sources": [source_uri(source_file, bids_dir)]}
     in_ref = {**sources, "SpatialReference": spatial_reference(ref, bids_dir)}
+    # images in the subject's space-<modality> (a space BIDS does not define): its scan
+    in_subject = {**sources, "SpatialReference": source_uri(source_file, bids_dir)}
     common = {"output_dir": output_dir, "source_file": source_file}
     xfm = {"mode": "image", "suffix": "xfm", "extension": ".h5", "meta": in_ref}
 
-    _sink(wf, "ds_preproc", "preproc", desc="preproc", meta=sources, **common)
+    _preproc_sink(wf, "ds_preproc", "preproc", meta=sources, **common)
     _sink(wf, "ds_mask", "mask", desc="brain", suffix="mask", meta=sources, **common)
-    _sink(
-        wf, "ds_moving_ref", "moving_in_reference", desc="preproc", meta=in_ref, **space, **common
-    )
+    _preproc_sink(wf, "ds_moving_ref", "moving_in_reference", meta=in_ref, **space, **common)
     _sink(wf, "ds_xfm_to_ref", "reference_to_subject", from_=mod, to=label, **xfm, **common)
     _sink(wf, "ds_xfm_from_ref", "subject_to_reference", from_=label, to=mod, **xfm, **common)
     _sink(
@@ -112,7 +124,7 @@ def init_ds_registration_wf(
         label="brain",
         desc=label,
         suffix="mask",
-        meta=sources,
+        meta=in_subject,
         **common,
     )
     if reference_dseg:
@@ -123,7 +135,7 @@ def init_ds_registration_wf(
             space=mod,
             desc=label,
             suffix="dseg",
-            meta=sources,
+            meta=in_subject,
             **common,
         )
         if ref.dseg_tsv is not None:
@@ -194,21 +206,22 @@ def init_ds_other_wf(
     moving_sources = [source_uri(moving_source, bids_dir)]
     sources = {"Sources": [source_uri(source_file, bids_dir), *moving_sources]}
     in_ref = {**sources, "SpatialReference": spatial_reference(ref, bids_dir)}
-    _sink(
+    # on the moving image's grid: space-<moving modality>, as the reference's labels there
+    on_moving = {**sources, "SpatialReference": moving_sources[0]}
+    _preproc_sink(
         wf,
         "ds_other_preproc",
         "preproc",
-        desc="preproc",
-        meta=sources,
+        meta=on_moving,
+        space=moving_modality,
         dismiss=(),
         output_dir=output_dir,
         source_file=source_file,
     )
-    _sink(
+    _preproc_sink(
         wf,
         "ds_other_ref",
         "in_reference",
-        desc="preproc",
         meta=in_ref,
         **space,
         dismiss=(),

@@ -64,15 +64,15 @@ def source_uri(path: str | Path, bids_dir: Path | None) -> str:
 
 
 def reference_label(ref: ReferenceInputs) -> str:
-    """The reference as one entity label: ``dhcpVol``, or ``dhcpVol+40`` for a cohort.
+    """The reference as one entity label: ``dhcpVol``, or ``dhcpVolCohort40`` for a cohort.
 
     An image in reference space carries the cohort as its own entity
     (``space-dhcpVol_cohort-40``), but in ``to-``/``from-``/``desc-`` the reference is a label
-    of another entity; smriprep and nibabies then join template and cohort with ``+``
-    (``from-T1w_to-MNIInfant+1_mode-image_xfm.h5``). Without it the outputs of two cohorts
-    would share one name.
+    of another entity, and BIDS labels are alphanumeric: nibabies' ``MNIInfant+1`` is not a
+    valid label, so template and cohort are joined by the word ``Cohort``. Without the
+    cohort the outputs of two cohorts would share one name.
     """
-    return f"{ref.space}+{ref.cohort}" if ref.cohort is not None else ref.space
+    return f"{ref.space}Cohort{ref.cohort}" if ref.cohort is not None else ref.space
 
 
 def spatial_reference(ref: ReferenceInputs, bids_dir: Path | None) -> str:

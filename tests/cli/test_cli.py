@@ -696,7 +696,7 @@ def test_derivatives_inherit_license_and_hide_non_bids_outputs(tmp_path, bids):
     assert desc["License"] == "CC-BY-4.0"
     assert desc["HowToAcknowledge"] == "Cite the dataset paper."
     ignore = (cfg.output_dir / ".bidsignore").read_text().split()
-    assert {"*.html", "figures/", "models/", "logs/", "sub-*/log/"} <= set(ignore)
+    assert {"*.html", "figures", "models", "logs", "sub-*/log", "*_xfm.h5"} <= set(ignore)
 
 
 def test_the_same_option_names_across_the_command_lines():

@@ -24,11 +24,11 @@ CORE = {
     "n4_moving", "affine_moving", "brain_mask", "normalize_moving", "prepare_pair", "register",
     "export_xfms", "moving_to_ref", "ref_mask_to_subject", "metrics", "ds_preproc", "ds_mask",
     "ds_moving_ref", "ds_xfm_to_ref", "ds_xfm_from_ref", "ds_ref_mask", "ds_metrics",
-    "ds_metrics_json",
+    "ds_metrics_json", "ds_preproc_meta", "ds_moving_ref_meta",
 }  # fmt: skip
 OTHER = {"validate_other", "n4_other", "coreg_other", "other_to_ref", "merge_xfms",
-         "ds_other_preproc", "ds_other_ref", "export_coreg", "ds_coreg_to_moving",
-         "ds_coreg_to_other"}  # fmt: skip
+         "ds_other_preproc", "ds_other_ref", "ds_other_preproc_meta", "ds_other_ref_meta",
+         "export_coreg", "ds_coreg_to_moving", "ds_coreg_to_other"}  # fmt: skip
 REF_DSEG = {"ref_dseg_to_subject", "ds_ref_dseg"}
 SUBJECT_LABELS = {"subject_labels_to_ref", "ds_subject_dseg_ref"}
 
@@ -286,11 +286,12 @@ def test_cohort_entity(files, tmp_path):
     for node in ("ds_moving_ref", "ds_other_ref"):
         inputs = node_of(wf, node).inputs
         assert (inputs.space, inputs.cohort) == ("X", "2")
-    # the reference as a label of to-/from-/desc- keeps its cohort (smriprep's X+2)
-    assert node_of(wf, "ds_xfm_to_ref").inputs.to == "X+2"
-    assert getattr(node_of(wf, "ds_xfm_from_ref").inputs, "from") == "X+2"
+    # the reference as a label of to-/from-/desc- keeps its cohort, alphanumeric (BIDS
+    # labels; nibabies' X+2 is not one)
+    assert node_of(wf, "ds_xfm_to_ref").inputs.to == "XCohort2"
+    assert getattr(node_of(wf, "ds_xfm_from_ref").inputs, "from") == "XCohort2"
     for node in ("ds_ref_mask", "ds_ref_dseg", "ds_ref_dseg_tsv"):
-        assert node_of(wf, node).inputs.desc == "X+2", node
+        assert node_of(wf, node).inputs.desc == "XCohort2", node
     wf = build(files, tmp_path)
     assert not isdefined(node_of(wf, "ds_moving_ref").inputs.cohort)
     assert node_of(wf, "ds_xfm_to_ref").inputs.to == "X"
