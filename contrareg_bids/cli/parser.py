@@ -387,7 +387,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="the settings the options below start from: paper (the paper's: a GPU and "
         "1e5 steps) or cpu (for a CPU: a small network, 500 steps with deformation "
         "augmentation on a 2.5 mm model grid unless --model-spacing is given: 19 min for "
-        "13 neonates on 2 cores; register with the participant level's defaults, the "
+        "13 neonates on 2 cores; then register with the participant level as it stands: the "
         "network then the fine stage). Default: paper, or the test-sized preset with --sloppy",
     )
     g.add_argument(
