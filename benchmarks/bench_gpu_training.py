@@ -5,12 +5,15 @@ and ``fixed.tsv``: volumes already preprocessed onto one model grid) for a wall-
 then closes the run at the step it reached and writes a bundle the participant level reads.
 Prints the training rate (it/s), the peak GPU memory and the network's time per pair.
 
-Example (the paths inside the lists are moved with ``--relocate`` when the volumes were
-copied elsewhere)::
+Example (when the volumes were copied to another machine, rewrite the paths inside the lists
+first: they must exist when the lists are read)::
 
     python benchmarks/bench_gpu_training.py --moving-list prep/moving.tsv \\
-        --fixed-list prep/fixed.tsv --relocate /tmp/gpuprep/work prep/volumes \\
-        --like prep/prep125.json --budget-s 360 --out /tmp/gpu-train --ch 64 --depth 4
+        --fixed-list prep/fixed.tsv --like prep/prep125.json --budget-s 360 \\
+        --out /tmp/gpu-train --ch 64 --depth 4
+
+The budget is checked between chunks of ``--chunk`` steps, so a run overshoots it by up to
+one chunk (plus validation): size the command's own time limit for that.
 """
 
 from __future__ import annotations
@@ -27,25 +30,7 @@ import torch
 
 from contrareg_bids.training.checkpoint import load_checkpoint, save_checkpoint
 from contrareg_bids.training.config import TRAIN_PRESETS
-from contrareg_bids.training.data import VolumeRecord
 from contrareg_bids.training.pipeline import read_record_list, train
-
-
-def relocate(records: list[VolumeRecord], old: str, new: str) -> list[VolumeRecord]:
-    """The records with the path prefix ``old`` replaced by ``new`` (image, mask, labels)."""
-
-    def move(path):
-        if path is None:
-            return None
-        text = str(path)
-        return Path(new + text[len(old) :]) if text.startswith(old) else path
-
-    return [
-        VolumeRecord(
-            **{**vars(r), "image": move(r.image), "mask": move(r.mask), "labels": move(r.labels)}
-        )
-        for r in records
-    ]
 
 
 def close_run_at(out_dir: Path, cfg) -> object:
@@ -87,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moving-list", type=Path, required=True)
     parser.add_argument("--fixed-list", type=Path, required=True)
-    parser.add_argument("--relocate", nargs=2, metavar=("OLD", "NEW"))
     parser.add_argument(
         "--like",
         type=Path,
@@ -117,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
     moving = read_record_list(args.moving_list)
     fixed = read_record_list(args.fixed_list)
-    if args.relocate:
-        moving, fixed = (relocate(r, *args.relocate) for r in (moving, fixed))
     like = json.loads(args.like.read_text())["metadata"]
     modalities = (like["modalities"]["moving"], like["modalities"]["fixed"])
     cfg = TRAIN_PRESETS[args.preset]().updated(
