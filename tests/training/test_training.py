@@ -369,7 +369,9 @@ def test_calibration_balances_the_pull_of_both_terms(icbm_pair):
     assert pull_sim == pytest.approx(pull_reg, rel=0.1), (pull_sim, pull_reg)
 
 
-def test_final_calibration_is_stored_and_unchanged_when_nothing_it_measures_trains(icbm_pair, tmp_path):
+def test_final_calibration_is_stored_and_unchanged_when_nothing_it_measures_trains(
+    icbm_pair, tmp_path
+):
     """Training measures the balance again at the end: with MI nothing it measures trains
     (no heads), so it is the start's exactly and the terms still balance at lambda 0.5."""
     mov, fix = _deformed_pair(icbm_pair)
