@@ -5,7 +5,7 @@ refinement) against affine-only, ANTs SyN and ConvexAdam, on two test sets.
   cohort B), affine-aligned, as in ``bench_train_atlas.py`` (whose cached preprocessing
   under ``--work-dir`` this script reads: run that one first).
 - ``pseudo``: pseudo-subjects made from the same held-out cohorts
-  (:func:`contrareg_bids.demo.simulate_subject`: a random smooth diffeomorphism applied to
+  (:func:`contrareg_bids.simulate.simulate_subject`: a random smooth diffeomorphism applied to
   T1w, T2w, mask and labels together, then per-modality gamma, smooth bias field and noise),
   one per cohort and ``--pseudo`` seed, paired the same way. The atlas cohorts are smooth
   averages with little left to gain over affine; these pairs have known, realistic
@@ -41,7 +41,7 @@ FOLD_LIMIT = 0.5
 
 def test_sets(args) -> dict[str, list[tuple[str, dict, dict]]]:
     """``{"atlas": [(name, moving, fixed), ...], "pseudo": [...]}`` (arrays by key)."""
-    from contrareg_bids.demo import simulate_subject
+    from contrareg_bids.simulate import simulate_subject
 
     aff_dir = (
         Path(args.work_dir) / f"affine_f{args.factor}_ref{args.reference}{args.affine_modality}"

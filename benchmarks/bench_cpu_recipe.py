@@ -1,32 +1,32 @@
-"""The CPU recipe end to end on neonatal pseudo-subjects: ``train --train-preset cpu``, then
-``participant`` with the network alone, with test-time refinement, and with ANTs SyN.
+"""The CPU recipe end to end on neonatal pseudo-subjects of the development atlas, a secondary
+set to the real scans of ``bench_real_pairs.py``: ``train --train-preset cpu``, then
+``participant`` with the network alone, with the app's default registration, and with ANTs
+SyN, and ConvexAdam on the app's own preprocessed, affine-aligned pairs, in one run.
 
 A BIDS dataset is made from the development atlas (``tpl-Serag2012``, 0.86 mm, 28-44
-weeks): pseudo-subjects of each cohort (:func:`contrareg_bids.demo.simulate_subject` at
-native resolution: a random smooth diffeomorphism, largest velocity ``--amplitude`` mm,
-smoothness ``--sigma`` mm, applied to T1w, T2w, brain mask and tissue labels together;
-per-modality gamma, bias field and noise), each placed in the scanner by its own random
-rigid transform (header only: the app's affine step has to find it). Subjects of the
-training cohorts train the model; subjects of the held-out cohorts (31/35/39/43) are
-registered (moving T2w -> fixed T1w of the reference, a training-cohort subject). Every
-level runs through the app's command line as a lab would, in one process after another on
-the same work directory (the held-out subjects' preprocessing is computed by the first
-participant run and reused by the others: compare the registrations' Dice, and time them with
-``bench_participant_methods.py``).
+weeks). Training subjects: one per training cohort, warped by
+:func:`contrareg_bids.simulate.simulate_subject`'s velocity fields (the family of the
+training augmentation). Test subjects: three per held-out cohort (31/35/39/43), and the
+reference (one subject of the held-out cohort 37), warped by a deformation of **another
+family**, a cubic B-spline free-form deformation (``--test-warp bspline``, control points
+every ``--test-warp-spacing`` mm, coefficients up to ``--test-warp-amplitude`` mm, below the
+bound that keeps it one-to-one), so that neither the test anatomies, their warps nor the
+reference are anything the model was trained on. Every subject has per-modality gamma, bias
+field and noise and is placed in the scanner by its own random rigid transform (header only:
+the app's affine step has to find it). Moving T2w of each test subject -> the reference's
+T1w.
 
     python benchmarks/bench_cpu_recipe.py --work-dir /tmp/cpu-recipe
 
-A method whose output folder already holds every held-out subject's metrics is not run
-again (ANTs SyN's, when only the training options change with ``--model-name``). Output
-folders carry ``--lambda``, ``--refine-steps`` and ``--refine-draws`` when they differ from the
-defaults.
-``--test-per-cohort 5 --register-index 3 4`` registers two more subjects per held-out cohort
-instead of the test subjects: a selection set for choosing settings before the test.
-
-Dice: the app's own ``mean_dice`` (mean over the reference's tissue labels) and
-``mean_dice_affine`` (its affine step) of each held-out subject; differences paired over
-subjects. Needs the atlas (``TEMPLATEFLOW_HOME``); academic use only, nothing of it is kept
-in the repository.
+Dice: every method scored the same way, through its own transform (labels carried onto the
+reference grid nearest-neighbour), mean over the tissues {1, 2, 3, 5, 6, 7, 8} of the atlas
+(4, the non-brain band, and 9, a class of a few hundred voxels, are not scored); folding %
+and std log|J| inside the reference's brain mask; paired differences with ddof 1, n better
+and a signed-rank p. ``--test-per-cohort 5 --register-index 3 4`` registers two more subjects
+per held-out cohort instead of the test subjects: a selection set for choosing settings.
+A method whose output folder already holds every registered subject is not run again.
+Needs the atlas (``TEMPLATEFLOW_HOME``); academic use only, nothing of it is kept in the
+repository.
 """
 
 from __future__ import annotations
@@ -35,23 +35,24 @@ import argparse
 import json
 import os
 import shlex
-import shutil
-import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_participant_dataset import app, log, metrics
-from bench_train_atlas import COHORTS, TEMPLATE, preprocess_cohort
+from bench_participant_dataset import app, log
+from bench_real_pairs import app_transform, run_peer, score
+from bench_train_atlas import COHORTS, TEMPLATE, TISSUES, preprocess_cohort
+
+from contrareg_bids.evaluation.stats import paired_difference
 
 HERE = Path(__file__).resolve().parents[1]
 HELD_OUT = [31, 35, 39, 43]
-METHODS = ("network", "refine", "ants")
-DEFAULT_LAMBDA = 0.8
-DEFAULT_REFINE_STEPS = 30
-DEFAULT_REFINE_DRAWS = 1
+APP_METHODS = ("network", "defaults", "ants")
+PEERS = ("convexadam", "fireants-mi")
+NETWORK_LAMBDA = 0.8
 
 
 def rigid(rng: np.random.Generator, degrees: float, mm: float) -> np.ndarray:
@@ -66,35 +67,50 @@ def rigid(rng: np.random.Generator, degrees: float, mm: float) -> np.ndarray:
     return mat
 
 
-def write_dataset(args, root: Path) -> tuple[list[str], list[str]]:
+def tissues(labels: np.ndarray) -> np.ndarray:
+    """The scored label map: the tissues of :data:`TISSUES`, everything else 0."""
+    return np.where(np.isin(labels, TISSUES), labels, 0).astype(np.int16)
+
+
+def write_dataset(args, root: Path) -> tuple[list[str], list[str], str]:
     """Pseudo-subjects as a BIDS dataset (labels and masks in ``derivatives/labels``);
-    returns (training ids, held-out ids). Kept when written before with the same settings."""
+    returns (training ids, held-out ids, the reference's id). Kept when written before with
+    the same settings."""
     import nibabel as nib
 
-    from contrareg_bids.demo import simulate_subject
+    from contrareg_bids.simulate import bspline_displacement, simulate_subject
 
-    train_cohorts = [c for c in COHORTS if c not in args.held_out]
+    if args.reference_cohort in args.held_out:
+        sys.exit("error: --reference-cohort must not be one of --held-out")
+    kept_out = {*args.held_out, args.reference_cohort}
+    train_cohorts = [c for c in COHORTS if c not in kept_out]
     plan = [(c, k) for c in train_cohorts for k in range(args.train_per_cohort)]
     plan += [(c, k) for c in args.held_out for k in range(args.test_per_cohort)]
+    plan += [(args.reference_cohort, 0)]
     ids = {(c, k): f"c{c}s{k}" for c, k in plan}
     settings = {
         k: getattr(args, k)
         for k in (
             "amplitude",
             "sigma",
+            "test_warp",
+            "test_warp_spacing",
+            "test_warp_amplitude",
             "rotation",
             "shift",
             "train_per_cohort",
             "test_per_cohort",
+            "reference_cohort",
             "seed",
         )
     }
     settings["held_out"] = list(args.held_out)
     stamp = root / "code" / "bench_cpu_recipe.json"
-    train = [ids[p] for p in plan if p[0] not in args.held_out]
+    train = [ids[p] for p in plan if p[0] not in kept_out]
     test = [ids[p] for p in plan if p[0] in args.held_out]
+    reference = ids[(args.reference_cohort, 0)]
     if stamp.is_file() and json.loads(stamp.read_text()) == settings:
-        return train, test
+        return train, test, reference
     if root.exists():
         sys.exit(f"error: {root} holds another dataset: give another --work-dir")
     tf_root = Path(os.environ.get("TEMPLATEFLOW_HOME", "")) / TEMPLATE
@@ -122,8 +138,20 @@ def write_dataset(args, root: Path) -> tuple[list[str], list[str]]:
             "labels": np.asarray(imgs["labels"].dataobj).astype(np.int64),
         }
         rng = np.random.default_rng([args.seed, c, k])
+        disp = None
+        if c in kept_out and args.test_warp == "bspline":
+            disp = bspline_displacement(
+                base["t1w"].shape,
+                rng,
+                spacing=args.test_warp_spacing / spacing,
+                amplitude=args.test_warp_amplitude / spacing,
+            )
         s = simulate_subject(
-            base, rng, amplitude=args.amplitude / spacing, sigma=args.sigma / spacing
+            base,
+            rng,
+            amplitude=args.amplitude / spacing,
+            sigma=args.sigma / spacing,
+            displacement=disp,
         )
         affine = rigid(rng, args.rotation, args.shift) @ imgs["T1w"].affine
         sid = ids[(c, k)]
@@ -141,24 +169,12 @@ def write_dataset(args, root: Path) -> tuple[list[str], list[str]]:
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(settings) + "\n")
-    return train, test
-
-
-def paired(a: list[float], b: list[float]) -> str:
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    sd = statistics.stdev(d) if len(d) > 1 else 0.0
-    return f"{statistics.mean(d):+.4f} ± {sd:.4f} ({sum(x > 0 for x in d)}/{len(d)})"
+    return train, test, reference
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/cpu-recipe"))
-    p.add_argument(
-        "--tag",
-        default="",
-        help="appended to the refined run's folder: a new run after a change in the app (the "
-        "cached registrations in the work folder are cleared first)",
-    )
     p.add_argument("--held-out", type=int, nargs="+", default=HELD_OUT)
     p.add_argument("--train-per-cohort", type=int, default=1)
     p.add_argument("--test-per-cohort", type=int, default=3)
@@ -171,17 +187,34 @@ def main(argv=None) -> int:
         "subjects beyond the test set as a selection set",
     )
     p.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="what to run"
+        "--methods",
+        nargs="+",
+        default=[*APP_METHODS, "convexadam"],
+        choices=[*APP_METHODS, *PEERS],
+        help="what to run (default: every app method and ConvexAdam)",
     )
-    p.add_argument("--reference-cohort", type=int, default=37)
-    p.add_argument("--amplitude", type=float, default=5.0, help="largest velocity, mm")
-    p.add_argument("--sigma", type=float, default=10.0, help="warp smoothness, mm")
+    p.add_argument("--reference-cohort", type=int, default=37, help="held out of training")
+    p.add_argument("--amplitude", type=float, default=5.0, help="training warps: velocity, mm")
+    p.add_argument("--sigma", type=float, default=10.0, help="training warps: smoothness, mm")
+    p.add_argument(
+        "--test-warp",
+        choices=("bspline", "velocity"),
+        default="bspline",
+        help="family of the test subjects' and the reference's warps",
+    )
+    p.add_argument("--test-warp-spacing", type=float, default=14.0, help="B-spline, mm")
+    p.add_argument(
+        "--test-warp-amplitude", type=float, default=5.5, help="B-spline coefficients, mm"
+    )
     p.add_argument("--rotation", type=float, default=6.0, help="degrees, each axis")
     p.add_argument("--shift", type=float, default=6.0, help="mm, each axis")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA)
-    p.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
-    p.add_argument("--refine-draws", type=int, default=DEFAULT_REFINE_DRAWS)
+    p.add_argument(
+        "--participant-options",
+        default="",
+        help="participant options added to the defaults' run (quoted); its folder is tagged",
+    )
+    p.add_argument("--tag", default="", help="appended to the defaults' output folder")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-options", default="", help="extra train-level options (quoted)")
     p.add_argument(
@@ -192,12 +225,9 @@ def main(argv=None) -> int:
 
     work = args.work_dir.resolve()
     bids = work / "bids"
-    train, test = write_dataset(args, bids)
+    train, test, reference = write_dataset(args, bids)
     if args.register_index is not None:
         test = [t for t in test if int(t.split("s")[-1]) in args.register_index]
-    reference = f"c{args.reference_cohort}s0"
-    if reference not in train:
-        sys.exit(f"error: the reference sub-{reference} is not a training subject")
     common = [
         "-w",
         str(work / "work"),
@@ -236,99 +266,120 @@ def main(argv=None) -> int:
         if rc:
             return rc
         log(f"  train level {seconds['train'] / 60:.1f} min ({len(train)} subjects)")
-    variant = "" if args.lam == DEFAULT_LAMBDA else f"-lam{args.lam:g}"
-    steps = "" if args.refine_steps == DEFAULT_REFINE_STEPS else f"-steps{args.refine_steps}"
-    if args.refine_draws != DEFAULT_REFINE_DRAWS:
-        steps += f"-draws{args.refine_draws}"
     methods = {
-        "network": ["--model", str(bundle), "--lambda", f"{args.lam:g}", "--refine-steps", "0"],
-        "refine": [
-            "--model",
-            str(bundle),
-            "--lambda",
-            f"{args.lam:g}",
-            "--refine-steps",
-            str(args.refine_steps),
-            "--refine-draws",
-            str(args.refine_draws),
+        "network": [
+            *("--model", str(bundle), "--lambda", f"{NETWORK_LAMBDA:g}"),
+            *("--refine-steps", "0", "--fine-steps", "0"),
         ],
+        "defaults": ["--model", str(bundle), *shlex.split(args.participant_options)],
         "ants": ["--registration", "ants"],
     }
     folders = {
-        "network": f"out-{args.model_name}-network{variant}",
-        "refine": f"out-{args.model_name}-refine{variant}{steps}{args.tag}",
+        "network": f"out-{args.model_name}-network",
+        "defaults": f"out-{args.model_name}-defaults{args.tag}",
         "ants": "out-ants",
     }
-    results: dict[str, dict[str, dict]] = {}
-    for name in args.methods:
-        extra = methods[name]
-        out = work / folders[name]
-        done = {k.split("_")[0]: v for k, v in metrics(out).items()}
-        if all(f"sub-{t}" in done for t in test):  # same settings: the run is done
-            log(f"{name}: reusing {out}")
-            results[name] = {t: done[t] for t in done if t[4:] in test}
-            continue
-        argv_p = [
-            str(bids),
-            str(out),
-            "participant",
-            *common,
-            "--participant-label",
-            *test,
-            *extra,
-        ]
-        if args.tag and name == "refine":
-            # Nipype caches a node by its inputs, not by the code it runs: a tagged rerun
-            # after a change in the app must not reuse the registrations of an earlier run
-            for t in test:
-                shutil.rmtree(
-                    work / "work" / f"sub_{t}_wf" / "registration_wf" / "register",
-                    ignore_errors=True,
-                )
-        log(f"{name}: contrareg-bids " + shlex.join(argv_p))
-        rc, seconds[name] = app(HERE, argv_p)
-        if rc:
-            log(f"  {name} exited {rc}: scoring the subjects that finished")
-        results[name] = {k.split("_")[0]: v for k, v in metrics(out).items()}
-        log(f"  {name}: {len(results[name])} subjects, {seconds[name]:.0f} s")
-
-    subjects = sorted(set.intersection(*(set(r) for r in results.values())))
-    if not subjects:
-        log("no subject finished with every method")
-        return 1
-    first = next(iter(results.values()))
-    affine = [float(first[s]["mean_dice_affine"]) for s in subjects]
-    dice = {m: [float(results[m][s]["mean_dice"]) for s in subjects] for m in results}
-    print(f"\n{len(subjects)} held-out subjects -> sub-{reference} (moving T2w, fixed T1w)")
-    print(
-        "| method | mean Dice | vs affine (subjects up) | vs ANTs SyN | folding % | std log|J| |"
-    )
-    print("|---|---|---|---|---|---|")
-    print(f"| affine only | {statistics.mean(affine):.4f} | - | - | 0 | 0 |")
-    for m in results:
-        fold = statistics.mean(float(results[m][s]["folding_percent"]) for s in subjects)
-        sdj = statistics.mean(float(results[m][s]["std_log_jacobian"]) for s in subjects)
-        vs_ants = "-" if m == "ants" or "ants" not in dice else paired(dice[m], dice["ants"])
-        print(
-            f"| {m} | {statistics.mean(dice[m]):.4f} | {paired(dice[m], affine)} | "
-            f"{vs_ants} | {fold:.3f} | {sdj:.3f} |"
-        )
-    print("wall seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
-    (work / f"results-{args.model_name}{variant}{steps}{args.tag}.json").write_text(
+    if args.participant_options and not args.tag:
+        sys.exit("error: --participant-options needs a --tag (the defaults' folder is kept)")
+    ordered = [m for m in APP_METHODS if m in args.methods]
+    ordered += [m for m in PEERS if m in args.methods]
+    scores: dict[str, dict[str, dict]] = {}
+    cache = work / "scores"
+    for name in ordered:
+        out = work / folders.get(name, name)
+        cached = cache / f"{folders.get(name, name)}.json"
+        done = json.loads(cached.read_text()) if cached.is_file() else {}
+        todo = [t for t in test if t not in done]
+        if todo and name in APP_METHODS:
+            argv_p = [str(bids), str(out), "participant", *common, "--participant-label"]
+            argv_p += [*todo, *methods[name]]
+            log(f"{name}: contrareg-bids " + shlex.join(argv_p))
+            rc, seconds[name] = app(HERE, argv_p)
+            if rc:
+                log(f"  {name} exited {rc}: scoring the subjects that finished")
+        for t in todo:
+            if name in APP_METHODS:
+                try:
+                    transform = str(app_transform(out, t))
+                    took = seconds.get(name, float("nan")) / len(todo)
+                except FileNotFoundError as err:
+                    log(f"  {name} sub-{t}: {err}")
+                    continue
+            else:
+                transform, took = run_peer(name, work / "work", t)
+            s = score_tissues(bids, t, reference, transform, work)
+            s["seconds"] = took
+            done[t] = s
+            log(f"  {name} sub-{t}: Dice {s['dice']:.4f} ({took:.0f} s)")
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_text(json.dumps(done, indent=1) + "\n")
+            tmp.replace(cached)
+        scores[name] = {t: done[t] for t in test if t in done}
+    aff = {t: s for t in test if (s := affine_score(bids, work, t, reference)) is not None}
+    scores = {"affine": aff, **scores}
+    report(scores, reference, seconds)
+    (work / f"results-{args.model_name}{args.tag}.json").write_text(
         json.dumps(
-            {
-                "subjects": subjects,
-                "affine": affine,
-                "dice": dice,
-                "seconds": seconds,
-                "args": vars(args) | {"work_dir": str(work)},
-            },
-            indent=2,
+            {"scores": scores, "seconds": seconds, "args": vars(args) | {"work_dir": str(work)}},
+            indent=1,
             default=str,
         )
         + "\n"
     )
     return 0
+
+
+def score_tissues(bids: Path, moving: str, fixed: str, transform, work: Path) -> dict:
+    return score(bids, moving, fixed, transform, work, dseg="dseg", labels=TISSUES, scored=tissues)
+
+
+def affine_score(bids: Path, work: Path, moving: str, reference: str) -> dict | None:
+    """The app's affine step alone, scored like the others (cached)."""
+    cached = work / "scores" / "affine" / f"{moving}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    try:
+        transform, _ = run_peer("affine", work / "work", moving)
+    except FileNotFoundError:
+        return None
+    s = score(
+        bids, moving, reference, transform, work, dseg="dseg", labels=TISSUES, scored=tissues
+    )
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(s) + "\n")
+    return s
+
+
+def report(scores: dict[str, dict[str, dict]], reference: str, seconds: dict) -> None:
+    """The table: Dice, differences against the default registration, smoothness, time."""
+    subjects = sorted(set.intersection(*(set(r) for r in scores.values() if r)))
+    if not subjects:
+        log("no subject was scored by every method")
+        return
+    dice = {m: [scores[m][s]["dice"] for s in subjects] for m in scores if scores[m]}
+    primary = "defaults" if "defaults" in dice else next(iter(dice))
+    print(
+        f"\n{len(subjects)} test subjects -> sub-{reference} (moving T2w, fixed T1w), "
+        f"atlas-derived pseudo-subjects; mean Dice over tissues {TISSUES}"
+    )
+    print(
+        f"| method | mean Dice | {primary} minus method | folding % | std log|J| | s / subject |"
+    )
+    print("|---|---|---|---|---|---|")
+    for m in dice:
+        fold = np.mean([scores[m][s]["folding_percent"] for s in subjects])
+        sdj = np.mean([scores[m][s]["std_log_jacobian"] for s in subjects])
+        diff = "-" if m == primary else str(paired_difference(dice[primary], dice[m]))
+        took = [scores[m][s].get("seconds", float("nan")) for s in subjects]
+        per = (
+            seconds[m] / len(subjects)
+            if m in seconds
+            else float(np.nanmean(took) if not np.all(np.isnan(took)) else float("nan"))
+        )
+        print(f"| {m} | {np.mean(dice[m]):.4f} | {diff} | {fold:.3f} | {sdj:.3f} | {per:.0f} |")
+    print("wall seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    print(time.strftime("%Y-%m-%d %H:%M"))
 
 
 if __name__ == "__main__":

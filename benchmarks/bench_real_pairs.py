@@ -99,25 +99,38 @@ def derivative(bids: Path, sub: str, suffix: str) -> Path:
     return bids / "derivatives" / "labels" / f"sub-{sub}" / "anat" / f"sub-{sub}_{suffix}.nii.gz"
 
 
-def labels_path(bids: Path, sub: str) -> Path:
-    return derivative(bids, sub, "desc-structures_dseg")
+def labels_path(bids: Path, sub: str, dseg: str = "desc-structures_dseg") -> Path:
+    return derivative(bids, sub, dseg)
 
 
 def mask_path(bids: Path, sub: str) -> Path:
     return derivative(bids, sub, "desc-brain_mask")
 
 
-def score(bids: Path, moving: str, fixed: str, transform, work: Path) -> dict:
-    """Dice over the 50 structures and the warp's folding / std log|J| in the fixed brain."""
-    fixed_img = nib.load(labels_path(bids, fixed))
+def score(
+    bids: Path,
+    moving: str,
+    fixed: str,
+    transform,
+    work: Path,
+    *,
+    dseg: str = "desc-structures_dseg",
+    labels: tuple[int, ...] = STRUCTURES,
+    scored=structures,
+) -> dict:
+    """Dice over ``labels`` (of the label maps ``dseg``, made ``scored``: by default the 50
+    structures) and the warp's folding / std log|J| in the fixed brain."""
+    fixed_img = nib.load(labels_path(bids, fixed, dseg))
     tmp = work / f"_moved_{moving}_{fixed}.nii.gz"
-    apply_transform(labels_path(bids, moving), labels_path(bids, fixed), transform, tmp, "nearest")
-    moved = structures(np.asarray(nib.load(tmp).dataobj))
+    apply_transform(
+        labels_path(bids, moving, dseg), labels_path(bids, fixed, dseg), transform, tmp, "nearest"
+    )
+    moved = scored(np.asarray(nib.load(tmp).dataobj))
     tmp.unlink()
     field = compose_to_field(transform, fixed_img.affine, fixed_img.shape)
     mask = np.asarray(nib.load(mask_path(bids, fixed)).dataobj) > 0
-    fixed_lab = structures(np.asarray(fixed_img.dataobj))
-    s = registration_metrics(fixed_lab, moved, field, mask, labels=STRUCTURES)
+    fixed_lab = scored(np.asarray(fixed_img.dataobj))
+    s = registration_metrics(fixed_lab, moved, field, mask, labels=labels)
     return {
         "dice": s["mean_dice"],
         "dice_per_label": s["dice_per_label"],

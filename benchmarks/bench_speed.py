@@ -52,7 +52,7 @@ def make_pair(size: int, seed: int = 0) -> dict[str, np.ndarray]:
     from scipy import ndimage
 
     try:
-        from contrareg_bids.demo import load_icbm, simulate_subject
+        from contrareg_bids.simulate import load_icbm, simulate_subject
 
         base = load_icbm(2)
         subj = simulate_subject(base, np.random.default_rng(seed))

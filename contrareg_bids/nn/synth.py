@@ -37,7 +37,7 @@ def random_velocity(
 ) -> torch.Tensor:
     """Gaussian-smoothed white noise ``(batch, 3, X, Y, Z)`` on the CPU (the generator's
     device). With ``max_amplitude`` each field is scaled so that its largest component is
-    that many voxels (as :func:`contrareg_bids.demo.simulate_subject` does in NumPy)."""
+    that many voxels (as :func:`contrareg_bids.simulate.simulate_subject` does in NumPy)."""
     noise = torch.randn((batch, 3, *[int(s) for s in shape]), generator=generator)
     v = gaussian_smooth(noise, max(float(sigma), 0.5))
     if max_amplitude is not None:
