@@ -105,7 +105,10 @@ def make_bids_dataset(
         root / "dataset_description.json",
         {"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "raw"},
     )
-    sidecar = {age_column: {"Description": "post-menstrual age at scan"}}
+    from contrareg_bids.io.bids import PMA_COLUMNS
+
+    meaning = "post-menstrual" if age_column in PMA_COLUMNS else "postnatal"
+    sidecar = {age_column: {"Description": f"{meaning} age at scan"}}
     if age_units is not None:
         sidecar[age_column]["Units"] = age_units
 

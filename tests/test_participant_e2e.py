@@ -496,7 +496,8 @@ def test_reference_another_participant(e2e, tiny_bundle, tmp_path, tiny_template
 @pytest.fixture(scope="module")
 def bad_run(tmp_path_factory, icbm_small, icbm_subjects, tiny_bundle, tiny_templateflow) -> Run:
     """sub-01 is fine (age 41 -> TinyCohort cohort-2); each other subject is broken in one
-    way: truncated .nii.gz, NaNs, a 4-D image, no T2w (the moving modality), no age."""
+    way: truncated .nii.gz, NaNs, a 4-D image, no T2w (the moving modality), no age, an age
+    far outside the template's cohorts."""
     tmp = tmp_path_factory.mktemp("bad")
     aff = icbm_small["affine"]
     s = icbm_subjects[0]
@@ -511,6 +512,7 @@ def bad_run(tmp_path_factory, icbm_small, icbm_subjects, tiny_bundle, tiny_templ
         # no T2w and no age: the missing image is what its error names, not the age
         "05": {"T1w": s["t1w"], "age": "n/a"},
         "06": {"T1w": s["t1w"], "T2w": s["t2w"], "age": "n/a"},
+        "07": {"T1w": s["t1w"], "T2w": s["t2w"], "age": 79},  # postnatal + 40, read as PMA
     }
     bids = make_bids_dataset(tmp / "bids", subjects, affine=aff)
     t2w = bids / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
@@ -526,7 +528,7 @@ def test_bad_subjects_fail_alone(bad_run):
     assert bad_run.rc == exit_codes.PARTICIPANT_FAILED
     good = {f for f in files_under(bad_run.out) if f.startswith("sub-01/")}
     assert good == expected_outputs("01", "TinyCohort_cohort-2", labels=False)
-    for sub in ("02", "03", "04", "05", "06"):
+    for sub in ("02", "03", "04", "05", "06", "07"):
         assert not (bad_run.out / f"sub-{sub}" / "anat").exists(), sub
 
 
@@ -538,6 +540,7 @@ def test_bad_subjects_fail_alone(bad_run):
         ("04", r"sub-04_T2w\.nii\.gz.*(4-D|volumes)", True),
         ("05", r"no T2w image \(the moving modality\); found T1w", False),
         ("06", r"age at scan is needed \(to pick the template cohort\)", False),
+        ("07", r"79\.0 weeks PMA \(from participants\.tsv:pma\) is .* outside the cohorts", False),
     ],
 )
 def test_bad_subject_error_messages(bad_run, sub, pattern, crash):

@@ -25,6 +25,7 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
     from ..io.bids import age_override, collect_anatomicals, require_age
     from ..io.derivatives import find_subject_derivatives
     from ..io.templates import (
+        TemplateError,
         cohort_for_age,
         get_template_files,
         parse_reference,
@@ -39,7 +40,10 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
             age, where = age_override(cfg.pma, cfg.age_months) or require_age(
                 layout, subject, session
             )
-            cohort, warning = cohort_for_age(spec.template, age)
+            try:
+                cohort, warning = cohort_for_age(spec.template, age, source=where)
+            except TemplateError as err:  # this subject's age: refuse it, not the run
+                raise SubjectError(str(err)) from err
             if warning:
                 LOGGER.warning("sub-%s: %s", subject, warning)
             LOGGER.info(

@@ -15,7 +15,11 @@ Age (weeks, post-menstrual) is looked up, first hit wins, in
 
 or given on the command line (``--pma``, ``--age-months``). In a row, an explicit
 post-menstrual age (:data:`PMA_COLUMNS`: ``pma``, ``pma_weeks``, ``postmenstrual_age``,
-``scan_age``; weeks unless the sidecar gives ``Units``) wins. Otherwise the age is read as
+``scan_age``; weeks unless the sidecar gives ``Units``) wins. A column's sidecar entry
+(``participants.json``, ``sessions.json``, ``scans.json``: ``Description``/``LongName``) says
+what it measures before its name does: ``age_weeks`` described as "Postmenstrual age at scan"
+is read as a PMA, and a column of another name counts when its sidecar describes it as an
+age (post-menstrual, postnatal, or at birth) and gives its ``Units``. Otherwise the age is read as
 nibabies reads it, as the **postnatal** (chronological) age: ``age_weeks``, ``age_months``,
 ``age_years`` (unit from the name) or ``age`` (unit from the sidecar JSON, never guessed),
 and becomes a PMA by adding the gestational age at birth (:data:`BIRTH_GA_COLUMNS`, weeks)
@@ -347,6 +351,41 @@ def _column_units(sidecar: Mapping[str, Any], column: str) -> str | None:
     return None
 
 
+#: What a column's sidecar ``Description``/``LongName`` says it measures, first match wins:
+#: a column is read as its sidecar describes it, before its name (a lab's ``age_weeks`` that
+#: its participants.json calls "Postmenstrual age at scan" is a PMA, not a postnatal age).
+_MEANING_PATTERNS = (
+    (
+        "birth",
+        re.compile(r"\bat birth\b|\bbirth (?:age|ga)\b|\bgestation(?:al)? age at birth", re.I),
+    ),
+    (
+        "pma",
+        re.compile(
+            r"post[- ]?menstrual|\bpma\b|gestational age at (?:scan|mri|imaging)|"
+            r"corrected (?:gestational )?age at scan|\bscan age\b",
+            re.I,
+        ),
+    ),
+    ("postnatal", re.compile(r"post[- ]?natal|chronological|since birth|after birth", re.I)),
+)
+
+
+def column_meaning(sidecar: Mapping[str, Any], column: str) -> str | None:
+    """``"pma"``, ``"postnatal"`` or ``"birth"`` (gestational age at birth) when the column's
+    sidecar entry describes it as such, else ``None`` (the column's name decides)."""
+    entry = sidecar.get(column)
+    if not isinstance(entry, Mapping):
+        return None
+    text = " ".join(
+        str(entry[key]) for key in ("LongName", "Description") if isinstance(entry.get(key), str)
+    )
+    for meaning, pattern in _MEANING_PATTERNS:
+        if pattern.search(text):
+            return meaning
+    return None
+
+
 def _parse_age(raw: str, units: str, where: str) -> float | None:
     if raw.strip().lower() in _MISSING:
         return None
@@ -402,24 +441,50 @@ def _column_weeks(
     return _parse_age(row[column], units, f"{where}, column {column!r}"), units, None
 
 
+def _columns_by_meaning(
+    row: Mapping[str, str], sidecar: Mapping[str, Any]
+) -> dict[str, list[tuple[str, str | None]]]:
+    """The row's age columns grouped by what they measure, each with the units its name
+    implies: the sidecar's description first, the column's name otherwise."""
+    named = (
+        [(c, "pma", "weeks") for c in PMA_COLUMNS]
+        + [(c, "postnatal", u) for c, u in POSTNATAL_COLUMNS.items()]
+        + [(c, "birth", "weeks") for c in BIRTH_GA_COLUMNS]
+    )
+    groups: dict[str, list[tuple[str, str | None]]] = {"pma": [], "postnatal": [], "birth": []}
+    for column, by_name, units in named:
+        if column in row:
+            groups[column_meaning(sidecar, column) or by_name].append((column, units))
+    known = {column for column, _, _ in named}
+    for column in row:  # other columns count when their sidecar says what they are
+        meaning = None if column in known else column_meaning(sidecar, column)
+        if meaning is not None:
+            groups[meaning].append((column, None))  # units from the sidecar, never guessed
+    return groups
+
+
 def _age_from_row(
     row: Mapping[str, str], sidecar: Mapping[str, Any], where: str, sidecar_path: Path | None
 ) -> tuple[float | None, str | None, str | None]:
     """(PMA weeks, how it was read, note on why nothing usable) for one table row."""
+    groups = _columns_by_meaning(row, sidecar)
     note = None
-    for column in PMA_COLUMNS:
-        weeks, units, why = _column_weeks(row, sidecar, column, "weeks", where, sidecar_path)
+    for column, units_of_name in groups["pma"]:
+        weeks, units, why = _column_weeks(row, sidecar, column, units_of_name, where, sidecar_path)
         if weeks is not None:
-            return weeks, column if units == "weeks" else f"{column} [{units}]", None
+            label = column if units == "weeks" else f"{column} [{units}]"
+            if column not in PMA_COLUMNS:
+                label += ", post-menstrual per its sidecar"
+            return weeks, label, None
         note = note or why
-    for column, units_of_name in POSTNATAL_COLUMNS.items():
+    for column, units_of_name in groups["postnatal"]:
         weeks, units, why = _column_weeks(row, sidecar, column, units_of_name, where, sidecar_path)
         note = note or why
         if weeks is None:
             continue
         label = f"{column} [{units}, postnatal]"
-        for ga_column in BIRTH_GA_COLUMNS:
-            ga, _, ga_why = _column_weeks(row, sidecar, ga_column, "weeks", where, sidecar_path)
+        for ga_column, ga_units in groups["birth"]:
+            ga, _, ga_why = _column_weeks(row, sidecar, ga_column, ga_units, where, sidecar_path)
             if ga is not None:
                 return ga + weeks, f"{label} + {ga_column}", None
             note = note or ga_why

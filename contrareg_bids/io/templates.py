@@ -63,6 +63,10 @@ DEFAULT_TEMPLATE = "dhcpVol"
 PMA_COHORT_TEMPLATES = frozenset({"dhcpVol", "dhcpSym", "dhcpAsym", "Serag2012"})
 #: Ages this far (weeks) outside the span of the cohorts are clamped with a warning.
 CLAMP_TOLERANCE_WEEKS = 0.5
+#: Ages further than this (weeks) outside the span of the cohorts are refused: an age read
+#: with the wrong meaning or units (a postnatal age taken for a PMA, days for weeks) is far
+#: outside, and the nearest cohort would register the subject to the wrong anatomy.
+REFUSE_BEYOND_WEEKS = 4.0
 
 _TEMPLATE_RE = re.compile(r"^(?:tpl-)?(?P<name>[A-Za-z0-9]+)(?P<mods>(?::[A-Za-z]+-[^:]+)*)$")
 _PARTICIPANT_RE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?$")
@@ -318,12 +322,16 @@ def cohort_ages(template: str) -> dict[int, tuple[float, float]]:
     return out
 
 
-def cohort_for_age(template: str, age_weeks: float | None) -> tuple[int | None, str | None]:
+def cohort_for_age(
+    template: str, age_weeks: float | None, source: str | None = None
+) -> tuple[int | None, str | None]:
     """The cohort of ``template`` nearest to ``age_weeks`` (PMA), and a warning or ``None``.
 
     ``(None, None)`` for a template without cohorts. Distance is 0 inside a cohort's age span;
     ties go to the younger cohort. An age more than :data:`CLAMP_TOLERANCE_WEEKS` outside the
-    span of all cohorts is clamped to the first/last cohort and a warning is returned.
+    span of all cohorts is clamped to the first/last cohort and a warning is returned; more
+    than :data:`REFUSE_BEYOND_WEEKS` outside, it raises :class:`TemplateError` naming the
+    value, where it came from (``source``, e.g. ``participants.tsv:age_weeks``) and the fix.
     A missing age raises :class:`TemplateError` (give the cohort explicitly instead).
     """
     ages = cohort_ages(template)
@@ -344,8 +352,19 @@ def cohort_for_age(template: str, age_weeks: float | None) -> tuple[int | None, 
     best = min(ages, key=lambda c: (distance(c), ages[c][0], c))
     first = min(ages, key=lambda c: ages[c][0])
     last = max(ages, key=lambda c: ages[c][1])
+    outside = max(ages[first][0] - age, age - ages[last][1], 0.0)
+    if outside > REFUSE_BEYOND_WEEKS:
+        raise TemplateError(
+            f"age {age:.1f} weeks PMA"
+            + (f" (from {source})" if source else "")
+            + f" is {outside:.1f} weeks outside the cohorts of {template} ({_span_text(ages)}). "
+            "Check the age's column and units (a postnatal age read as post-menstrual? days "
+            "as weeks? the column's Description and Units in its JSON sidecar say which), "
+            f"give the age with --pma, or name the cohort (e.g. {template}:cohort-"
+            f"{first if age < ages[first][0] else last})."
+        )
     warning = None
-    if age < ages[first][0] - CLAMP_TOLERANCE_WEEKS or age > ages[last][1] + CLAMP_TOLERANCE_WEEKS:
+    if outside > CLAMP_TOLERANCE_WEEKS:
         warning = (
             f"age {age:.1f} weeks is outside the cohorts of {template} "
             f"({_span_text(ages)}); using the nearest, cohort-{best}."

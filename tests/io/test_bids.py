@@ -339,3 +339,70 @@ def test_factory_writes_valid_images(flat_dataset):
     img = nib.load(flat_dataset / "sub-01/anat/sub-01_T1w.nii.gz")
     np.testing.assert_allclose(np.asanyarray(img.dataobj), VOL)
     assert (flat_dataset / "participants.json").is_file()
+
+
+def test_column_read_as_its_sidecar_describes_it(tmp_path):
+    """Regression: ``age_weeks`` described as "Postmenstrual age at scan" in
+    participants.json was read as postnatal (40 weeks added: 77-81 weeks, cohort 44)."""
+    root = make_bids_dataset(tmp_path / "bids", {"01": {"T2w": VOL}}, age_source=None)
+    (root / "participants.tsv").write_text("participant_id\tage_weeks\tga\nsub-01\t38.5\t34\n")
+    (root / "participants.json").write_text(
+        json.dumps({"age_weeks": {"Description": "Postmenstrual age at scan", "Units": "weeks"}})
+    )
+    age, why = get_age_weeks(root, "01")
+    assert age == 38.5
+    assert why == "participants.tsv:age_weeks, post-menstrual per its sidecar"
+
+    # a PMA-named column that its sidecar calls postnatal, with the age at birth described too
+    (root / "participants.tsv").write_text("participant_id\tscan_age\tga\nsub-01\t2\t36\n")
+    (root / "participants.json").write_text(
+        json.dumps(
+            {
+                "scan_age": {"Description": "Chronological age", "Units": "weeks"},
+                "ga": {"Description": "Gestational age at birth", "Units": "weeks"},
+            }
+        )
+    )
+    age, why = get_age_weeks(root, "01")
+    assert (age, why) == (38.0, "participants.tsv:scan_age [weeks, postnatal] + ga")
+    # a column of another name without Units is not guessed: the term birth is assumed
+    (root / "participants.json").write_text(
+        json.dumps(
+            {
+                "scan_age": {"Description": "Chronological age", "Units": "weeks"},
+                "ga": {"Description": "Gestational age at birth"},
+            }
+        )
+    )
+    age, why = get_age_weeks(root, "01")
+    assert age == 42.0 and "term birth" in why
+
+
+def test_birth_age_column_from_its_sidecar(tmp_path):
+    root = make_bids_dataset(tmp_path / "bids", {"01": {"T2w": VOL}}, age_source=None)
+    (root / "participants.tsv").write_text("participant_id\tage_weeks\tbirth_ga\nsub-01\t3\t33\n")
+    (root / "participants.json").write_text(
+        json.dumps({"age_weeks": {"Description": "Postnatal age at scan"}})
+    )
+    assert get_age_weeks(root, "01") == (
+        36.0,
+        "participants.tsv:age_weeks [weeks, postnatal] + birth_ga",
+    )
+
+
+def test_column_meaning():
+    from contrareg_bids.io.bids import column_meaning
+
+    def says(text):
+        return column_meaning({"c": {"Description": text}}, "c")
+
+    assert says("Postmenstrual age at scan") == "pma"
+    assert says("post-menstrual age (weeks)") == "pma"
+    assert says("PMA at MRI") == "pma"
+    assert says("Gestational age at scan") == "pma"
+    assert says("Gestational age at birth") == "birth"
+    assert says("Postnatal age") == "postnatal"
+    assert says("age since birth, in days") == "postnatal"
+    assert says("Age of the participant") is None
+    assert column_meaning({"c": "free text"}, "c") is None
+    assert column_meaning({}, "c") is None

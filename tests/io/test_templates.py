@@ -156,14 +156,28 @@ def test_cohort_from_description_age_with_clamping(tf_home):
     assert cohort_for_age("Tiny", 34.0) == (2, None)  # description ages 30/35/40, not labels
     assert cohort_for_age("Tiny", 32.5) == (1, None)  # tie: the younger cohort
     assert cohort_for_age("Tiny", 40.4) == (3, None)  # within half a week: no warning
-    cohort, warning = cohort_for_age("Tiny", 45.0)
+    cohort, warning = cohort_for_age("Tiny", 43.0)
     assert cohort == 3
     assert "outside the cohorts of Tiny" in warning and "cohort-3" in warning
-    cohort, warning = cohort_for_age("Tiny", 20.0)
-    assert cohort == 1 and "20.0 weeks" in warning
+    cohort, warning = cohort_for_age("Tiny", 27.0)
+    assert cohort == 1 and "27.0 weeks" in warning
     assert cohort_for_age("Flat", 40.0) == (None, None)
     with pytest.raises(TemplateError, match=r"age at scan is unknown.*Tiny:cohort-2"):
         cohort_for_age("Tiny", None)
+
+
+def test_age_far_outside_the_cohorts_is_refused(tf_home):
+    """Regression: a postnatal age read as a PMA (77-81 weeks) got the oldest cohort with a
+    warning; it is refused with the value, where it came from and the fix."""
+    cohort_for_age("Tiny", 44.0)  # 4 weeks past the last cohort: clamped, not refused
+    with pytest.raises(TemplateError) as err:
+        cohort_for_age("Tiny", 79.0, source="participants.tsv:age_weeks")
+    message = str(err.value)
+    assert "79.0 weeks PMA (from participants.tsv:age_weeks)" in message
+    assert "39.0 weeks outside the cohorts of Tiny" in message
+    assert "--pma" in message and "Tiny:cohort-3" in message
+    with pytest.raises(TemplateError, match="Tiny:cohort-1"):
+        cohort_for_age("Tiny", 20.0)
 
 
 def test_cohort_ages_postnatal_months(tf_home):
