@@ -610,6 +610,40 @@ def test_missing_model_is_2(e2e, tmp_path, tiny_templateflow, caplog, capsys):
     assert not (tmp_path / "out" / "sub-01").exists()
 
 
+def test_shared_problems_are_found_once_before_any_subject(
+    bad_run, tiny_bundle, tiny_templateflow, tmp_path, caplog
+):
+    """A template cohort missing from ``TEMPLATEFLOW_HOME`` and a corrupt bundle are
+    reported once, together, before any subject starts (exit 2, nothing written): they
+    were found inside each subject's workflow, one identical failure per subject."""
+    import shutil
+
+    home = tmp_path / "templateflow"
+    shutil.copytree(tiny_templateflow, home)
+    cohort2 = home / "tpl-TinyCohort" / "cohort-2"
+    for image in cohort2.glob("*_T1w.nii.gz"):
+        image.unlink()
+    model = tmp_path / "model.safetensors"
+    payload = bytearray(Path(tiny_bundle).read_bytes())
+    payload[-5] ^= 0xFF  # a weight's byte: the header still reads, the digest does not match
+    model.write_bytes(bytes(payload))
+    out = tmp_path / "out"
+    rc = run_app(
+        bad_run.bids, out, tmp_path / "work", "--model", model, "--reference", "TinyCohort",
+        "--participant-label", "01", "02", "06", "07", home=home,
+    )  # fmt: skip
+    assert rc == exit_codes.USAGE == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    (message,) = errors
+    assert message.startswith("the run cannot start; nothing was written")
+    assert re.search(r"cohort-2.*\(needed by sub-01, sub-02\)", message, flags=re.S), message
+    assert "weight digest mismatch" in message
+    # 06 (no age) and 07 (an age outside the cohorts) are their own runs' problems
+    assert "sub-06" not in message and "sub-07" not in message
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_cuda_asked_but_absent_is_75(e2e, tmp_path, tiny_bundle, tiny_templateflow, caplog,
                                      monkeypatch):  # fmt: skip
     """``--device cuda`` where CUDA is missing: 75 ("retry elsewhere") before any subject,

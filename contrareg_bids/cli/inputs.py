@@ -121,6 +121,65 @@ def check_reference(cfg: RunConfig, layout) -> None:
             )
 
 
+def preflight(cfg: RunConfig, layout, tasks: list[tuple[str, str | None]], model) -> list[str]:
+    """What every subject shares, checked once before any subject starts: the reference of
+    each subject-session (the template cohorts their ages pick, in ``TEMPLATEFLOW_HOME``),
+    the label table of each reference, the model bundle (its weights' digest and the
+    modalities it registers). Returns the problems, one line each (empty: go).
+
+    A problem of one subject (no age, an age outside the cohorts, no moving image) is left
+    to that subject's run, where it is reported and the others go on.
+    """
+    from ..io.bids import BIDSError
+    from ..io.derivatives import LabelTableError, read_label_table
+    from ..io.templates import TemplateError
+
+    problems: dict[str, list[str]] = {}  # message -> the subject-sessions it stops
+    references = {}
+    for subject, session in tasks:
+        who = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+        try:
+            ref = resolve_reference(cfg, layout, subject, session)
+        except TemplateError as err:  # a cohort, a file of the template: shared
+            problems.setdefault(str(err), []).append(who)
+            continue
+        except (SubjectError, BIDSError):  # this subject's own problem: reported in its run
+            continue
+        references.setdefault(ref.description, ref)
+    for ref in references.values():
+        if ref.dseg_tsv is not None:
+            try:
+                read_label_table(ref.dseg_tsv)
+            except LabelTableError as err:
+                problems.setdefault(f"labels of the reference {ref.description}: {err}", [])
+    if model is not None:
+        problem = _bundle_problem(cfg, model)
+        if problem:
+            problems.setdefault(problem, [])
+    return [
+        message + (f" (needed by {', '.join(whom)})" if whom else "")
+        for message, whom in problems.items()
+    ]
+
+
+def _bundle_problem(cfg: RunConfig, model) -> str | None:
+    """Why the bundle cannot register this run's images (weights verified), or None."""
+    from ..io.bundle import BundleError, load_model
+
+    try:
+        bundle = load_model(model)
+    except BundleError as err:
+        return f"model bundle: {err}"
+    modalities = bundle.metadata.modalities
+    asked = (cfg.moving_modality, cfg.fixed_modality)
+    if (modalities["moving"], modalities["fixed"]) != asked:
+        return (
+            f"model bundle {model} registers {modalities['moving']} -> {modalities['fixed']}, "
+            f"but {asked[0]} -> {asked[1]} was asked for (--moving-modality, or another --model)"
+        )
+    return None
+
+
 def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None):
     """What the workflow factories need to know of one subject-session: its reference
     (:func:`resolve_reference`) and its :class:`SubjectInputs` (images, label map and mask

@@ -26,7 +26,7 @@ from .execution import (
     report_failure,
     write_workflow_graph,
 )
-from .inputs import newest_model, open_inputs, prepare_reference, subject_inputs
+from .inputs import newest_model, open_inputs, preflight, prepare_reference, subject_inputs
 
 if TYPE_CHECKING:
     from ..workflows.registration import ReferenceInputs
@@ -220,17 +220,21 @@ def run_participant_level(cfg: RunConfig) -> int:
             LOGGER.info("using the model bundle %s", model)
         if not gpu_available(cfg):
             return exit_codes.EX_TEMPFAIL
+    tasks = []
+    for subject in subjects:
+        if not sessions_of[subject]:
+            LOGGER.warning("sub-%s: none of the sessions asked for; skipped", subject)
+        tasks.extend((subject, session) for session in sessions_of[subject])
+    problems = preflight(cfg, layout, tasks, model)
+    if problems:  # once, before any subject starts or anything is written
+        LOGGER.error("the run cannot start; nothing was written:\n  - %s", "\n  - ".join(problems))
+        return exit_codes.USAGE
     write_dataset_description(cfg)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     cfg.write(cfg.work_dir / f"config-{cfg.run_uuid}.json")
     cfg.write(cfg.output_dir / "logs" / f"config-{cfg.run_uuid}.json")
 
     limit_threads(cfg.threads_per_node)
-    tasks = []
-    for subject in subjects:
-        if not sessions_of[subject]:
-            LOGGER.warning("sub-%s: none of the sessions asked for; skipped", subject)
-        tasks.extend((subject, session) for session in sessions_of[subject])
     progress = _Progress(len(tasks))
     at_once = concurrent_subjects(cfg, len(tasks))
     if at_once > 1:
