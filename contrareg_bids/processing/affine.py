@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io.images import read_mask, read_volume
 from ..io.transforms import atomic_output, write_nifti
-from ._ants import ants_image, ants_seed
+from ._ants import ants_image, ants_seed, run_reproducibly
 
 __all__ = ["AffineResult", "affine_register"]
 
@@ -56,15 +56,14 @@ def affine_register(
 
     Writes ``<out_prefix>0GenericAffine.mat`` and ``<out_prefix>Warped.nii.gz``. ``metric``
     ``"mattes"`` (mutual information, 32 bins) suits T1w <-> T2w; the optimisation samples
-    ``sampling_rate`` of the voxels at random, so runs are reproducible only with ``seed``
-    (ANTs' ``--random-seed``) and, on several threads, up to round-off (set
-    ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1`` before ANTs is first used for bit-identical
-    results). The iteration/shrink/smoothing schedules (one entry per level) default to
+    ``sampling_rate`` of the voxels at random: with ``seed`` (ANTs' ``--random-seed``) the
+    registration runs in a worker process on one ITK thread
+    (:func:`~._ants.run_reproducibly`), so the same inputs give a bitwise-identical
+    transform; without it, on this process's threads, runs differ by round-off and sampling.
+    The iteration/shrink/smoothing schedules (one entry per level) default to
     antspyx's; fewer levels and iterations make small test images fast. Masks restrict the
     metric to the brain.
     """
-    import ants
-
     levels = {len(iterations), len(shrink_factors), len(smoothing_sigmas)}
     if len(levels) != 1 or not iterations:
         raise ValueError(
@@ -75,6 +74,40 @@ def affine_register(
         raise ValueError(
             f"transform_type must be Translation/Rigid/Similarity/Affine, got {transform_type!r}"
         )
+    settings = {
+        "metric": metric,
+        "transform_type": transform_type,
+        "seed": seed,
+        "fixed_mask": fixed_mask,
+        "moving_mask": moving_mask,
+        "iterations": tuple(int(i) for i in iterations),
+        "shrink_factors": tuple(int(s) for s in shrink_factors),
+        "smoothing_sigmas": tuple(float(s) for s in smoothing_sigmas),
+        "sampling_rate": float(sampling_rate),
+    }
+    if seed is None:
+        return _affine_register(fixed_path, moving_path, out_prefix, **settings)
+    return run_reproducibly(_affine_register, fixed_path, moving_path, out_prefix, **settings)
+
+
+def _affine_register(
+    fixed_path: PathLike,
+    moving_path: PathLike,
+    out_prefix: PathLike,
+    *,
+    metric: str,
+    transform_type: str,
+    seed: int | None,
+    fixed_mask: PathLike | None,
+    moving_mask: PathLike | None,
+    iterations: tuple[int, ...],
+    shrink_factors: tuple[int, ...],
+    smoothing_sigmas: tuple[float, ...],
+    sampling_rate: float,
+) -> AffineResult:
+    """:func:`affine_register` in this process (on its ITK threads)."""
+    import ants
+
     fixed_arr, fixed_img = read_volume(fixed_path)
     moving_arr, moving_img = read_volume(moving_path)
     fixed = ants_image(fixed_arr, fixed_img.affine)
@@ -98,10 +131,10 @@ def affine_register(
                 type_of_transform=transform_type,
                 outprefix=str(work / "reg_"),
                 aff_metric=metric,
-                aff_random_sampling_rate=float(sampling_rate),
-                aff_iterations=tuple(int(i) for i in iterations),
-                aff_shrink_factors=tuple(int(s) for s in shrink_factors),
-                aff_smoothing_sigmas=tuple(float(s) for s in smoothing_sigmas),
+                aff_random_sampling_rate=sampling_rate,
+                aff_iterations=iterations,
+                aff_shrink_factors=shrink_factors,
+                aff_smoothing_sigmas=smoothing_sigmas,
                 **kwargs,
             )
         mats = [t for t in reg["fwdtransforms"] if str(t).endswith(".mat")]
