@@ -264,6 +264,24 @@ def test_sidecars_name_sources_and_spatial_reference(e2e):
     assert desc["DatasetLinks"]["raw"] == e2e.bids.absolute().as_uri()
 
 
+def test_transform_sidecars_and_description_record_what_ran(e2e, tiny_bundle):
+    """The model (name, sha256), lambda, the refinement and fine-stage steps and the seed
+    are in each transform's sidecar and in GeneratedBy, not only in the HTML report."""
+    from contrareg_bids.config import DEFAULT_FINE_STEPS, DEFAULT_REFINE_STEPS
+    from contrareg_bids.io.bundle import file_sha256
+
+    sha = file_sha256(tiny_bundle)
+    anat = e2e.out / "sub-01" / "anat"
+    for name in (f"from-T2w_to-{TPL}", f"from-{TPL}_to-T2w"):
+        xfm = json.loads((anat / f"sub-01_{name}_mode-image_xfm.json").read_text())
+        assert xfm["RegistrationMethod"] == "ContraReg"
+        assert xfm["Model"] == Path(tiny_bundle).name and xfm["ModelSHA256"] == sha
+        assert xfm["Lambda"] == DEFAULT_LAMBDA and xfm["RandomSeed"] == 0
+        assert (xfm["RefineSteps"], xfm["FineSteps"]) == (DEFAULT_REFINE_STEPS, DEFAULT_FINE_STEPS)
+    (gen,) = json.loads((e2e.out / "dataset_description.json").read_text())["GeneratedBy"]
+    assert f"{Path(tiny_bundle).name} (sha256 {sha})" in gen["Description"]
+
+
 def test_dataset_description(e2e):
     desc = json.loads((e2e.out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"

@@ -34,12 +34,14 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger("contrareg_bids.participant")
 
 
-def write_dataset_description(cfg: RunConfig) -> Path:
+def write_dataset_description(cfg: RunConfig, model: Path | None = None) -> Path:
     """``dataset_description.json`` of the derivatives (atomic; rewritten each run).
 
     smriprep's ``write_derivative_description``/``write_bidsignore`` do the same for
     sMRIPrep's own names and version; smriprep (with its FreeSurfer/niworkflows chain) is not
     a dependency of this app, and the two writers here are twenty lines."""
+    from ..io.bundle import file_sha256
+
     # no CodeURL: the project has no public page yet, and BIDS wants a URL that resolves
     generated = {"Name": "contrareg-bids", "Version": __version__}
     if cfg.analysis_level == "participant":
@@ -47,8 +49,14 @@ def write_dataset_description(cfg: RunConfig) -> Path:
             "ANTs SyN registration (--registration ants)"
             if cfg.registration == "ants"
             else f"ContraReg registration at lambda {cfg.lam}, then {cfg.refine_steps} "
-            f"refinement steps and {cfg.fine_steps} fine-stage steps; the model bundle and "
-            "its sha256 are in each subject's registration metrics"
+            f"refinement steps and {cfg.fine_steps} fine-stage steps"
+            + (
+                f", with the model bundle {Path(model).name} (sha256 {file_sha256(model)})"
+                if model
+                else ""
+            )
+            + f"; random seed {cfg.random_seed}. The same record is in each transform's sidecar "
+            "and each subject's registration metrics"
         )
     container = os.environ.get("CONTRAREG_CONTAINER")
     if container:
@@ -229,7 +237,7 @@ def run_participant_level(cfg: RunConfig) -> int:
     if problems:  # once, before any subject starts or anything is written
         LOGGER.error("the run cannot start; nothing was written:\n  - %s", "\n  - ".join(problems))
         return exit_codes.USAGE
-    write_dataset_description(cfg)
+    write_dataset_description(cfg, model)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     cfg.write(cfg.work_dir / f"config-{cfg.run_uuid}.json")
     cfg.write(cfg.output_dir / "logs" / f"config-{cfg.run_uuid}.json")

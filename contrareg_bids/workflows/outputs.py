@@ -88,6 +88,7 @@ def init_ds_registration_wf(
     bids_dir: Path | None = None,
     reference_dseg: bool = False,
     subject_dseg: bool = False,
+    registration_meta: dict | None = None,
     name: str = "ds_registration_wf",
 ) -> pe.Workflow:
     """The moving image's outputs: preprocessed image and mask, the image in reference space,
@@ -95,6 +96,8 @@ def init_ds_registration_wf(
     subject, the subject's labels in reference space (``subject_dseg``), the metrics table.
 
     Inputs: :data:`DS_REGISTRATION_FIELDS` (those of absent outputs are left unconnected).
+    ``registration_meta`` (the method, model and its sha256, lambda, steps, seed) goes into
+    the transforms' sidecars.
     """
     from .registration import reference_label, source_uri, spatial_reference
 
@@ -109,7 +112,8 @@ def init_ds_registration_wf(
     # images in the subject's space-<modality> (a space BIDS does not define): its scan
     in_subject = {**sources, "SpatialReference": source_uri(source_file, bids_dir)}
     common = {"output_dir": output_dir, "source_file": source_file}
-    xfm = {"mode": "image", "suffix": "xfm", "extension": ".h5", "meta": in_ref}
+    xfm_meta = {**in_ref, **(registration_meta or {})}
+    xfm = {"mode": "image", "suffix": "xfm", "extension": ".h5", "meta": xfm_meta}
 
     _preproc_sink(wf, "ds_preproc", "preproc", meta=sources, **common)
     _sink(wf, "ds_mask", "mask", desc="brain", suffix="mask", meta=sources, **common)

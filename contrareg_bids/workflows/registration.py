@@ -331,6 +331,26 @@ def provenance_columns(
     return columns
 
 
+def transform_provenance(columns: dict, *, registration: str, lam: float | str) -> dict:
+    """What the transform sidecars say of the registration that made them (BIDS-style
+    keys), from :func:`provenance_columns`: the method, the model bundle and its sha256,
+    lambda (as asked: a number, or ``auto``), the refinement and fine-stage steps, the seed."""
+    if registration != "contrareg":
+        meta = {"RegistrationMethod": "ANTs SyN (antspyx, Mattes MI)"}
+    else:
+        meta = {"RegistrationMethod": "ContraReg", "Lambda": lam}
+        for column, key in (
+            ("model", "Model"),
+            ("model_sha256", "ModelSHA256"),
+            ("refine_steps", "RefineSteps"),
+            ("fine_steps", "FineSteps"),
+        ):
+            if column in columns:
+                meta[key] = columns[column]
+    meta["RandomSeed"] = columns["seed"]
+    return meta  # fmt: skip
+
+
 def init_subject_registration_wf(
     *,
     subj: SubjectInputs,
@@ -399,21 +419,18 @@ def init_subject_registration_wf(
         sloppy=sloppy,
     )
     apply_wf = init_apply_wf(reference_dseg=ref.dseg, subject_dseg=labels, other=other is not None)
-    metrics = pe.Node(
-        RegistrationMetrics(
-            extra=provenance_columns(
-                registration=registration, model=model, refine_steps=refine_steps,
-                fine_steps=fine_steps, seed=seed, reference=ref.description,
-            )
-        ),
-        name="metrics",
+    provenance = provenance_columns(
+        registration=registration, model=model, refine_steps=refine_steps,
+        fine_steps=fine_steps, seed=seed, reference=ref.description,
     )  # fmt: skip
+    metrics = pe.Node(RegistrationMetrics(extra=provenance), name="metrics")
     ds_registration_wf = init_ds_registration_wf(
         output_dir=output_dir,
         source_file=source,
         moving_modality=mod,
         ref=ref,
         bids_dir=bids_dir,
+        registration_meta=transform_provenance(provenance, registration=registration, lam=lam),
         reference_dseg=ref.dseg is not None,
         subject_dseg=labels is not None,
     )
