@@ -485,6 +485,29 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _argv(argv: list[str] | None) -> list[str]:
+    import sys
+
+    return list(sys.argv[1:] if argv is None else argv)
+
+
+def positionals_first(argv: list[str]) -> list[str]:
+    """``argv`` with BIDS_DIR OUTPUT_DIR LEVEL moved to the front when options come first.
+
+    Options that take several values (``--participant-label 01 02``) would otherwise take
+    the positionals as values ("'/data/bids' is not a BIDS label"). The level is the first
+    bare word of :data:`LEVELS` after an option; the two words before it are the folders.
+    """
+    if not argv or not argv[0].startswith("-"):
+        return list(argv)
+    for i, word in enumerate(argv):
+        if word == "--":
+            break
+        if word in LEVELS and i >= 2 and not any(w.startswith("-") for w in argv[i - 2 : i]):
+            return [argv[i - 2], argv[i - 1], word, *argv[: i - 2], *argv[i + 1 :]]
+    return list(argv)
+
+
 def explicit_options(argv: list[str] | None = None) -> set[str]:
     """The ``dest`` of every option the command line gives (for ``--config-file``: the
     file fills in the others)."""
@@ -492,14 +515,14 @@ def explicit_options(argv: list[str] | None = None) -> set[str]:
     for action in parser._actions:
         action.default = argparse.SUPPRESS
         action.required = False
-    given, _ = parser.parse_known_args(argv)
+    given, _ = parser.parse_known_args(positionals_first(_argv(argv)))
     return set(vars(given))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the combinations argparse cannot see."""
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(positionals_first(_argv(argv)))
     if args.moving_modality == args.fixed_modality:
         parser.error("--moving-modality and --fixed-modality must differ")
     if args.max_folding is not None and args.lam != "auto":

@@ -714,3 +714,26 @@ def test_the_same_option_names_across_the_command_lines():
     assert (e.seed, e.amp, e.quiet) == (2, True, True)
     b = args("--seed", "5", "-q")
     assert (b.random_seed, b.quiet) == (5, 1)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--participant-label", "01", "02", "/d/bids", "/d/out", "participant", "-w", "/d/w"],
+        ["-w", "/d/w", "/d/bids", "/d/out", "participant", "--participant-label", "01", "02"],
+        ["/d/bids", "/d/out", "participant", "--participant-label", "01", "02", "-w", "/d/w"],
+    ],
+)
+def test_options_anywhere(argv):
+    """Regression: options before the positionals took them as values ("'/d/bids' is not
+    a BIDS label"); fMRIPrep users write them in either place."""
+    from contrareg_bids.cli.parser import explicit_options, parse_args
+
+    args = parse_args(argv)
+    assert (str(args.bids_dir), str(args.output_dir), args.analysis_level) == (
+        "/d/bids",
+        "/d/out",
+        "participant",
+    )
+    assert args.participant_label == ["01", "02"] and str(args.work_dir) == "/d/w"
+    assert {"participant_label", "work_dir"} <= explicit_options(argv)
