@@ -22,6 +22,23 @@ LOGGER = logging.getLogger("contrareg_bids.reports")
 SECTIONS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     ("summary", "Summary", (("summary", ""),)),
     (
+        "anatomical",
+        "Anatomical preprocessing",
+        (
+            (
+                "brain",
+                "The brain mask the registration and the metrics use, outlined on the "
+                "subject's bias-corrected image: it should follow the brain's edge, neither "
+                "cutting cortex nor taking in skull or scalp.",
+            ),
+            (
+                "coreg",
+                "The other modality coregistered onto this one (rigid, mutual information), "
+                "the brain mask outlined on both. Hover to flicker: the edges should not move.",
+            ),
+        ),
+    ),
+    (
         "registration",
         "Registration to the reference",
         (

@@ -71,7 +71,8 @@ def init_report_wf(
     device: str = "cpu",
     name: str = "report_wf",
 ) -> pe.Workflow:
-    """Reportlets: two flickers (affine, deformable), label outlines in the subject, the
+    """Reportlets: the brain mask on the subject, the other modality's coregistration
+    (flicker), two flickers (affine, deformable), label outlines in the subject, the
     log-Jacobian, the summary panel and (ContraReg) the lambda strip."""
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=list(REPORT_FIELDS)), name="inputnode")
@@ -110,6 +111,26 @@ def init_report_wf(
                                ("reference_mask", "mask")]),
         ])  # fmt: skip
         sink(f"ds_report_{desc}", node, desc)
+
+    brain_mask = pe.Node(
+        LabelContoursReport(title=f"{mod}, brain mask", out_name="brain_mask.svg"),
+        name="brain_mask",
+    )
+    wf.connect([
+        (inputnode, brain_mask, [("subject", "image"), ("subject_mask", "labels"),
+                                 ("subject_mask", "mask")]),
+    ])  # fmt: skip
+    sink("ds_report_brain_mask", brain_mask, "brain", suffix="mask")
+    if other_modality is not None:
+        coreg = pe.Node(
+            FlickerReport(titles=(mod, f"{other_modality} coregistered"), out_name="coreg.svg"),
+            name="flicker_coreg",
+        )
+        wf.connect([
+            (inputnode, coreg, [("subject", "reference"), ("other", "moving"),
+                                ("subject_mask", "mask")]),
+        ])  # fmt: skip
+        sink("ds_report_coreg", coreg, "coreg", suffix=other_modality)
 
     labels_subject = pe.Node(
         LabelContoursReport(title=f"{mod}, reference labels", out_name="labels.svg"),

@@ -33,6 +33,8 @@ SVG = "{http://www.w3.org/2000/svg}svg"
 FIGURES = {
     "desc-summary_T2w.html",
     "desc-about_T2w.html",
+    "desc-brain_mask.svg",
+    "desc-coreg_T1w.svg",
     "desc-affine_T2w.svg",
     "desc-registration_T2w.svg",
     "desc-labels_T2w.svg",
@@ -80,8 +82,8 @@ def test_svg_reportlets_are_valid_small_and_rasterised(run):
 
 def test_flickers_alternate_two_frames(run):
     """niworkflows' flicker: a background and a foreground frame, the CSS animation."""
-    for desc in ("affine", "registration"):
-        text = (run.out / "sub-01" / "figures" / f"sub-01_desc-{desc}_T2w.svg").read_text()
+    for name in ("affine_T2w", "registration_T2w", "coreg_T1w"):
+        text = (run.out / "sub-01" / "figures" / f"sub-01_desc-{name}.svg").read_text()
         assert 'class="background-svg"' in text and 'class="foreground-svg"' in text
         assert "@keyframes" in text
 
@@ -113,8 +115,8 @@ def test_lambda_strip_shows_five_lambdas_with_dice_and_folding(run):
 # ---------------------------------------------------------------------------------------------
 def test_subject_page_is_self_contained_with_every_section(run):
     text = (run.out / "sub-01.html").read_text()
-    for section in ("summary", "registration", "labels", "jacobian", "lambda", "about",
-                    "errors", "boilerplate"):  # fmt: skip
+    for section in ("summary", "anatomical", "registration", "labels", "jacobian", "lambda",
+                    "about", "errors", "boilerplate"):  # fmt: skip
         assert f'<section id="{section}">' in text, section
     # every SVG reportlet inlined, none linked
     svgs = sorted((run.out / "sub-01" / "figures").glob("*.svg"))
