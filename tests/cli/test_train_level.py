@@ -194,7 +194,8 @@ def test_train_options_reach_the_config(tmp_path):
     def cfg(*extra):
         return build_train_config(RunConfig.from_args(parse_args([*base, *extra])))
 
-    assert cfg().updated(seed=0, device="auto") == TrainConfig()  # the paper's defaults
+    paper = cfg("--train-preset", "paper")
+    assert paper.updated(seed=0, device="auto") == TrainConfig()  # the paper's defaults
     sloppy = cfg("--sloppy", "--n-gpus", "0", "--random-seed", "3")
     assert sloppy == sloppy_config(seed=3, device="cpu")
     c = cfg("--loss", "mi", "--train-steps", "7", "--ae-steps", "5", "--ch", "12", "--ts", "4",
@@ -202,6 +203,34 @@ def test_train_options_reach_the_config(tmp_path):
             "--lr", "1e-3")  # fmt: skip
     assert (c.loss, c.steps, c.autoencoder.steps, c.regnet.ch, c.regnet.ts) == ("mi", 7, 5, 12, 4)
     assert (c.lambda_range, c.batch_size, c.val_fraction, c.lr) == ((0.1, 0.5), 2, 0.2, 1e-3)
+
+
+def test_preset_without_train_preset_follows_the_gpu(tmp_path, monkeypatch, caplog):
+    """Regression: without a GPU the train level started the paper's preset (1e5 steps of a
+    64-channel network, days on a CPU) without a word; it now takes the CPU recipe there,
+    the paper's where it trains on a GPU, and logs which and what it costs."""
+    import torch
+
+    from contrareg_bids.cli.train_level import build_train_config, train_preset
+    from contrareg_bids.training.config import TrainConfig, cpu_config
+
+    (tmp_path / "bids").mkdir()
+    base = [str(tmp_path / "bids"), str(tmp_path / "out"), "train"]
+
+    def run_cfg(*extra):
+        return RunConfig.from_args(parse_args([*base, *extra]))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_preset(run_cfg()) == "cpu"
+    assert build_train_config(run_cfg()).updated(seed=0, device="cpu") == cpu_config(
+        seed=0, device="cpu"
+    )
+    assert train_preset(run_cfg("--train-preset", "paper")) == "paper"  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train_preset(run_cfg()) == "paper"
+    assert train_preset(run_cfg("--device", "cpu")) == "cpu"
+    assert train_preset(run_cfg("--n-gpus", "0")) == "cpu"
+    assert build_train_config(run_cfg()).updated(seed=0, device="auto") == TrainConfig()
 
 
 def test_cpu_preset_is_the_benchmarked_recipe_and_options_override_it(tmp_path):
