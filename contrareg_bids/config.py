@@ -106,6 +106,8 @@ class RunConfig:
     reports_only: bool = False
     write_graph: bool = False
     sloppy: bool = False
+    #: brain extraction of the moving image: auto (scans with skull), force, skip
+    skull_strip: str = "auto"
     #: train level: the training options given (``TRAIN_OPTIONS``; absent = the default)
     train: dict = field(default_factory=dict)
     version: str = __version__
@@ -162,6 +164,7 @@ class RunConfig:
             reports_only=args.reports_only,
             write_graph=getattr(args, "write_graph", False),
             sloppy=args.sloppy,
+            skull_strip=getattr(args, "skull_strip", "auto"),
             train=train_options(args),
         )
         cfg.check()

@@ -142,3 +142,35 @@ def simulate_subject(
         subj[key] = (img / np.percentile(img[subj["mask"] > 0], 99.5)).clip(0, 1)
         subj[key] = subj[key].astype(np.float32)
     return subj
+
+
+#: Layers of a simulated head outside the brain mask, (outer distance mm, T1w, T2w): a thin
+#: dark CSF rim, the skull (dark in both), the scalp (fat: bright in T1w, grey in T2w).
+HEAD_LAYERS = ((1.0, 0.15, 0.9), (3.5, 0.05, 0.05), (7.0, 0.85, 0.55))
+
+
+def add_head(
+    subject: dict[str, np.ndarray], rng: np.random.Generator, spacing_mm: float
+) -> dict[str, np.ndarray]:
+    """The ``subject`` (skull-stripped images, brain ``mask``) with a skull and scalp
+    around the brain (:data:`HEAD_LAYERS`, the thickness in mm of each layer's outer edge,
+    made uneven by smooth noise) and scanner noise in the background: a raw scan as it
+    arrives, for tests of brain extraction. The mask and labels are unchanged."""
+    from scipy.ndimage import distance_transform_edt
+
+    brain = subject["mask"] > 0
+    distance = distance_transform_edt(~brain) * float(spacing_mm)
+    distance = distance * (1.0 + 0.15 * _smooth_noise(rng, brain.shape, 6.0 / spacing_mm))
+    out = dict(subject)
+    for key, column in (("t1w", 1), ("t2w", 2)):
+        img = np.array(subject[key], dtype=np.float32)
+        inner = 0.0
+        for layer in HEAD_LAYERS:
+            shell = ~brain & (distance > inner) & (distance <= layer[0])
+            img[shell] = layer[column]
+            inner = layer[0]
+        outside = distance > inner
+        img = img + rng.normal(0, 0.02, img.shape).astype(np.float32) * ~brain
+        img[outside] = np.abs(rng.normal(0, 0.02, int(outside.sum())))
+        out[key] = np.clip(img, 0, None).astype(np.float32)
+    return out

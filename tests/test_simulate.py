@@ -47,3 +47,21 @@ def test_a_given_displacement_replaces_the_velocity_draw():
     shift[0] = 2.0  # sample two voxels further along the first axis
     moved = simulate_subject(base, rng, displacement=shift)
     np.testing.assert_array_equal(moved["labels"][2:10], labels[4:12])
+
+
+def test_add_head_wraps_the_brain_in_skull_and_scalp(icbm_small):
+    from contrareg_bids.processing.masks import mask_from_skullstripped
+    from contrareg_bids.simulate import add_head, simulate_subject
+
+    rng = np.random.default_rng(3)
+    subject = simulate_subject(icbm_small, rng)
+    head = add_head(subject, rng, 4.0)
+    brain = subject["mask"] > 0
+    for key in ("t1w", "t2w"):
+        np.testing.assert_array_equal(head[key][brain], subject[key][brain])
+        assert (head[key][~brain] > 0).mean() > 0.9  # noise, no exact zeros outside
+        assert mask_from_skullstripped(head[key]) is None  # not seen as skull-stripped
+    shell = ~brain & (head["t1w"] > 0.5)  # scalp fat: bright in T1w, greyer in T2w
+    assert shell.sum() > 0.2 * brain.sum()
+    assert head["t2w"][shell].mean() < head["t1w"][shell].mean()
+    np.testing.assert_array_equal(head["mask"], subject["mask"])

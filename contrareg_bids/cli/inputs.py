@@ -188,6 +188,7 @@ def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None):
     or no usable reference."""
     from ..io.bids import age_override, collect_anatomicals, subject_session_id
     from ..io.derivatives import entities, find_subject_derivatives
+    from ..processing.skullstrip import needs_skull_strip
     from ..workflows.registration import SubjectInputs
 
     sid = subject_session_id(subject, session)
@@ -211,6 +212,10 @@ def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None):
         prefer_desc=entities(ref.dseg.name).get("desc") if ref.dseg else None,
     )
     age_weeks, age_source = age_override(cfg.pma, cfg.age_months) or (None, "")
+    moving = found[cfg.moving_modality][0]
+    strip = "mask" not in derivatives and needs_skull_strip(moving, cfg.skull_strip)
+    if strip:
+        LOGGER.info("%s: brain extraction of %s (--skull-strip %s)", sid, moving, cfg.skull_strip)
     subj = SubjectInputs(
         subject=subject,
         session=session,
@@ -219,6 +224,7 @@ def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None):
         derivatives=derivatives,
         age_weeks=age_weeks,
         age_source=age_source,
+        skull_strip=strip,
     )
     return ref, subj
 

@@ -13,6 +13,7 @@ from .preproc import (
     N4BiasCorrect,
     NormalizeIntensity,
     PrepareModelPair,
+    SkullStrip,
     StandardizeImage,
 )
 from .registration import AntsRegister, ContraRegister, ExportTransforms
@@ -30,5 +31,6 @@ __all__ = [
     "NormalizeIntensity",
     "PrepareModelPair",
     "RegistrationMetrics",
+    "SkullStrip",
     "StandardizeImage",
 ]

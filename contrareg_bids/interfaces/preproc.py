@@ -1,4 +1,5 @@
-"""Preprocessing nodes: validation/standardisation, N4, brain mask, normalisation, affine."""
+"""Preprocessing nodes: validation/standardisation, N4, brain extraction, brain mask,
+normalisation, affine."""
 
 from __future__ import annotations
 
@@ -150,6 +151,45 @@ class NormalizeIntensity(SimpleInterface):
             self.inputs.in_file, _out("norm.nii.gz"), mask, self.inputs.lower, self.inputs.upper
         )
         self._results["out_file"] = str(res.out_file)
+        return runtime
+
+
+class _SkullStripInputSpec(ThreadedInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="bias-corrected subject image, with skull")
+    reference = File(exists=True, mandatory=True, desc="reference image (a brain)")
+    reference_mask = File(exists=True, mandatory=True, desc="the reference's brain mask")
+    seed = traits.Int(0, usedefault=True)
+    sloppy = traits.Bool(False, usedefault=True)
+
+
+class _SkullStripOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc="brain mask, subject grid")
+    out_brain = File(exists=True, desc="the image inside the mask")
+
+
+class SkullStrip(SimpleInterface):
+    """Brain extraction with the reference's brain mask (processing.skullstrip), in a
+    worker on one ITK thread so that the seeded result is the same on every run."""
+
+    input_spec = _SkullStripInputSpec
+    output_spec = _SkullStripOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..processing._ants import run_reproducibly
+        from ..processing.skullstrip import extract_brain
+
+        use_threads(self.inputs)
+        res = run_reproducibly(
+            extract_brain,
+            self.inputs.in_file,
+            self.inputs.reference,
+            self.inputs.reference_mask,
+            os.getcwd(),
+            seed=self.inputs.seed,
+            sloppy=self.inputs.sloppy,
+        )
+        self._results["out_mask"] = str(res.mask)
+        self._results["out_brain"] = str(res.brain)
         return runtime
 
 

@@ -19,6 +19,7 @@ from ..interfaces import (
     ExportLinearTransform,
     N4BiasCorrect,
     NormalizeIntensity,
+    SkullStrip,
     StandardizeImage,
 )
 
@@ -83,12 +84,16 @@ def init_reference_wf(
 def init_anat_preproc_wf(
     *,
     given_mask: Path | None = None,
+    skull_strip: bool = False,
     sloppy: bool = False,
     seed: int = 0,
     name: str = "anat_preproc_wf",
 ) -> pe.Workflow:
     """The subject's moving image: validate, N4, affine to the reference, brain mask (the
-    reference's mask carried through the affine, or ``given_mask``), normalise.
+    reference's mask carried through the affine, or ``given_mask``), normalise. With
+    ``skull_strip`` (a scan with skull and scalp, no ``given_mask``) the brain is extracted
+    after N4 (:class:`~contrareg_bids.interfaces.preproc.SkullStrip`): its mask is the brain
+    mask and the affine sees the brain alone.
 
     Inputs
     ------
@@ -143,6 +148,15 @@ def init_anat_preproc_wf(
         (brain_mask, outputnode, [("out_file", "mask")]),
         (normalize_moving, outputnode, [("out_file", "normalized")]),
     ])  # fmt: skip
+    if skull_strip and given_mask is None:
+        strip = pe.Node(SkullStrip(seed=seed, sloppy=sloppy), name="skull_strip")
+        wf.disconnect(n4_moving, "out_file", affine_moving, "moving")
+        wf.connect([
+            (inputnode, strip, [("reference", "reference"), ("reference_mask", "reference_mask")]),
+            (n4_moving, strip, [("out_file", "in_file")]),
+            (strip, affine_moving, [("out_brain", "moving")]),
+            (strip, brain_mask, [("out_mask", "given_mask")]),
+        ])  # fmt: skip
     return wf
 
 

@@ -50,6 +50,8 @@ class SubjectInputs:
     #: None: read from the BIDS tables for the report
     age_weeks: float | None = None
     age_source: str = ""
+    #: extract the brain of the moving image (a scan with skull; ``--skull-strip``)
+    skull_strip: bool = False
 
 
 def source_uri(path: str | Path, bids_dir: Path | None) -> str:
@@ -400,7 +402,10 @@ def init_subject_registration_wf(
 
     reference = reference_node(wf, ref, reference_files, sloppy=sloppy, seed=seed)
     anat_preproc_wf = init_anat_preproc_wf(
-        given_mask=subj.derivatives.get("mask"), sloppy=sloppy, seed=seed
+        given_mask=subj.derivatives.get("mask"),
+        skull_strip=subj.skull_strip,
+        sloppy=sloppy,
+        seed=seed,
     )
     anat_preproc_wf.inputs.inputnode.in_file = source
     registration_wf = init_registration_wf(

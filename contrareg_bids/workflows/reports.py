@@ -114,7 +114,7 @@ def init_report_wf(
 
     brain_mask = pe.Node(
         LabelContoursReport(title=f"{mod}, brain mask", out_name="brain_mask.svg"),
-        name="brain_mask",
+        name="mask_contours",
     )
     wf.connect([
         (inputnode, brain_mask, [("subject", "image"), ("subject_mask", "labels"),

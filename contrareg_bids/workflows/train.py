@@ -37,7 +37,10 @@ def init_train_inputs_wf(
     other = next((m for m in subj.anat if m != mod), None)
     reference = reference_node(wf, ref, reference_files, sloppy=sloppy, seed=seed)
     anat_preproc_wf = init_anat_preproc_wf(
-        given_mask=subj.derivatives.get("mask"), sloppy=sloppy, seed=seed
+        given_mask=subj.derivatives.get("mask"),
+        skull_strip=subj.skull_strip,
+        sloppy=sloppy,
+        seed=seed,
     )
     anat_preproc_wf.inputs.inputnode.in_file = subj.anat[mod]
     prepare_pair = pe.Node(

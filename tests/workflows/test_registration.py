@@ -402,11 +402,12 @@ def test_sidecar_sources_and_spatial_reference(tmp_path):
 
 
 def test_report_nodes(files, tmp_path):
-    """The QC reportlets: both flickers, label outlines on both modalities, the Jacobian,
-    the summary and (ContraReg only) the lambda strip, each with its sink; none when off."""
+    """The QC reportlets: the brain mask, the coregistration flicker, both registration
+    flickers, label outlines on both modalities, the Jacobian, the summary and (ContraReg
+    only) the lambda strip, each with its sink; none when off."""
     reports = {n for n in build(files, tmp_path).list_node_names() if n.startswith("report_wf.")}
-    views = {"flicker_affine", "flicker_registration", "labels_subject", "labels_other",
-             "jacobian", "summary", "lambda_strip"}  # fmt: skip
+    views = {"mask_contours", "flicker_coreg", "flicker_affine", "flicker_registration",
+             "labels_subject", "labels_other", "jacobian", "summary", "lambda_strip"}  # fmt: skip
     assert {f"report_wf.{v}" for v in views} <= reports
     assert len([n for n in reports if ".ds_report_" in n]) == len(views)
     ants = build(files, tmp_path, registration="ants").list_node_names()
