@@ -518,6 +518,36 @@ def transform_contents(path: Path) -> dict[str, bytes]:
     return out
 
 
+def test_raw_heads_get_their_brain_extracted(icbm_small, tiny_bundle, tiny_templateflow, tmp_path):
+    """A scan with skull, scalp and background noise (``simulate.add_head``), run with the
+    documented defaults (``--skull-strip auto``): the brain is extracted, the subject's
+    brain mask matches the simulated brain, the report shows it; ``--skull-strip skip``
+    gives what the app did before: the reference mask carried through the affine of the
+    head, a worse mask."""
+    from contrareg_bids.simulate import add_head, simulate_subject
+
+    rng = np.random.default_rng(11)
+    s = add_head(simulate_subject(icbm_small, rng), rng, 4.0)
+    bids = make_bids_dataset(
+        tmp_path / "bids", {"01": {"T1w": s["t1w"], "T2w": s["t2w"], "age": 40}},
+        affine=icbm_small["affine"],
+    )  # fmt: skip
+    truth = s["mask"] > 0
+    dice_of = {}
+    for mode in ("auto", "skip"):
+        out = tmp_path / f"out-{mode}"
+        rc = run_app(
+            bids, out, tmp_path / f"work-{mode}", "--model", tiny_bundle, "--reference", TPL,
+            "--skull-strip", mode, home=tiny_templateflow,
+        )  # fmt: skip
+        assert rc == 0, mode
+        mask = data(out / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz") > 0
+        dice_of[mode] = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice_of["auto"] > 0.93 and dice_of["auto"] > dice_of["skip"] + 0.01, dice_of
+    figure = tmp_path / "out-auto" / "sub-01" / "figures" / "sub-01_desc-brain_mask.svg"
+    assert figure.is_file()
+
+
 # ---------------------------------------------------------------------------------------------
 # another participant as the reference
 # ---------------------------------------------------------------------------------------------
