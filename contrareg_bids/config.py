@@ -1,8 +1,9 @@
-"""Typed settings of one BIDS-App run, serialisable to TOML/JSON and recorded in the outputs.
+"""Typed settings of one BIDS-App run, written as JSON and recorded in the outputs.
 
-One :class:`RunConfig` is built from the command line, checked once (paths, combinations),
-written to the work dir and to ``OUTPUT_DIR/logs/`` so a run can be inspected and
-reproduced, and passed to the workflow factories.
+One :class:`RunConfig` is built from the command line (or from an earlier run's JSON with
+``--config-file``), checked once (paths, combinations), and written to the work dir and to
+``OUTPUT_DIR/logs/`` so a run can be inspected and reproduced. The levels (``cli/``) read it
+and pass its values to the workflow factories as keyword arguments.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Memory: inference runs under ``torch.inference_mode`` so no activations are kept for
 gradients, and label maps are warped one label at a time. At 160x192x160 the peak of the
-ch=64 network on CPU is a few GB (``benchmarks/bench_network.py`` measures it), well inside a
+ch=64 network on CPU is a few GB (``benchmarks/bench_speed.py`` measures it), well inside a
 24 GB machine; ``amp=True`` halves activation memory on CUDA.
 """
 
