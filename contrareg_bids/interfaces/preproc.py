@@ -154,12 +154,17 @@ class NormalizeIntensity(SimpleInterface):
         return runtime
 
 
-class _SkullStripInputSpec(ThreadedInputSpec):
+class _SeededInputSpec(ThreadedInputSpec):
+    """The ANTs steps' common inputs: the seed (``--random-seed``) and ``--sloppy``."""
+
+    seed = traits.Int(0, usedefault=True)
+    sloppy = traits.Bool(False, usedefault=True, desc="test-sized schedules")
+
+
+class _SkullStripInputSpec(_SeededInputSpec):
     in_file = File(exists=True, mandatory=True, desc="bias-corrected subject image, with skull")
     reference = File(exists=True, mandatory=True, desc="reference image (a brain)")
     reference_mask = File(exists=True, mandatory=True, desc="the reference's brain mask")
-    seed = traits.Int(0, usedefault=True)
-    sloppy = traits.Bool(False, usedefault=True)
 
 
 class _SkullStripOutputSpec(TraitedSpec):
@@ -193,12 +198,10 @@ class SkullStrip(SimpleInterface):
         return runtime
 
 
-class _AffineInputSpec(ThreadedInputSpec):
+class _AffineInputSpec(_SeededInputSpec):
     fixed = File(exists=True, mandatory=True, desc="reference (or the image to align to)")
     moving = File(exists=True, mandatory=True, desc="subject image")
     transform_type = traits.Enum("Affine", "Rigid", "Similarity", usedefault=True)
-    seed = traits.Int(0, usedefault=True)
-    sloppy = traits.Bool(False, usedefault=True)
 
 
 class _AffineOutputSpec(TraitedSpec):

@@ -266,7 +266,7 @@ def test_cpu_preset_is_the_benchmarked_recipe_and_options_override_it(tmp_path):
         (["--train-preset", "cpu"], 0.86, 2.5),  # neonates: the preset's coarser grid
         (["--train-preset", "cpu"], 3.0, None),  # already coarser: the reference's own
         (["--train-preset", "cpu", "--model-spacing", "1.7"], 0.86, 1.7),
-        ([], 0.86, None),  # the paper's preset trains at the reference's resolution
+        (["--train-preset", "paper"], 0.86, None),  # at the reference's resolution
         (["--model-spacing", "1.7"], 0.86, 1.7),
     ],
 )
