@@ -188,6 +188,7 @@ def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None):
     or no usable reference."""
     from ..io.bids import age_override, collect_anatomicals, subject_session_id
     from ..io.derivatives import entities, find_subject_derivatives
+    from ..io.images import ImageError
     from ..processing.skullstrip import needs_skull_strip
     from ..workflows.registration import SubjectInputs
 
@@ -213,7 +214,10 @@ def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None):
     )
     age_weeks, age_source = age_override(cfg.pma, cfg.age_months) or (None, "")
     moving = found[cfg.moving_modality][0]
-    strip = "mask" not in derivatives and needs_skull_strip(moving, cfg.skull_strip)
+    try:
+        strip = "mask" not in derivatives and needs_skull_strip(moving, cfg.skull_strip)
+    except ImageError:  # unreadable: the workflow's validation node reports it (crash file)
+        strip = False
     if strip:
         LOGGER.info("%s: brain extraction of %s (--skull-strip %s)", sid, moving, cfg.skull_strip)
     subj = SubjectInputs(
