@@ -341,6 +341,7 @@ def test_bad_train_options_are_2(tmp_path, caplog, options, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a subprocess killed mid-training (about 1-2 min on 2 cores)
 def test_killed_train_resumes_not_restarts(trained, tiny_templateflow):
     """``train`` killed (SIGKILL) after its first checkpoint, then the same command again: the
     second run resumes from that checkpoint (preprocessing reused from the work dir) and

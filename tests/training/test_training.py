@@ -83,6 +83,7 @@ def _bundle_digest(path: Path) -> str:
     return parameters_digest(b.regnet, heads)
 
 
+@pytest.mark.slow  # a subprocess killed mid-training (about 1-2 min on 2 cores)
 def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     moving, fixed = _write_lists(tmp_path)
     steps = 40
