@@ -27,10 +27,43 @@ def _suffix(path: Path) -> str:
     return path.suffix
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS allows."""
+    try:  # Linux: read it without changing it
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to the disk; a no-op where the OS refuses."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_output(path: PathLike) -> Iterator[Path]:
+def atomic_output(path: PathLike, *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (same extension); ``os.replace`` it on success.
-    The folder is made when missing; nothing is left behind on failure."""
+
+    The folder is made when missing; nothing is left behind on failure. The file gets the
+    usual permissions (umask), not the 0600 some writers give a new file (safetensors,
+    ``tempfile``). ``fsync``: the data and the rename reach the disk before returning, for
+    files a power cut must not lose (checkpoints, model bundles).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{_suffix(path)}"
@@ -38,7 +71,12 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise OSError(f"{path}: the writer produced no file")
+        os.chmod(tmp, 0o666 & ~_umask())
+        if fsync:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if fsync:
+            _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -31,7 +31,6 @@ import math
 import os
 import re
 import typing
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -528,46 +527,13 @@ def _prepare_tensors(bundle: ModelBundle) -> dict[str, torch.Tensor]:
     return out
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into
+    place, flushed to the disk (:func:`~contrareg_bids.io.atomic.atomic_output`)."""
+    from .atomic import atomic_output
+
+    with atomic_output(path, fsync=True) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def save_bundle(path: str | os.PathLike, bundle: ModelBundle, *, sidecar: bool = False) -> str:

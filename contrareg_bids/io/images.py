@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -488,26 +487,15 @@ def _nifti_suffix(path: Path) -> str:
 
 
 def write_atomic(img: nib.Nifti1Image, out_file: str | os.PathLike[str]) -> Path:
-    """Write ``img`` to a temporary name in the same folder, then rename it into place.
+    """Write ``img`` whole or not at all (:func:`~contrareg_bids.io.atomic.atomic_output`):
+    a crash (or a killed job) never leaves a half-written file under the final name, which a
+    resumed run would otherwise trust."""
+    from .atomic import atomic_output
 
-    A crash (or a killed job) never leaves a half-written file under the final name, which a
-    resumed run would otherwise trust. The file gets the usual permissions (umask), not the
-    0600 of a temporary file.
-    """
     out_file = Path(out_file)
-    suffix = _nifti_suffix(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=suffix, dir=out_file.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _nifti_suffix(out_file)  # refuses a name that is not .nii / .nii.gz
+    with atomic_output(out_file) as tmp:
+        nib.save(img, str(tmp))
     return out_file
 
 
