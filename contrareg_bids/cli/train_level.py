@@ -200,13 +200,11 @@ def training_records(volumes: list[SubjectVolumes]):
 def write_record_list(path: Path, records) -> Path:
     """A ``contrareg-train`` list (TSV: image, mask, labels, subject, session), e.g. for a
     multi-GPU ``torchrun`` run on the same preprocessed data."""
-    lines = ["image\tmask\tlabels\tsubject\tsession"]
-    for r in records:
-        cells = [r.image, r.mask or "", r.labels or "", r.subject, r.session or ""]
-        lines.append("\t".join(str(c) for c in cells))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    from ..io.atomic import write_tsv_atomic
+
+    header = ["image", "mask", "labels", "subject", "session"]
+    rows = ([r.image, r.mask or "", r.labels or "", r.subject, r.session or ""] for r in records)
+    return write_tsv_atomic(path, header, rows)
 
 
 def check_selection(train_dir: Path, selection: dict) -> None:

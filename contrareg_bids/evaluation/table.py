@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.atomic import write_text_atomic
+from ..io.atomic import write_tsv_atomic
 from ..metrics import FOLDING_LIMIT_PERCENT, dice30, dice_percentile30
 
 __all__ = [
@@ -82,9 +82,7 @@ def _parse(key: str, text: str) -> Any:
 def write_table_tsv(rows: Sequence[dict], path: str | os.PathLike, columns: Sequence[str]) -> Path:
     """Write dicts as a TSV with the given column order (missing keys -> ``n/a``), whole or
     not at all (a failed write leaves the previous table)."""
-    lines = ["\t".join(columns)]
-    lines += ["\t".join(_fmt(row.get(c)) for c in columns) for row in rows]
-    return write_text_atomic(path, "\n".join(lines) + "\n")
+    return write_tsv_atomic(path, columns, ([_fmt(row.get(c)) for c in columns] for row in rows))
 
 
 def read_rows_tsv(path: str | os.PathLike) -> list[dict]:

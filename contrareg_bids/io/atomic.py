@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 PathLike = str | os.PathLike
@@ -86,3 +86,11 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_tsv_atomic(path: PathLike, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Path:
+    """A tab-separated table (a header line, then one line per row of already formatted
+    cells), written atomically: the one TSV writer of the package (metrics, group table,
+    training lists, evaluation tables)."""
+    lines = ["\t".join(header), *("\t".join(str(cell) for cell in row) for row in rows)]
+    return write_text_atomic(path, "\n".join(lines) + "\n")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.atomic import write_text_atomic
+from ..io.atomic import write_text_atomic, write_tsv_atomic
 from ..io.derivatives import entities, read_label_table
 from ..io.images import load_nifti, read_labels, read_mask
 from ..io.transforms import (
@@ -244,10 +244,7 @@ def write_metrics(
     node never leaves a half-written table that a resumed run would trust."""
     out = Path(out_dir)
     keys = list(row)
-    tsv = write_text_atomic(
-        out / "metrics.tsv",
-        "\t".join(keys) + "\n" + "\t".join(_fmt(row[k]) for k in keys) + "\n",
-    )
+    tsv = write_tsv_atomic(out / "metrics.tsv", keys, [[_fmt(row[k]) for k in keys]])
     desc: dict[str, Any] = {
         k: {"Description": COLUMNS_HELP.get(k, "Dice of one label" if k[:5] == "dice_" else k)}
         for k in keys

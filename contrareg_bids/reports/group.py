@@ -126,9 +126,9 @@ def group_table(rows: Sequence[Mapping[str, str]]) -> tuple[list[str], list[list
 
 
 def write_group_tsv(path: Path, header: Sequence[str], table: Sequence[Sequence[str]]) -> Path:
-    lines = ["\t".join(header)] + ["\t".join(r) for r in table]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    from ..io.atomic import write_tsv_atomic
+
+    return write_tsv_atomic(path, header, table)
 
 
 def distribution_svg(
