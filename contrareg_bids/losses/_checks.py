@@ -7,46 +7,8 @@ from collections.abc import Iterator
 
 import torch
 
-_CHECK_FINITE = True
-
-
-def set_finite_checks(enabled: bool) -> None:
-    """Switch the NaN/Inf checks on or off globally.
-
-    The check costs one reduction and, on CUDA, one host-device synchronisation per input; a
-    training loop that has already validated its data may turn it off.
-    """
-    global _CHECK_FINITE
-    _CHECK_FINITE = bool(enabled)
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
-
-
-def check_volume(
-    x: object, name: str, channels: int | None = None, finite: bool = True
-) -> torch.Tensor:
-    """Validate a ``(N, C, X, Y, Z)`` floating tensor (with finite values); return it."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 5:
-        raise ValueError(f"{name} must be a 5-D tensor (N, C, X, Y, Z), got shape {_shape(x)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} must not be empty, got shape {_shape(x)}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channel(s), got shape {_shape(x)}")
-    if finite:
-        check_finite(x, name)
-    return x
-
-
-def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf (unless checks are switched off)."""
-    if _CHECK_FINITE and not bool(torch.isfinite(x.detach()).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+# the tensor checks live with the network modules (the lower layer); the losses use them
+from ..nn._checks import _shape, check_finite, check_volume, set_finite_checks  # noqa: F401
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:

@@ -86,7 +86,7 @@ class Autoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return ``(reconstruction, [features of the first n_feature_layers blocks])``."""
-        check_volume("x", x, self.in_channels)
+        check_volume(x, "x", self.in_channels)
         h, shape = self._pad(x)
         feats = []
         for i, block in enumerate(self.blocks):
@@ -98,7 +98,7 @@ class Autoencoder(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Only the features: stops after the last feature block (saves time and memory)."""
-        check_volume("x", x, self.in_channels)
+        check_volume(x, "x", self.in_channels)
         h, _ = self._pad(x)
         feats = []
         for block in self.blocks[: self.n_feature_layers]:

@@ -119,7 +119,7 @@ def integrate_velocity(velocity: torch.Tensor, steps: int, downsize: int = 1) ->
     ``u <- u + u o (id + u)``. With ``downsize=2`` the integration runs on a half-resolution
     grid (VoxelMorph's ``int_downsize``) and the result is resampled back.
     """
-    check_volume("velocity", velocity, 3)
+    check_volume(velocity, "velocity", 3)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if downsize not in (1, 2):

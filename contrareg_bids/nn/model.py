@@ -127,8 +127,8 @@ class ContraRegNet(nn.Module):
         self, moving: torch.Tensor, fixed: torch.Tensor, lam: float | torch.Tensor | None = None
     ) -> torch.Tensor:
         """Predict the stationary velocity field (voxels of the input grid)."""
-        check_volume("moving", moving)
-        check_volume("fixed", fixed)
+        check_volume(moving, "moving")
+        check_volume(fixed, "fixed")
         check_same_grid("moving", moving, "fixed", fixed)
         if moving.shape[1] + fixed.shape[1] != self.config.in_channels:
             raise ValueError(
