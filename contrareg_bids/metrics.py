@@ -81,6 +81,20 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
+#: How far a label map stored as floats may be from whole numbers (resampled or rescaled
+#: storage), the one rule of the package's label readers and scorers.
+LABEL_TOLERANCE = 1e-3
+
+
+def rounded_labels(arr: np.ndarray, name: str) -> np.ndarray:
+    """A float label map rounded to whole numbers; ``ValueError`` naming ``name`` when a
+    value is further than :data:`LABEL_TOLERANCE` from one (not a label map)."""
+    rounded = np.rint(arr)
+    if arr.size and float(np.abs(arr - rounded).max()) > LABEL_TOLERANCE:
+        raise ValueError(f"{name}: non-integer values; not a label map")
+    return rounded
+
+
 def _as_labels(x: Any, name: str) -> np.ndarray:
     """Validate a 3-D label map; float maps are accepted when all values are integral."""
     arr = _to_numpy(x, name)
@@ -92,9 +106,7 @@ def _as_labels(x: Any, name: str) -> np.ndarray:
         return arr
     if arr.dtype.kind == "f":
         _check_finite(arr, name)
-        if not np.array_equal(arr, np.round(arr)):
-            raise ValueError(f"{name} must hold integer labels, got non-integral values")
-        return arr.astype(np.int64)
+        return rounded_labels(arr, name).astype(np.int64)
     raise ValueError(f"{name} must be an integer label map, got dtype {arr.dtype}")
 
 

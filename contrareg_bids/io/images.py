@@ -223,7 +223,8 @@ def read_volume(
 
 
 def as_labels(arr: np.ndarray, name: str, dtype: np.dtype | type | None = np.int64) -> np.ndarray:
-    """A label map as integers: float storage must hold whole numbers (within 1e-3).
+    """A label map as integers: float storage must hold whole numbers (within
+    :data:`~contrareg_bids.metrics.LABEL_TOLERANCE`).
 
     ``dtype=None`` keeps an integer storage type (floats become int32, bool uint8), which
     resampling needs to write labels back in their own type.
@@ -233,10 +234,13 @@ def as_labels(arr: np.ndarray, name: str, dtype: np.dtype | type | None = np.int
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise ImageError(f"{name}: complex-valued data is not supported")
     if np.issubdtype(arr.dtype, np.floating):
+        from ..metrics import rounded_labels
+
         check_finite(arr, name)
-        rounded = np.rint(arr)
-        if arr.size and float(np.abs(arr - rounded).max()) > 1e-3:
-            raise ImageError(f"{name}: non-integer values; not a label map")
+        try:
+            rounded = rounded_labels(arr, name)
+        except ValueError as err:
+            raise ImageError(str(err)) from None
         arr = rounded.astype(np.int32) if dtype is None else rounded
     elif arr.dtype == bool and dtype is None:
         arr = arr.astype(np.uint8)
