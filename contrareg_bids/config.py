@@ -113,6 +113,8 @@ class RunConfig:
     train: dict = field(default_factory=dict)
     version: str = __version__
     run_uuid: str = field(default_factory=lambda: _run_uuid())
+    #: the command that started the run, as typed (the report's About shows it)
+    command_line: str = ""
 
     @classmethod
     def from_args(cls, args) -> RunConfig:
@@ -263,7 +265,7 @@ class RunConfig:
 #: RunConfig fields whose command-line option has another ``dest``
 _FIELD_DESTS = {"mem_gb": "mem", "train": None}
 #: fields that always come from this command line, never from a configuration file
-_OWN_FIELDS = ("bids_dir", "output_dir", "analysis_level", "version", "run_uuid")
+_OWN_FIELDS = ("bids_dir", "output_dir", "analysis_level", "version", "run_uuid", "command_line")
 
 
 def apply_config_file(cfg: RunConfig, path: Path, explicit: set[str]) -> RunConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 
 from ..io.atomic import write_text_atomic
@@ -15,7 +16,7 @@ LOGGER = logging.getLogger("contrareg_bids")
 
 def write_boilerplate(cfg) -> int:
     """``--boilerplate-only``: the methods text of this configuration, then stop."""
-    from ..reports.boilerplate import methods_markdown
+    from ..reports.boilerplate import CITATIONS_BIB, methods_markdown
 
     row = {
         "method": "ants-syn" if cfg.registration == "ants" else "contrareg",
@@ -27,7 +28,9 @@ def write_boilerplate(cfg) -> int:
         cfg.output_dir / "logs" / "CITATION.md",
         methods_markdown(row, cfg.moving_modality, cfg.reference),
     )
-    print(f"methods text written to {path}")  # logging is not set up yet: say it plainly
+    bib = write_text_atomic(cfg.output_dir / "logs" / "CITATION.bib", CITATIONS_BIB)
+    # logging is not set up yet: say it plainly
+    print(f"methods text written to {path}, its references as BibTeX to {bib}")
     return exit_codes.OK
 
 
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = RunConfig.from_args(args)
+        cfg.command_line = shlex.join(
+            ["contrareg-bids", *(sys.argv[1:] if argv is None else argv)]
+        )
         if args.config_file is not None:
             cfg = apply_config_file(cfg, args.config_file, explicit_options(argv))
         if args.boilerplate_only:

@@ -39,6 +39,63 @@ CITATIONS = (
 )
 
 
+#: The references of :data:`CITATIONS`, in the same order, as BibTeX (``CITATION.bib``).
+CITATIONS_BIB = r"""@inproceedings{dey2022contrareg,
+  author = {Dey, Neel and Schlemper, Jo and Salehi, Seyed Sadegh Mohseni and Zhou, Bo and
+            Gerig, Guido and Sofka, Michal},
+  title = {{ContraReg}: Contrastive Learning of Multi-modality Unsupervised Deformable
+           Image Registration},
+  booktitle = {Medical Image Computing and Computer Assisted Intervention (MICCAI)},
+  year = {2022}
+}
+
+@article{gorgolewski2011nipype,
+  author = {Gorgolewski, Krzysztof and others},
+  title = {Nipype: a flexible, lightweight and extensible neuroimaging data processing
+           framework in {Python}},
+  journal = {Frontiers in Neuroinformatics}, volume = {5}, pages = {13}, year = {2011},
+  doi = {10.3389/fninf.2011.00013}
+}
+
+@article{avants2008syn,
+  author = {Avants, Brian B. and Epstein, Charles L. and Grossman, Murray and Gee, James C.},
+  title = {Symmetric diffeomorphic image registration with cross-correlation},
+  journal = {Medical Image Analysis}, volume = {12}, number = {1}, pages = {26--41},
+  year = {2008}, doi = {10.1016/j.media.2007.06.004}
+}
+
+@article{tustison2010n4,
+  author = {Tustison, Nicholas J. and others},
+  title = {{N4ITK}: improved {N3} bias correction},
+  journal = {IEEE Transactions on Medical Imaging}, volume = {29}, number = {6},
+  pages = {1310--1320}, year = {2010}, doi = {10.1109/TMI.2010.2046908}
+}
+
+@article{ciric2022templateflow,
+  author = {Ciric, Rastko and others},
+  title = {{TemplateFlow}: {FAIR}-sharing of multi-scale, multi-species brain models},
+  journal = {Nature Methods}, volume = {19}, pages = {1568--1571}, year = {2022},
+  doi = {10.1038/s41592-022-01681-2}
+}
+
+@inproceedings{paszke2019pytorch,
+  author = {Paszke, Adam and others},
+  title = {{PyTorch}: an imperative style, high-performance deep learning library},
+  booktitle = {Advances in Neural Information Processing Systems 32 (NeurIPS)},
+  year = {2019}
+}
+
+@inproceedings{heinrich2013mind,
+  author = {Heinrich, Mattias P. and Papie{\.z}, Bart{\l}omiej W. and Schnabel, Julia A.
+            and Handels, Heinz},
+  title = {Towards realtime multimodal fusion for image-guided interventions using
+           self-similarities},
+  booktitle = {Medical Image Computing and Computer Assisted Intervention (MICCAI)},
+  series = {LNCS}, volume = {8149}, pages = {187--194}, year = {2013}
+}
+"""
+
+
 def tool_versions() -> dict[str, str]:
     """Installed versions of the tools of :data:`TOOLS` (``"not installed"`` otherwise)."""
     out = {"contrareg-bids": __version__}

@@ -237,12 +237,15 @@ def build_subject_report(
     return write_page(out, page(f"contrareg-bids: {prefix_of(subject, session)}", sections))
 
 
-def about_html(run_seconds: float | None, status: str, run_uuid: str, device: str) -> str:
-    """The "About" panel: version, when, how long, on what."""
+def about_html(
+    run_seconds: float | None, status: str, run_uuid: str, device: str, command_line: str = ""
+) -> str:
+    """The "About" panel: version, the command, when, how long, on what."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")  # noqa: UP017
     rows = [
         ("contrareg-bids version", __version__),
         ("Run", run_uuid),
+        ("Command line", command_line or "n/a"),
         ("Report date", stamp),
         ("Status", status),
         ("Device", device),
@@ -271,7 +274,13 @@ def write_subject_report(
             figures = cfg.output_dir / f"sub-{subject}" / "figures"
             figures.mkdir(parents=True, exist_ok=True)
             name = f"{prefix_of(subject, session)}_desc-about_{cfg.moving_modality}.html"
-            text = about_html(time.monotonic() - started, status, cfg.run_uuid, device)
+            text = about_html(
+                time.monotonic() - started,
+                status,
+                cfg.run_uuid,
+                device,
+                getattr(cfg, "command_line", ""),
+            )
             (figures / name).write_text(text)
         return build_subject_report(
             cfg.output_dir, subject, session, cfg.moving_modality, cfg.run_uuid

@@ -653,7 +653,13 @@ def test_boilerplate_only_says_where_and_names_the_stages_that_run(tmp_path, bid
     rc = main([str(bids), str(out), "participant", "--boilerplate-only", "--refine-steps", "30"])
     assert rc == exit_codes.OK
     citation = out / "logs" / "CITATION.md"
-    assert f"methods text written to {citation}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"methods text written to {citation}" in printed
+    bib = (out / "logs" / "CITATION.bib").read_text()  # every reference, as BibTeX
+    assert f"as BibTeX to {out / 'logs' / 'CITATION.bib'}" in printed
+    from contrareg_bids.reports.boilerplate import CITATIONS
+
+    assert bib.count("\n@") + bib.startswith("@") == len(CITATIONS) and "dey2022contrareg" in bib
     text = citation.read_text()
     assert "lambda = 0.8" in text and "for 30 steps with the model's own objective" in text
     assert f"for {DEFAULT_FINE_STEPS} steps at the reference's resolution with MIND-SSC" in text

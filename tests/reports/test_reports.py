@@ -8,6 +8,7 @@ Chromium is installed, how the pages render (``slow``).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -289,3 +290,13 @@ def test_pages_render_in_chromium(run, group, tmp_path):
     assert 0.01 < _busy(shot) < 0.6
     reds = (shot[..., 0] > 200) & (shot[..., 1] < 120) & (shot[..., 2] < 120)
     assert reds.sum() > 20  # the outlier's dot and the 0.5 % line
+
+
+def test_about_shows_the_command_line(run):
+    """The command that made the outputs, as typed, in the About panel and the recorded
+    configuration (fMRIPrep's reports show it)."""
+    about = (run.out / "sub-01" / "figures" / "sub-01_desc-about_T2w.html").read_text()
+    assert "<th>Command line</th><td>contrareg-bids " in about
+    assert f"{run.bids} {run.out} participant" in about
+    (config,) = (run.out / "logs").glob("config-*.json")
+    assert json.loads(config.read_text())["command_line"].startswith("contrareg-bids ")
