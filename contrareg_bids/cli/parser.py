@@ -222,7 +222,7 @@ def get_parser() -> argparse.ArgumentParser:
         "extracts the brain of scans that are not already a brain in a background of zeros, "
         "force always, skip never; a brain mask given with --derivatives takes precedence. "
         "The reference template's brain mask is carried onto the head by ANTs (affine, then "
-        "a short SyN), about 1 min per subject at 0.86 mm",
+        "a short SyN): about 45 s per subject at 1 mm on 2 cores (simulated heads)",
     )
     g = p.add_argument_group("registration")
     g.add_argument(

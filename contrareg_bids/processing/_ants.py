@@ -62,6 +62,10 @@ def ants_seed(seed: int | None) -> Iterator[None]:
         cfg._random_seed = old
 
 
+#: Set in the worker's environment: a call made inside it (brain extraction's affines) runs
+#: there directly instead of starting another worker.
+_IN_WORKER = "CONTRAREG_ONE_ITK_THREAD_WORKER"
+
 #: The worker: reads a pickled ``(function, args, kwargs)`` from stdin, writes the pickled
 #: ``(ok, result or exception)`` to stdout. Nothing of the caller's ``__main__`` is re-run.
 _WORKER = """
@@ -89,10 +93,12 @@ def run_reproducibly(function: Callable[..., _T], *args: Any, **kwargs: Any) -> 
     2 s of a 13 s affine (2 cores), plus the worker's start. ``function`` must be importable
     (module level), its arguments and result picklable; its exception is raised here.
     """
+    if os.environ.get(_IN_WORKER) == "1":  # already one ITK thread: no second worker
+        return function(*args, **kwargs)
     import pickle
     import subprocess
 
-    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
+    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1", **{_IN_WORKER: "1"})
     done = subprocess.run(
         [sys.executable, "-c", _WORKER],
         input=pickle.dumps((function, args, kwargs)),

@@ -24,17 +24,26 @@ def heads(tmp_path_factory, icbm_small):
     tmp = tmp_path_factory.mktemp("heads")
     aff = icbm_small["affine"]
 
-    def save(array, name, dtype=np.float32):
+    def save(array, name, dtype=np.float32, affine=aff):
         path = tmp / name
-        nib.save(nib.Nifti1Image(np.asarray(array).astype(dtype), aff), str(path))
+        nib.save(nib.Nifti1Image(np.asarray(array).astype(dtype), affine), str(path))
         return path
 
+    # the second head is also moved in the scanner (8 degrees, 13 mm, in its header): the
+    # extraction must find it, not rely on the reference's position
+    angle = np.deg2rad(8)
+    moved = np.eye(4)
+    moved[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    moved[:3, 3] = [9, -7, 6]
     rng = np.random.default_rng(7)
     subjects = [add_head(simulate_subject(icbm_small, rng), rng, MM) for _ in range(2)]
     return {
         "reference": save(icbm_small["t2w"], "ref.nii.gz"),
         "reference_mask": save(icbm_small["mask"], "ref_mask.nii.gz", np.uint8),
-        "heads": [save(s["t2w"], f"head{i}.nii.gz") for i, s in enumerate(subjects)],
+        "heads": [
+            save(s["t2w"], f"head{i}.nii.gz", affine=(moved if i else np.eye(4)) @ aff)
+            for i, s in enumerate(subjects)
+        ],
         "truth": [s["mask"] > 0 for s in subjects],
         "tmp": tmp,
     }
