@@ -362,8 +362,7 @@ _MEANING_PATTERNS = (
     (
         "pma",
         re.compile(
-            r"post[- ]?menstrual|\bpma\b|gestational age at (?:scan|mri|imaging)|"
-            r"corrected (?:gestational )?age at scan|\bscan age\b",
+            r"post[- ]?menstrual|\bpma\b|gestational age at (?:scan|mri|imaging)|\bscan age\b",
             re.I,
         ),
     ),

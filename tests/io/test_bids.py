@@ -404,5 +404,7 @@ def test_column_meaning():
     assert says("Postnatal age") == "postnatal"
     assert says("age since birth, in days") == "postnatal"
     assert says("Age of the participant") is None
+    # a corrected age counts from the due date (PMA - 40 weeks): not a PMA, not guessed
+    assert says("Corrected age at scan") is None
     assert column_meaning({"c": "free text"}, "c") is None
     assert column_meaning({}, "c") is None
