@@ -111,7 +111,13 @@ def tiny_templateflow(tmp_path_factory, icbm_small) -> Path:
     _write_template(icbm, "ICBMTest", icbm_small)
     (icbm / "tpl-ICBMTest_desc-tissues_dseg.tsv").write_text(tsv)
     (icbm / "template_description.json").write_text(
-        json.dumps({"Name": "ICBM 2009c at 4 mm (tests)", "Identifier": "ICBMTest"})
+        json.dumps(
+            {
+                "Name": "ICBM 2009c at 4 mm (tests)",
+                "Identifier": "ICBMTest",
+                "ReferencesAndLinks": ["https://doi.org/10.1016/j.neuroimage.2010.07.033"],
+            }
+        )
     )
 
     cohort = home / "tpl-TinyCohort"

@@ -543,9 +543,14 @@ def test_raw_heads_get_their_brain_extracted(icbm_small, tiny_bundle, tiny_templ
         assert rc == 0, mode
         mask = data(out / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz") > 0
         dice_of[mode] = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+        row = read_metrics(out / "sub-01" / "anat" / "sub-01_desc-registration_metrics.tsv")
+        assert row["brain_mask"] == {"auto": "extracted", "skip": "reference"}[mode]
+        assert row["reference_template"] == TPL
     assert dice_of["auto"] > 0.93 and dice_of["auto"] > dice_of["skip"] + 0.01, dice_of
     figure = tmp_path / "out-auto" / "sub-01" / "figures" / "sub-01_desc-brain_mask.svg"
     assert figure.is_file()
+    page = (tmp_path / "out-auto" / "sub-01.html").read_text()  # the methods text says so
+    assert "The brain was extracted from the scan, which included skull and scalp" in page
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,19 +16,24 @@ LOGGER = logging.getLogger("contrareg_bids")
 
 def write_boilerplate(cfg) -> int:
     """``--boilerplate-only``: the methods text of this configuration, then stop."""
-    from ..reports.boilerplate import CITATIONS_BIB, methods_markdown
+    from ..io.templates import parse_reference
+    from ..reports.boilerplate import citations_bib, methods_markdown
 
+    spec = parse_reference(cfg.reference)
+    template = spec.template if spec.kind == "template" else ""
     row = {
         "method": "ants-syn" if cfg.registration == "ants" else "contrareg",
         "lambda": str(cfg.lam),
         "refine_steps": str(cfg.refine_steps),
         "fine_steps": str(cfg.fine_steps),
+        "reference_template": template or "",
+        "brain_mask": {"force": "extracted", "skip": "reference"}.get(cfg.skull_strip, "auto"),
     }
     path = write_text_atomic(
         cfg.output_dir / "logs" / "CITATION.md",
         methods_markdown(row, cfg.moving_modality, cfg.reference),
     )
-    bib = write_text_atomic(cfg.output_dir / "logs" / "CITATION.bib", CITATIONS_BIB)
+    bib = write_text_atomic(cfg.output_dir / "logs" / "CITATION.bib", citations_bib(template))
     # logging is not set up yet: say it plainly
     print(f"methods text written to {path}, its references as BibTeX to {bib}")
     return exit_codes.OK

@@ -266,6 +266,17 @@ def _description(client: TemplateFlowClient, template: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def template_citation(template: str) -> dict[str, Any]:
+    """What a methods text cites for a TemplateFlow template: its ``Name`` and its
+    ``ReferencesAndLinks`` (``template_description.json``), empty where the cache lacks the
+    description; never downloads."""
+    data = _description(get_client(), template)
+    refs = data.get("ReferencesAndLinks") or []
+    if isinstance(refs, str):
+        refs = [refs]
+    return {"name": str(data.get("Name") or template), "references": [str(r) for r in refs]}
+
+
 def _int_cohorts(labels: Any) -> list[int]:
     out = set()
     for label in labels or ():

@@ -66,6 +66,9 @@ COLUMNS_HELP = {
     "fine_steps": "Fine-stage steps at the reference's resolution, MIND-SSC (--fine-steps)",
     "seed": "Random seed of the run (--random-seed)",
     "reference": "The reference the subject was registered to",
+    "reference_template": "TemplateFlow identifier of the reference (a template reference)",
+    "brain_mask": "Where the subject's brain mask came from: 'given' (--derivatives), "
+    "'extracted' (--skull-strip), 'reference' (the reference's mask through the affine)",
 }
 
 

@@ -142,19 +142,83 @@ def methods_text(metrics: Mapping[str, str] | None, moving: str, reference: str 
         f"{v['contrareg-bids']}, built on Nipype {v['nipype']} (Gorgolewski et al. 2011) and "
         f"NiWorkflows {v['niworkflows']}. The {moving} image was corrected for "
         f"intensity non-uniformity with N4 (Tustison et al. 2010; antspyx {v['antspyx']}), "
-        f"aligned to {ref} with an affine transform (ANTs, Mattes mutual "
-        f"information), {deform}. Templates were accessed with TemplateFlow "
-        f"{v['templateflow']} (Ciric et al. 2022). Images were read and written with NiBabel "
-        f"{v['nibabel']} and transforms with SimpleITK {v['SimpleITK']}."
+        f"aligned to {ref}{template_sentence(row.get('reference_template', ''))} with an "
+        f"affine transform (ANTs, Mattes mutual information), {deform}."
+        f"{BRAIN_MASK_TEXT.get(row.get('brain_mask', ''), '')} Templates were accessed with "
+        f"TemplateFlow {v['templateflow']} (Ciric et al. 2022). Images were read and written "
+        f"with NiBabel {v['nibabel']} and transforms with SimpleITK {v['SimpleITK']}."
     )
     return text
+
+
+#: The methods text's sentence on the subject's brain mask, by the metrics' ``brain_mask``.
+BRAIN_MASK_TEXT = {
+    "given": " The brain mask of the subject was given with the data.",
+    "extracted": (
+        " The brain was extracted from the scan, which included skull and scalp, by carrying "
+        "the reference's brain mask onto it with ANTs (an affine transform restricted to the "
+        "head, a second one restricted to that first brain estimate, then a short SyN "
+        "deformation)."
+    ),
+    "reference": (
+        " The scan was skull-stripped; its brain mask is the reference's mask carried "
+        "through the affine transform."
+    ),
+    # --boilerplate-only with --skull-strip auto: decided per scan when the app runs
+    "auto": (
+        " Where a scan included skull and scalp, the brain was extracted by carrying the "
+        "reference's brain mask onto it with ANTs (affine transforms restricted to the head, "
+        "then to that first brain estimate, then a short SyN deformation); otherwise the "
+        "reference's mask carried through the affine transform was the brain mask."
+    ),
+}
+
+
+def template_references(template: str) -> list[str]:
+    """The template's own publications (``ReferencesAndLinks`` in the TemplateFlow cache),
+    empty when there are none or the cache cannot say."""
+    if not template:
+        return []
+    try:
+        from ..io.templates import template_citation
+
+        return list(template_citation(template)["references"])
+    except Exception:
+        return []
+
+
+def citations_bib(template: str = "") -> str:
+    """``CITATION.bib``: :data:`CITATIONS_BIB` and the template's own references (as
+    ``@misc`` entries with their link: the cache holds links, not full records)."""
+    extra = "".join(
+        f"\n@misc{{{template.lower()}{i},\n  title = {{{template} template, reference {i}}},\n"
+        f"  howpublished = {{\\url{{{ref}}}}}\n}}\n"
+        for i, ref in enumerate(template_references(template), start=1)
+    )
+    return CITATIONS_BIB + extra
+
+
+def template_sentence(template: str) -> str:
+    """`` (the <Name> template; <references>)`` for a TemplateFlow reference: the
+    template's own publications are cited where the reference is a template."""
+    if not template:
+        return ""
+    try:
+        from ..io.templates import template_citation
+
+        cited = template_citation(template)
+    except Exception:  # no cache, or an unreadable description: the text still stands
+        return f" (TemplateFlow template {template})"
+    refs = "; ".join(cited["references"])
+    return f" (the {cited['name']} template{'; ' + refs if refs else ''})"
 
 
 def methods_markdown(metrics: Mapping[str, str] | None, moving: str, reference: str | None) -> str:
     """``CITATION.md`` of ``--boilerplate-only``: the paragraph, the versions, the references."""
     text = methods_text(metrics, moving, reference)
     versions = "".join(f"- {TOOLS.get(k, k)} {val}\n" for k, val in tool_versions().items())
-    refs = "".join(f"{i}. {c}\n" for i, c in enumerate(CITATIONS, start=1))
+    cited = (*CITATIONS, *template_references((metrics or {}).get("reference_template", "")))
+    refs = "".join(f"{i}. {c}\n" for i, c in enumerate(cited, start=1))
     return f"# Methods\n\n{text}\n\n## Software versions\n\n{versions}\n## References\n\n{refs}"
 
 
@@ -166,7 +230,8 @@ def methods_html(metrics: Mapping[str, str] | None, moving: str, reference: str 
         f"<tr><th>{html.escape(TOOLS.get(k, k))}</th><td>{html.escape(val)}</td></tr>"
         for k, val in v.items()
     )
-    refs = "".join(f"<li>{html.escape(c)}</li>" for c in CITATIONS)
+    cited = (*CITATIONS, *template_references((metrics or {}).get("reference_template", "")))
+    refs = "".join(f"<li>{html.escape(c)}</li>" for c in cited)
     return (
         f'<p class="boilerplate">{text}</p><h3>Software versions</h3><table>{versions}</table>'
         f"<h3>References</h3><ol>{refs}</ol>"

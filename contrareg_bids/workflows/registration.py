@@ -319,9 +319,13 @@ def provenance_columns(
     fine_steps: int,
     seed: int,
     reference: str,
+    reference_template: str = "",
+    brain_mask: str = "",
 ) -> dict:
     """The metrics row's record of what ran: the model (name and sha256 of the bundle), the
-    refinement and fine-stage steps (ContraReg only), the seed and the reference."""
+    refinement and fine-stage steps (ContraReg only), the seed, the reference (and its
+    TemplateFlow identifier, which the methods text cites) and where the subject's brain
+    mask came from (:data:`BRAIN_MASK_SOURCES`)."""
     from ..io.bundle import file_sha256
 
     columns: dict = {}
@@ -330,7 +334,27 @@ def provenance_columns(
             columns.update(model=Path(model).name, model_sha256=file_sha256(model))
         columns.update(refine_steps=refine_steps, fine_steps=fine_steps)
     columns.update(seed=seed, reference=reference)
+    if reference_template:
+        columns["reference_template"] = reference_template
+    if brain_mask:
+        columns["brain_mask"] = brain_mask
     return columns
+
+
+#: How the subject's brain mask was obtained (the metrics' ``brain_mask`` column).
+BRAIN_MASK_SOURCES = {
+    "given": "given in a derivatives dataset (--derivatives)",
+    "extracted": "extracted from the scan with skull (--skull-strip)",
+    "reference": "the reference's mask carried through the affine (a skull-stripped scan)",
+}
+
+
+def brain_mask_source(subj: SubjectInputs) -> str:
+    """Which of :data:`BRAIN_MASK_SOURCES` the anatomical workflow of ``subj`` uses (the
+    rule of :func:`.anatomical.init_anat_preproc_wf`)."""
+    if subj.derivatives.get("mask") is not None:
+        return "given"
+    return "extracted" if subj.skull_strip else "reference"
 
 
 def transform_provenance(columns: dict, *, registration: str, lam: float | str) -> dict:
@@ -427,6 +451,8 @@ def init_subject_registration_wf(
     provenance = provenance_columns(
         registration=registration, model=model, refine_steps=refine_steps,
         fine_steps=fine_steps, seed=seed, reference=ref.description,
+        reference_template=ref.space if ref.is_template else "",
+        brain_mask=brain_mask_source(subj),
     )  # fmt: skip
     metrics = pe.Node(RegistrationMetrics(extra=provenance), name="metrics")
     ds_registration_wf = init_ds_registration_wf(

@@ -657,9 +657,10 @@ def test_boilerplate_only_says_where_and_names_the_stages_that_run(tmp_path, bid
     assert f"methods text written to {citation}" in printed
     bib = (out / "logs" / "CITATION.bib").read_text()  # every reference, as BibTeX
     assert f"as BibTeX to {out / 'logs' / 'CITATION.bib'}" in printed
-    from contrareg_bids.reports.boilerplate import CITATIONS
+    from contrareg_bids.reports.boilerplate import CITATIONS, template_references
 
-    assert bib.count("\n@") + bib.startswith("@") == len(CITATIONS) and "dey2022contrareg" in bib
+    cited = len(CITATIONS) + len(template_references("dhcpVol"))  # the TemplateFlow cache's
+    assert bib.count("\n@") + bib.startswith("@") == cited and "dey2022contrareg" in bib
     text = citation.read_text()
     assert "lambda = 0.8" in text and "for 30 steps with the model's own objective" in text
     assert f"for {DEFAULT_FINE_STEPS} steps at the reference's resolution with MIND-SSC" in text
@@ -667,6 +668,31 @@ def test_boilerplate_only_says_where_and_names_the_stages_that_run(tmp_path, bid
     main([str(bids), str(out), "participant", "--boilerplate-only", "--fine-steps", "0"])
     text = citation.read_text()
     assert "MIND-SSC" not in text and "model's own objective" not in text
+
+
+def test_boilerplate_cites_the_template_and_says_how_the_brain_mask_is_made(
+    tmp_path, bids, tiny_templateflow, monkeypatch
+):
+    """A template reference is cited with its own publications (TemplateFlow's
+    ``ReferencesAndLinks``), in the text, the references and the BibTeX; the text says how
+    the brain mask is obtained (``--skull-strip``)."""
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tiny_templateflow))
+    monkeypatch.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
+    out = tmp_path / "out"
+    doi = "https://doi.org/10.1016/j.neuroimage.2010.07.033"
+    for mode, words in (
+        ("auto", "Where a scan included skull and scalp, the brain was extracted"),
+        ("force", "The brain was extracted from the scan, which included skull and scalp"),
+        ("skip", "its brain mask is the reference's mask carried through the affine"),
+    ):
+        rc = main([str(bids), str(out), "participant", "--boilerplate-only",
+                   "--reference", "ICBMTest", "--skull-strip", mode])  # fmt: skip
+        assert rc == exit_codes.OK
+        text = (out / "logs" / "CITATION.md").read_text()
+        assert words in text, mode
+        assert f"(the ICBM 2009c at 4 mm (tests) template; {doi})" in text
+        assert text.split("## References")[1].count(doi) == 1
+        assert "@misc{icbmtest1" in (out / "logs" / "CITATION.bib").read_text()
 
 
 def test_boilerplate_only_and_write_graph(tmp_path, bids):
