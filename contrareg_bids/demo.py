@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from .processing.threads import available_cpus
-from .simulate import icbm_dir, load_icbm, simulate_subject
+from .simulate import add_head, icbm_dir, load_icbm, simulate_subject
 
 LOGGER = logging.getLogger("contrareg_bids.demo")
 
@@ -91,16 +91,23 @@ def write_bids_dataset(
     seed: int,
     factor: int = DEMO_MM,
     age_weeks: float = DEMO_AGE_WEEKS,
+    raw_heads: bool = False,
 ) -> list[str]:
     """Write ``n_subjects`` simulated subjects as a BIDS dataset under ``root`` (T1w, T2w,
     participants.tsv with the post-menstrual age ``pma``) and their brain masks and CerebrA
     label maps as the derivatives dataset ``root/derivatives/labels`` (``--derivatives``).
+    ``raw_heads``: the scans as they arrive from the scanner, with skull, scalp and
+    background noise (:func:`.simulate.add_head`); then only the reference (``sub-01``)
+    brings a brain mask, the app extracts every other subject's brain, and the simulated
+    brain masks are kept aside as the truth (``root/sourcedata/truth``).
     Returns the participant labels (``01``, ``02``, ...). A dataset written before with the
     same settings (``code/contrareg-bids-demo.json``) is kept as it is: rewritten files
     would differ (gzip time stamps), and the app's content hashes would redo its work; one
     with other settings is refused (the training folder would not match it either)."""
     ids = [f"{i + 1:02d}" for i in range(n_subjects)]
     settings = {"subjects": n_subjects, "seed": seed, "voxel_mm": factor, "age_weeks": age_weeks}
+    if raw_heads:  # a dataset written before this option has no such key: the same as False
+        settings["raw_heads"] = True
     stamp = root / "code" / "contrareg-bids-demo.json"
     if stamp.is_file():
         before = json.loads(stamp.read_text())
@@ -139,11 +146,17 @@ def write_bids_dataset(
     )
     for sid in ids:
         subj = simulate_subject(base, rng)
+        if raw_heads:
+            subj = add_head(subj, rng, float(factor))
         anat = root / f"sub-{sid}" / "anat"
         _save(anat / f"sub-{sid}_T1w.nii.gz", subj["t1w"], aff, np.float32)
         _save(anat / f"sub-{sid}_T2w.nii.gz", subj["t2w"], aff, np.float32)
         der = labels_root / f"sub-{sid}" / "anat"
-        _save(der / f"sub-{sid}_desc-brain_mask.nii.gz", subj["mask"], aff, np.uint8)
+        mask_name = f"sub-{sid}_desc-brain_mask.nii.gz"
+        if raw_heads and f"sub-{sid}" != DEMO_REFERENCE:
+            _save(truth_dir(root) / mask_name, subj["mask"], aff, np.uint8)
+        else:
+            _save(der / mask_name, subj["mask"], aff, np.uint8)
         _save(der / f"sub-{sid}_dseg.nii.gz", subj["labels"], aff, np.int16)
     rows = ["participant_id\tpma"] + [f"sub-{sid}\t{age_weeks:g}" for sid in ids]
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
@@ -184,6 +197,19 @@ def _num(value: str | None) -> float:
         return float("nan")
 
 
+def truth_dir(bids_root: Path) -> Path:
+    """Where ``--raw-heads`` keeps the simulated brain masks the app must find (BIDS
+    ``sourcedata``: neither the app nor the validator reads it)."""
+    return Path(bids_root) / "sourcedata" / "truth"
+
+
+def mask_dice(found: Path, truth: Path) -> float:
+    """Dice of the app's brain mask and the simulated one (same grid)."""
+    a = np.asarray(nib.load(found).dataobj) > 0
+    b = np.asarray(nib.load(truth).dataobj) > 0
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
 def run_demo(
     out: Path,
     n_subjects: int = DEMO_SUBJECTS,
@@ -197,6 +223,7 @@ def run_demo(
     refine_steps: int = DEMO_REFINE_STEPS,
     mm: int = DEMO_MM,
     nthreads: int | None = None,
+    raw_heads: bool = False,
 ) -> dict:
     """Simulate a BIDS dataset, run ``train``, ``participant`` (held-out subjects) and
     ``group`` through the CLI; write and return ``OUT/demo_results.json``. Running it again
@@ -214,7 +241,7 @@ def run_demo(
     labels = bids / "derivatives" / "labels"
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    ids = write_bids_dataset(bids, n_subjects, seed, factor=mm)
+    ids = write_bids_dataset(bids, n_subjects, seed, factor=mm, raw_heads=raw_heads)
     times["simulate"] = time.perf_counter() - t0
     train_ids, test_ids = ids[:-n_test], ids[-n_test:]
     threads = str(nthreads or min(available_cpus(), 8))
@@ -298,7 +325,12 @@ def run_demo(
                 "report": str(derivs / f"sub-{sid}.html"),
             }
         )
+        if raw_heads:  # the brain the app extracted against the simulated one
+            name = f"sub-{sid}_desc-brain_mask.nii.gz"
+            found = derivs / f"sub-{sid}" / "anat" / name
+            subjects[-1]["brain_mask_dice"] = mask_dice(found, truth_dir(bids) / name)
     keys = ("dice_affine", "dice_contrareg", "folding_percent", "std_log_jacobian")
+    keys += ("brain_mask_dice",) if raw_heads else ()
     mean = {k: float(np.nanmean([s[k] for s in subjects])) for k in keys}
     results = {
         "dataset": str(bids),
@@ -314,6 +346,7 @@ def run_demo(
         "refine_steps": refine_steps,
         "ae_steps": ae_steps,
         "voxel_mm": mm,
+        "raw_heads": raw_heads,
         "seed": seed,
         "seconds": times,
         "bundle": str(bundle),
@@ -337,6 +370,7 @@ def format_results(res: dict) -> list[str]:
         lines.append(
             f"  {s['subject']:<7} Dice affine only {s['dice_affine']:.3f} -> ContraReg "
             f"{s['dice_contrareg']:.3f}, folding {s['folding_percent']:.3f} %"
+            + (f", brain mask Dice {s['brain_mask_dice']:.3f}" if "brain_mask_dice" in s else "")
         )
     t = res["seconds"]
     lines.append("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()))
@@ -390,6 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="threads (default: all CPUs; 1 on a busy machine)",
     )
+    p.add_argument(
+        "--raw-heads",
+        action="store_true",
+        help="simulate scans with skull, scalp and background noise: the app extracts "
+        "the brain (--skull-strip auto) and the demo prints the Dice of its brain masks",
+    )
     p.add_argument("--loss", default="mcr")
     p.add_argument("--seed", "--random-seed", dest="seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -413,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             mm=args.voxel_mm,
             nthreads=args.nthreads,
             refine_steps=args.refine_steps,
+            raw_heads=args.raw_heads,
         )
     except RuntimeError as err:
         print(f"contrareg-bids-demo: error: {err}", file=sys.stderr)
