@@ -13,8 +13,12 @@ refinement) against affine-only, ANTs SyN and ConvexAdam, on two test sets.
 
 Every method runs on the same pairs in one process, so times are comparable (quoted as
 ratios to ANTs SyN). Dice: mean over tissues {1,2,3,5,6,7,8} per pair; folding and
-std log|J| inside the fixed brain mask. Best row: best mean Dice among lambdas with
-< 0.5 % folding. Differences are paired (mean ± SD over pairs, and how many pairs improve).
+std log|J| inside the fixed brain mask (the package's scorer,
+:func:`contrareg_bids.evaluation.sweep.evaluate_pair`). Best row: best mean Dice among
+lambdas with < 0.5 % folding. Differences are paired
+(:func:`contrareg_bids.evaluation.stats.paired_difference`: mean ± SD with ddof 1 over pairs,
+how many pairs improve, Wilcoxon p; before this script used the package's statistics its SD
+had ddof 0, as in the tables of docs/benchmarks.md, which are about 4 % smaller on 12 pairs).
 
     python benchmarks/bench_accuracy_atlas.py --bundles /tmp/atlas/runs/<run>/model.safetensors
 """
@@ -24,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -32,14 +35,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_atlas import TISSUES, atlas_file, load_cohort, log
+from bench_train_atlas import TISSUES
+from benchlib import command_line, load_volumes, log, paired_difference, register, score_arrays
 
 FOLD_LIMIT = 0.5
 
 
-def test_sets(args) -> dict[str, list[tuple[str, dict, dict]]]:
+def pair_sets(args) -> dict[str, list[tuple[str, dict, dict]]]:
     """``{"atlas": [(name, moving, fixed), ...], "pseudo": [...]}`` (arrays by key)."""
     from contrareg_bids.simulate import simulate_subject
 
@@ -53,7 +55,7 @@ def test_sets(args) -> dict[str, list[tuple[str, dict, dict]]]:
             sys.exit(
                 f"error: {paths['T1w']} is missing: run benchmarks/bench_train_atlas.py first"
             )
-        data[c] = load_cohort(paths)
+        data[c] = load_volumes(paths)
     pairs = [(a, b) for a in args.held_out for b in args.held_out if a != b]
     sets = {"atlas": [(f"{a}->{b}", data[a], data[b]) for a, b in pairs]}
     pseudo = {}
@@ -79,37 +81,18 @@ def test_sets(args) -> dict[str, list[tuple[str, dict, dict]]]:
     return sets
 
 
-def probe_pairs(work_dir: str, cohorts: list[int], which: str = "atlas") -> list:
-    """The ``which`` pairs (``atlas`` or ``pseudo``) of :func:`test_sets` between
-    ``cohorts``, with this benchmark's settings (the probes' data)."""
-    sets = argparse.Namespace(
-        work_dir=work_dir, factor=3, reference=36, affine_modality="T2w",
-        held_out=cohorts, pseudo=1, pseudo_amplitude=2.0, seed=0,
-    )  # fmt: skip
-    return test_sets(sets)[which]
-
-
-def score(moving: dict, fixed: dict, disp: np.ndarray) -> dict:
-    from contrareg_bids.evaluation.sweep import evaluate_pair, warp_label_map
-
-    moved = warp_label_map(moving["labels"], disp)
-    return evaluate_pair(moved, fixed["labels"], disp, fixed["mask"] > 0, TISSUES)
-
-
 def run_set(args, pairs, bundles, affine_arr) -> dict:
     """``rows[(method, lambda)] -> list of per-pair dicts`` (Dice, folding, sdlogj, time)."""
     import torch
 
     from contrareg_bids.evaluation.peers import ConvexAdamSettings, convexadam_forward_field
     from contrareg_bids.evaluation.sweep import ants_forward_field
-    from contrareg_bids.nn.inference import register_arrays
-    from contrareg_bids.nn.refine import RefineSettings
     from contrareg_bids.training.objective import objective_from_bundle
 
     rows: dict[tuple[str, float | None], list[dict]] = {}
 
     def add(key, mov, fix, disp, seconds):
-        r = score(mov, fix, disp)
+        r = score_arrays(mov, fix, disp, TISSUES)
         r["time_s"] = seconds
         rows.setdefault(key, []).append(r)
 
@@ -120,7 +103,7 @@ def run_set(args, pairs, bundles, affine_arr) -> dict:
         for name, b in bundles.items():
             for lam in args.lambdas:
                 t0 = time.perf_counter()
-                out = register_arrays(b.regnet, mov["T2w"], fix["T1w"], lam=lam)
+                out = register(b.regnet, mov["T2w"], fix["T1w"], lam=lam)
                 add((name, lam), mov, fix, out.forward_disp, time.perf_counter() - t0)
             refine = (
                 args.refine_steps if (not args.refine_names or name in args.refine_names) else []
@@ -128,9 +111,9 @@ def run_set(args, pairs, bundles, affine_arr) -> dict:
             for steps in refine:
                 for lam in args.refine_lambdas:
                     t0 = time.perf_counter()
-                    out = register_arrays(
+                    out = register(
                         b.regnet, mov["T2w"], fix["T1w"], lam=lam,
-                        refine=RefineSettings(steps=steps, lr=args.refine_lr, seed=i),
+                        refine={"steps": steps, "lr": args.refine_lr, "seed": i},
                         objective=objectives[name], moving_mask=mov["mask"],
                         fixed_mask=fix["mask"],
                     )  # fmt: skip
@@ -168,17 +151,18 @@ def summarise(rows: dict) -> list[dict]:
     out = []
     for (method, lam), rs in rows.items():
         dice = [r["dice"] for r in rs]
-        diff = np.asarray(dice) - np.asarray(base)
+        gain = paired_difference(dice, base)
         out.append(
             {
                 "method": method,
                 "lambda": lam,
                 "dice": float(np.mean(dice)),
-                "dice_sd": float(np.std(dice)),
-                "gain": float(diff.mean()),
-                "gain_sd": float(diff.std()),
-                "above": int((diff > 0).sum()),
-                "n": len(dice),
+                "dice_sd": float(np.std(dice)),  # across pairs, as the package's summary
+                "gain": gain.mean,
+                "gain_sd": gain.sd,
+                "gain_p": gain.p,
+                "above": gain.better,
+                "n": gain.n,
                 "fold": float(np.mean([r["folding_percent"] for r in rs])),
                 "sdlogj": float(np.mean([r["std_log_jacobian"] for r in rs])),
                 "time_s": float(statistics.median(r["time_s"] for r in rs)),
@@ -198,21 +182,22 @@ def best_rows(summary: list[dict]) -> list[dict]:
     return sorted(best.values(), key=lambda r: -r["dice"])
 
 
-def paired(a: dict, b: dict) -> str:
-    d = np.asarray(a["pair_dice"]) - np.asarray(b["pair_dice"])
-    return f"{d.mean():+.4f} ± {d.std():.4f} ({int((d > 0).sum())}/{d.size})"
+def _p(p: float) -> str:
+    return "n/a" if np.isnan(p) else f"{p:.3g}"
 
 
 def table(summary: list[dict], ants_time: float | None, title: str) -> str:
     lines = [f"### {title}", "",
-             "| method | lambda | Dice | vs affine (paired SD, pairs up) | % folds | std log|J| "
-             "| s / pair | time / ANTs |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| method | lambda | Dice | vs affine (paired SD, pairs up, p) | % folds "
+             "| std log|J| | s / pair | time / ANTs |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in summary:
         lam = "-" if r["lambda"] is None else f"{r['lambda']:g}"
         ratio = f"{r['time_s'] / ants_time:.2f}" if ants_time and r["time_s"] else "-"
         lines.append(
             f"| {r['method']} | {lam} | {r['dice']:.4f} ± {r['dice_sd']:.4f} | "
-            f"{r['gain']:+.4f} ± {r['gain_sd']:.4f} ({r['above']}/{r['n']}) | {r['fold']:.3f} | "
+            f"{r['gain']:+.4f} ± {r['gain_sd']:.4f} ({r['above']}/{r['n']}, "
+            f"p {_p(r['gain_p'])}) | {r['fold']:.3f} | "
             f"{r['sdlogj']:.3f} | {r['time_s']:.2f} | {ratio} |"
         )
     return "\n".join(lines)
@@ -259,16 +244,13 @@ def main(argv=None) -> int:
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(args.threads))
     from contrareg_bids.io.bundle import load_model
 
-    print(
-        "# python benchmarks/bench_accuracy_atlas.py "
-        + shlex.join(sys.argv[1:] if argv is None else argv)
-    )
+    print(f"# {command_line('bench_accuracy_atlas.py', argv)}")
     names = args.names or [None] * len(args.bundles)
     bundles = {}
     for path, name in zip(args.bundles, names, strict=True):
         b = load_model(path)
         bundles[name or b.metadata.loss] = b
-    sets = test_sets(args)
+    sets = pair_sets(args)
     ref = Path(args.work_dir) / f"affine_f{args.factor}_ref{args.reference}{args.affine_modality}"
     import nibabel as nib
 
@@ -302,5 +284,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    assert atlas_file  # the atlas layout is bench_train_atlas's
     sys.exit(main())

@@ -40,15 +40,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_participant_dataset import app, log
-from bench_real_pairs import app_transform, run_peer, score
 from bench_train_atlas import COHORTS, TEMPLATE, TISSUES, preprocess_cohort
+from benchlib import (
+    app,
+    app_transform,
+    command_line,
+    derivative,
+    log,
+    paired_difference,
+    registration_options,
+    run_peer,
+    score_files,
+)
 
-from contrareg_bids.evaluation.stats import paired_difference
-
-HERE = Path(__file__).resolve().parents[1]
 HELD_OUT = [31, 35, 39, 43]
 APP_METHODS = ("network", "defaults", "ants")
 PEERS = ("convexadam", "fireants-mi")
@@ -221,7 +225,7 @@ def main(argv=None) -> int:
         "--model-name", default="cpu-recipe", help="the bundle's name (another for other options)"
     )
     args = p.parse_args(argv)
-    log("command: python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]))
+    log("command: " + command_line("bench_cpu_recipe.py", argv, env=("TEMPLATEFLOW_HOME",)))
 
     work = args.work_dir.resolve()
     bids = work / "bids"
@@ -262,14 +266,14 @@ def main(argv=None) -> int:
             *shlex.split(args.train_options),
         ]
         log("train: contrareg-bids " + shlex.join(argv_train))
-        rc, seconds["train"] = app(HERE, argv_train)
+        rc, seconds["train"] = app(argv_train)
         if rc:
             return rc
         log(f"  train level {seconds['train'] / 60:.1f} min ({len(train)} subjects)")
     methods = {
         "network": [
-            *("--model", str(bundle), "--lambda", f"{NETWORK_LAMBDA:g}"),
-            *("--refine-steps", "0", "--fine-steps", "0"),
+            *("--model", str(bundle)),
+            *registration_options(lam=NETWORK_LAMBDA, refine_steps=0, fine_steps=0),
         ],
         "defaults": ["--model", str(bundle), *shlex.split(args.participant_options)],
         "ants": ["--registration", "ants"],
@@ -294,7 +298,7 @@ def main(argv=None) -> int:
             argv_p = [str(bids), str(out), "participant", *common, "--participant-label"]
             argv_p += [*todo, *methods[name]]
             log(f"{name}: contrareg-bids " + shlex.join(argv_p))
-            rc, seconds[name] = app(HERE, argv_p)
+            rc, seconds[name] = app(argv_p)
             if rc:
                 log(f"  {name} exited {rc}: scoring the subjects that finished")
         for t in todo:
@@ -331,7 +335,17 @@ def main(argv=None) -> int:
 
 
 def score_tissues(bids: Path, moving: str, fixed: str, transform, work: Path) -> dict:
-    return score(bids, moving, fixed, transform, work, dseg="dseg", labels=TISSUES, scored=tissues)
+    """Dice over :data:`TISSUES` of the ``dseg`` maps, folding % and std log|J| in the fixed
+    brain (:func:`benchlib.score_files`)."""
+    return score_files(
+        derivative(bids, moving, "dseg"),
+        derivative(bids, fixed, "dseg"),
+        derivative(bids, fixed, "desc-brain_mask"),
+        transform,
+        TISSUES,
+        tissues,
+        work / f"_moved_{moving}_{fixed}.nii.gz",
+    )
 
 
 def affine_score(bids: Path, work: Path, moving: str, reference: str) -> dict | None:
@@ -343,9 +357,7 @@ def affine_score(bids: Path, work: Path, moving: str, reference: str) -> dict | 
         transform, _ = run_peer("affine", work / "work", moving)
     except FileNotFoundError:
         return None
-    s = score(
-        bids, moving, reference, transform, work, dseg="dseg", labels=TISSUES, scored=tissues
-    )
+    s = score_tissues(bids, moving, reference, transform, work)
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(s) + "\n")
     return s

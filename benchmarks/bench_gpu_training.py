@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
+from benchlib import command_line
 
 from contrareg_bids.training.checkpoint import load_checkpoint, save_checkpoint
 from contrareg_bids.training.config import TRAIN_PRESETS
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print(f"# {command_line('bench_gpu_training.py', argv)}")
 
     moving = read_record_list(args.moving_list)
     fixed = read_record_list(args.fixed_list)

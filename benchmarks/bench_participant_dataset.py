@@ -18,33 +18,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parents[1]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def app(src: Path, argv: list[str], env_extra: dict | None = None) -> tuple[int, float]:
-    """Run the BIDS-App of the checkout ``src``; (exit code, wall seconds)."""
-    env = {**os.environ, "PYTHONPATH": str(src), **(env_extra or {})}
-    cmd = [sys.executable, "-m", "contrareg_bids.cli.run", *argv]
-    t0 = time.perf_counter()
-    # cwd outside both checkouts: ``python -m`` puts the cwd first on sys.path
-    rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                        text=True, check=False, cwd="/")  # fmt: skip
-    seconds = time.perf_counter() - t0
-    if rc.returncode != 0:
-        log(f"  exit {rc.returncode}: {rc.stderr[-2000:]}")
-    return rc.returncode, seconds
+from benchlib import REPO, app, command_line, log
 
 
 def metrics(out: Path) -> dict[str, dict]:
@@ -66,9 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-src", type=Path, default=None)
     p.add_argument("--registration", default="contrareg", choices=("contrareg", "ants"))
     args = p.parse_args(argv)
-    print(f"# python {' '.join(shlex.quote(a) for a in sys.argv)}")
+    print(f"# {command_line('bench_participant_dataset.py', argv)}")
     print(f"# {os.cpu_count()} CPUs, nprocs {args.nprocs}, {args.subjects} subjects")
-    sys.path.insert(0, str(HERE))
     from contrareg_bids.demo import DEMO_REFERENCE, write_bids_dataset
 
     root = args.work_dir
@@ -81,15 +60,15 @@ def main(argv=None) -> int:
     model = next(iter(sorted((model_dir / "models").glob("*.safetensors"))), None)
     if args.registration == "contrareg" and model is None:
         log("training a small model once (train level, --sloppy)")
-        rc, sec = app(HERE, [str(bids), str(model_dir), "train", "-w", str(root / "work-train"),
+        rc, sec = app([str(bids), str(model_dir), "train", "-w", str(root / "work-train"),
                              *common, "--train-steps", "20", "--ae-steps", "20"])  # fmt: skip
         model = next(iter(sorted((model_dir / "models").glob("*.safetensors"))))
         log(f"  model {model.name} in {sec:.0f} s")
     if model is not None and args.registration == "contrareg":
         common += ["--model", str(model)]
-    codes = {"this checkout": HERE}
+    codes = {"this checkout": REPO}
     if args.baseline_src is not None:
-        codes = {"baseline": args.baseline_src.resolve(), "this checkout": HERE}
+        codes = {"baseline": args.baseline_src.resolve(), "this checkout": REPO}
     for name, src in codes.items():
         where = subprocess.run(
             [sys.executable, "-c", "import contrareg_bids; print(contrareg_bids.__file__)"],
@@ -107,7 +86,7 @@ def main(argv=None) -> int:
             out, work = root / f"out-{name.split()[0]}", root / f"work-{name.split()[0]}"
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
-            rc, sec = app(src, [str(bids), str(out), "participant", "-w", str(work), *common])
+            rc, sec = app([str(bids), str(out), "participant", "-w", str(work), *common], src)
             times[name].append(sec)
             outputs[name] = metrics(out)
             dice[name].append({k: float(v["mean_dice"]) for k, v in outputs[name].items()})

@@ -26,26 +26,25 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shlex
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_participant_dataset import HERE, app, log
+from benchlib import app, command_line, log, registration_options
 
 
 def methods(refine_steps: int, draws: list[int]) -> dict[str, list[str]]:
     """Method name -> participant options: the network alone, refined (once per number of
     PatchNCE draws), ANTs SyN."""
-    out = {"contrareg (lambda 0.8, no refinement)": ["--lambda", "0.8", "--refine-steps", "0"]}
+    out = {"contrareg (lambda 0.8, no refinement)": registration_options(lam=0.8, refine_steps=0)}
     for d in draws:
         name = f"contrareg (lambda 0.8, refine {refine_steps}" + (
             f", {d} draws)" if d > 1 else ")"
         )
-        out[name] = ["--lambda", "0.8", "--refine-steps", str(refine_steps)]
-        out[name] += ["--refine-draws", str(d)] if d > 1 else []
+        out[name] = registration_options(
+            lam=0.8, refine_steps=refine_steps, refine_draws=d if d > 1 else None
+        )
     out["ants-syn"] = ["--registration", "ants"]
     return out
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scratch", type=Path, default=Path("/tmp/bench_participant_methods"))
     p.add_argument("--sloppy", action="store_true", help="the demo's quick settings (weak SyN)")
     a = p.parse_args(argv)
-    print(f"# python benchmarks/bench_participant_methods.py {shlex.join(sys.argv[1:])}")
+    print(f"# {command_line('bench_participant_methods.py', argv)}")
     bids = a.bids_dir or a.demo_dir / "bids"
     model = a.model
     if model is None:
@@ -97,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         for method, opts in runs.items():
             out, work = a.scratch / "out", a.scratch / "work"
             shutil.rmtree(a.scratch, ignore_errors=True)
-            rc, seconds = app(HERE, [str(bids), str(out), "participant", "-w", str(work),
-                                     *common, *opts])  # fmt: skip
+            rc, seconds = app([str(bids), str(out), "participant", "-w", str(work), *common,
+                               *opts])  # fmt: skip
             if rc != 0:
                 sys.exit(f"error: {method}: exit {rc} (its stderr is above)")
             times[method].append(seconds / len(a.subjects))

@@ -47,42 +47,33 @@ import argparse
 import csv
 import datetime as dt
 import json
-import os
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-
-from contrareg_bids.evaluation.stats import paired_difference
-from contrareg_bids.io.transforms import (
-    apply_transform,
-    array_from_image,
-    chain_transforms,
-    compose_to_field,
-    displacement_transform,
-    read_ants_affine,
-    resample_image,
-    sitk_image_from_file,
+from benchlib import (
+    REPO,
+    app,
+    app_transform,
+    command_line,
+    derivative,
+    log,
+    paired_difference,
+    registration_options,
+    run_peer,
+    score_files,
 )
-from contrareg_bids.metrics import registration_metrics
 
-HERE = Path(__file__).resolve().parents[1]
 SPLIT = {"selection": ("01", "03", "04", "05"), "test": ("06", "07", "08", "10")}
 STRUCTURES = tuple(range(1, 51))
 MERGED = {86: 42, 87: 43}  # low-T2 thalamus parts -> their thalamus
-LOG = HERE / "benchmarks" / "logs" / "real_test_log.tsv"
+LOG = REPO / "benchmarks" / "logs" / "real_test_log.tsv"
 APP_METHODS = ("syn", "network", "refine")
 PEERS = ("affine", "convexadam", "fireants-cc", "fireants-mi")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def structures(labels: np.ndarray) -> np.ndarray:
@@ -94,125 +85,19 @@ def structures(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def derivative(bids: Path, sub: str, suffix: str) -> Path:
-    """A file of the dataset's label derivatives, e.g. ``desc-structures_dseg``."""
-    return bids / "derivatives" / "labels" / f"sub-{sub}" / "anat" / f"sub-{sub}_{suffix}.nii.gz"
-
-
-def labels_path(bids: Path, sub: str, dseg: str = "desc-structures_dseg") -> Path:
-    return derivative(bids, sub, dseg)
-
-
-def mask_path(bids: Path, sub: str) -> Path:
-    return derivative(bids, sub, "desc-brain_mask")
-
-
-def score(
-    bids: Path,
-    moving: str,
-    fixed: str,
-    transform,
-    work: Path,
-    *,
-    dseg: str = "desc-structures_dseg",
-    labels: tuple[int, ...] = STRUCTURES,
-    scored=structures,
-) -> dict:
-    """Dice over ``labels`` (of the label maps ``dseg``, made ``scored``: by default the 50
-    structures) and the warp's folding / std log|J| in the fixed brain."""
-    fixed_img = nib.load(labels_path(bids, fixed, dseg))
-    tmp = work / f"_moved_{moving}_{fixed}.nii.gz"
-    apply_transform(
-        labels_path(bids, moving, dseg), labels_path(bids, fixed, dseg), transform, tmp, "nearest"
+def score(bids: Path, moving: str, fixed: str, transform, work: Path) -> dict:
+    """Dice over the 50 structures of the ``desc-structures_dseg`` maps and the warp's
+    folding / std log|J| in the fixed brain (:func:`benchlib.score_files`)."""
+    dseg = "desc-structures_dseg"
+    return score_files(
+        derivative(bids, moving, dseg),
+        derivative(bids, fixed, dseg),
+        derivative(bids, fixed, "desc-brain_mask"),
+        transform,
+        STRUCTURES,
+        structures,
+        work / f"_moved_{moving}_{fixed}.nii.gz",
     )
-    moved = scored(np.asarray(nib.load(tmp).dataobj))
-    tmp.unlink()
-    field = compose_to_field(transform, fixed_img.affine, fixed_img.shape)
-    mask = np.asarray(nib.load(mask_path(bids, fixed)).dataobj) > 0
-    fixed_lab = scored(np.asarray(fixed_img.dataobj))
-    s = registration_metrics(fixed_lab, moved, field, mask, labels=labels)
-    return {
-        "dice": s["mean_dice"],
-        "dice_per_label": s["dice_per_label"],
-        "folding_percent": s["folding_percent"],
-        "std_log_jacobian": s["std_log_jacobian"],
-    }
-
-
-def app(argv: list[str]) -> tuple[int, float]:
-    """The BIDS-App of this checkout; (exit code, wall seconds)."""
-    cmd = [sys.executable, "-m", "contrareg_bids.cli.run", *argv]
-    t0 = time.perf_counter()
-    rc = subprocess.run(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        check=False,
-        cwd="/",
-        env={**os.environ, "PYTHONPATH": str(HERE)},
-    )
-    if rc.returncode:
-        log(f"  exit {rc.returncode}: {rc.stderr[-3000:]}")
-    return rc.returncode, time.perf_counter() - t0
-
-
-def app_transform(out: Path, moving: str) -> Path:
-    hits = [
-        p
-        for p in (out / f"sub-{moving}" / "anat").glob(
-            f"sub-{moving}_from-T2w_to-*_mode-image_xfm.h5"
-        )
-        if "_to-T1w_" not in p.name
-    ]
-    if len(hits) != 1:
-        raise FileNotFoundError(
-            f"{out}/sub-{moving}/anat: expected one from-T2w transform, got {hits}"
-        )
-    return hits[0]
-
-
-def work_files(work: Path, moving: str) -> tuple[Path, Path, Path]:
-    """The app's preprocessed moving T2w, its affine (reference -> subject), the reference's
-    preprocessed T1w, from a participant run's work folder."""
-    sub = work / f"sub_{moving}_wf" / "anat_preproc_wf"
-    refs = sorted(work.glob("reference_*_wf/normalize_reference/norm.nii.gz"))
-    if len(refs) != 1:
-        raise FileNotFoundError(f"{work}: expected one preprocessed reference, got {refs}")
-    return (
-        sub / "normalize_moving" / "norm.nii.gz",
-        sub / "affine_moving" / "affine_0GenericAffine.mat",
-        refs[0],
-    )
-
-
-def run_peer(name: str, work: Path, moving: str) -> tuple[object, float]:
-    """(transform reference -> moving subject, seconds) of a peer on the app's affine-aligned,
-    preprocessed pair."""
-    norm, affine_mat, ref = work_files(work, moving)
-    affine = read_ants_affine(affine_mat)
-    if name == "affine":
-        return affine, 0.0
-    ref_img = sitk_image_from_file(ref)
-    fixed = array_from_image(ref_img)
-    moved = array_from_image(resample_image(sitk_image_from_file(norm), ref_img, affine))
-    ref_nii = nib.load(ref)
-    if name == "convexadam":
-        from contrareg_bids.evaluation.peers import convexadam_forward_field
-
-        disp, seconds = convexadam_forward_field(moved, fixed)
-    else:
-        from contrareg_bids.evaluation.peers import FireANTsSettings, fireants_forward_field
-
-        loss = name.split("-", 1)[1]
-        disp, seconds = fireants_forward_field(
-            moved,
-            fixed,
-            spacing=ref_nii.header.get_zooms()[:3],
-            settings=FireANTsSettings(loss=loss),
-        )
-    field = displacement_transform(disp, ref_nii.affine)
-    return chain_transforms([field, affine]), seconds
 
 
 def parse_variants(items: list[str]) -> dict[str, list[str]]:
@@ -250,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-pairs", type=int, default=0, help="score only the first N pairs")
     a = p.parse_args(argv)
-    command = "python benchmarks/bench_real_pairs.py " + shlex.join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    command = command_line("bench_real_pairs.py", argv)
     print(f"# {command}", flush=True)
     bids = a.bids.resolve()
     subjects = SPLIT[a.set]
@@ -261,16 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         pairs = pairs[: a.max_pairs]
     fixed_subjects = sorted({f for _, f in pairs})
     app_methods: dict[str, list[str]] = {}
-    model_opts = ["--model", str(a.model), "--lambda", a.lam] if a.model else []
+    model_opts = ["--model", str(a.model), *registration_options(lam=a.lam)] if a.model else []
     if "network" in a.methods:  # first: the one that pays the shared preprocessing
-        app_methods["network"] = [*model_opts, "--refine-steps", "0", "--fine-steps", "0"]
+        app_methods["network"] = [*model_opts, *registration_options(refine_steps=0, fine_steps=0)]
     if "refine" in a.methods:
         app_methods["refine"] = [
             *model_opts,
-            "--refine-steps",
-            str(a.refine_steps),
-            "--fine-steps",
-            "0",
+            *registration_options(refine_steps=a.refine_steps, fine_steps=0),
         ]
     for name, opts in parse_variants(a.variant).items():
         app_methods[name] = [*model_opts, *opts]
@@ -324,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             need = {
                 first: app_methods.get(
                     first,
-                    [*model_opts, "--refine-steps", "0"]
+                    [*model_opts, *registration_options(refine_steps=0)]
                     if a.model
                     else ["--registration", "ants"],
                 )
@@ -402,7 +282,7 @@ def report(a, command: str, pairs, rows, results, log_test: bool) -> None:
 def append_log(command: str, done, rows, results) -> None:
     """Every test evaluation, one line per method, appended (never rewritten)."""
     commit = subprocess.run(
-        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
         capture_output=True,
         text=True,
         check=False,

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -39,9 +38,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import command_line, fmt_table, register, write_docs
 
 HEADING = "## Speed and memory (bench_speed.py)"
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- data
@@ -103,7 +102,6 @@ def _peak(device: str) -> dict[str, float]:
 def job_infer(size: int, ch: int, depth: int, repeats: int, device: str) -> dict:
     import torch
 
-    from contrareg_bids.nn.inference import register_arrays
     from contrareg_bids.nn.model import ContraRegNet
 
     torch.manual_seed(0)
@@ -115,7 +113,7 @@ def job_infer(size: int, ch: int, depth: int, repeats: int, device: str) -> dict
             torch.cuda.synchronize()
 
     t = _median_time(
-        lambda: register_arrays(net, pair["moving"], pair["fixed"], 0.1, device), repeats, sync
+        lambda: register(net, pair["moving"], pair["fixed"], lam=0.1, device=device), repeats, sync
     )
     return {"kind": "infer", "size": size, "ch": ch, "seconds": t, **_peak(device)}
 
@@ -214,11 +212,6 @@ def run_job(spec: dict, args: argparse.Namespace) -> dict | None:
     return res
 
 
-def fmt_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def _mem(r: dict) -> str:
     if "peak_cuda_gb" in r:
         return f"{r['peak_cuda_gb']:.2f} GB (CUDA)"
@@ -303,23 +296,6 @@ def report(args, res: dict, command: str, env: str) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_docs(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section of ``path``, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((k for k, ln in enumerate(lines) if ln.strip() == HEADING), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (k for k in range(start + 1, len(lines)) if lines[k].startswith("## ")), len(lines)
-        )
-        new = "\n".join(lines[:start]) + "\n" + section
-        if end < len(lines):
-            new += "\n" + "\n".join(lines[end:]).rstrip("\n") + "\n"
-    path.write_text(new)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
@@ -359,8 +335,7 @@ def main(argv=None) -> int:
     if args._child:
         print(json.dumps(run_child(json.loads(args._child), args.device)))
         return 0
-    argv_used = sys.argv[1:] if argv is None else list(argv)
-    command = "python benchmarks/bench_speed.py " + shlex.join(argv_used)
+    command = command_line("bench_speed.py", argv)
     import ants
 
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "no GPU used"
@@ -412,7 +387,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     if args.write_docs:
-        write_docs(args.write_docs, section)
+        write_docs(args.write_docs, HEADING, section)
     return 0
 
 

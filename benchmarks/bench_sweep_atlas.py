@@ -22,14 +22,12 @@ directory (default ``/tmp/contrareg-atlas-bench/sweep``), never into the reposit
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import bench_train_atlas as bta
+from benchlib import REPO, command_line, log, write_docs
 
 HEADING = "## Lambda sweep on the development atlas"
 
@@ -48,7 +46,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     args, rest = p.parse_known_args(argv)
     targs = bta.parse_args(rest)
     out = (args.out or Path(targs.work_dir) / "sweep").resolve()
-    if out == bta.REPO or bta.REPO in out.parents:
+    if out == REPO or REPO in out.parents:
         p.error(f"--out {out} is inside the repository: the atlas terms forbid that")
     args.out = out
     return args, targs
@@ -67,8 +65,7 @@ def main(argv=None) -> int:
     if targs.threads > 0:
         torch.set_num_threads(targs.threads)
     t0 = time.perf_counter()
-    argv_used = sys.argv[1:] if argv is None else list(argv)
-    command = "python benchmarks/bench_sweep_atlas.py " + shlex.join(argv_used)
+    command = command_line("bench_sweep_atlas.py", argv, env=("TEMPLATEFLOW_HOME",))
     print(f"# {command}")
     work = Path(targs.work_dir)
     pre_dir = work / f"preproc_f{targs.factor}"
@@ -98,7 +95,7 @@ def main(argv=None) -> int:
         for b in held
         if a != b
     ]
-    bta.log(f"sweep: {len(bundles)} bundle(s) x 17 lambdas x {len(pairs)} pairs -> {args.out}")
+    log(f"sweep: {len(bundles)} bundle(s) x 17 lambdas x {len(pairs)} pairs -> {args.out}")
     res = run_sweep(
         bundles, pairs, args.out, names=names, ants=args.ants, device=args.device,
         labels=bta.TISSUES, seed=targs.seed, progress=targs.progress,
@@ -113,12 +110,7 @@ def main(argv=None) -> int:
     print("\n" + section)
     print(f"results: {args.out}")
     if args.write_docs:
-        saved = bta.HEADING
-        bta.HEADING = HEADING  # reuse its section replacement under this heading
-        try:
-            bta.write_docs(args.write_docs, section)
-        finally:
-            bta.HEADING = saved
+        write_docs(args.write_docs, HEADING, section)
     return 0
 
 

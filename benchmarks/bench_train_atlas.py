@@ -4,9 +4,11 @@ A reduced-size, CPU-only version of the paper's Table 1 protocol on real neonata
 
 1. preprocess every cohort (28-44 weeks): RAS, block-average downsampling by ``--factor``
    (default 3: 40x56x48 at 2.58 mm; see ``FACTOR_NOTE`` for why not 2), pad to a multiple
-   of 8, intensities to [0, 1] inside the brain mask (0.5-99.5 percentiles);
-2. affine pre-alignment of every cohort to one central cohort with ANTs (antspyx, Mattes MI),
-   as the product does it; T2w, T1w, mask and tissue labels share the cohort's transform;
+   of 8, intensities to [0, 1] inside the brain mask (0.5-99.5 percentiles: the package's
+   :func:`~contrareg_bids.processing.normalize.percentile_normalize`);
+2. affine pre-alignment of every cohort to one central cohort with the package's affine
+   step (:func:`~contrareg_bids.processing.affine.affine_register`: ANTs, Mattes MI, seeded,
+   one ITK thread); T2w, T1w, mask and tissue labels share the cohort's transform;
 3. train ``mcr`` and ``mi`` with the package's ``train()`` on the training cohorts (moving =
    T2w of cohort A, fixed = T1w of cohort B, A != B);
 4. evaluate all ordered pairs of the held-out cohorts over a lambda sweep: mean Dice over the
@@ -30,7 +32,6 @@ import csv
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -38,6 +39,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from benchlib import (
+    REPO,
+    command_line,
+    fmt_table,
+    load_volumes,
+    log,
+    paired_difference,
+    register,
+    write_docs,
+)
 
 if TYPE_CHECKING:
     from contrareg_bids.evaluation import SweepResult
@@ -49,7 +60,6 @@ N_LABELS = 10
 LAMBDAS = [0.0, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 FOLD_LIMIT = 0.5
 HEADING = "## Training on the development atlas (CPU, reduced size)"
-REPO = Path(__file__).resolve().parents[1]
 METHOD_NAMES = {
     "mcr": "mCR",
     "mcr+suppretrain": "mCR+SupPretrain",
@@ -72,10 +82,6 @@ THREADS_NOTE = (
     "Threads: one torch thread by default; with the machine shared, two threads made steps "
     "2-7x slower (OpenMP threads competing with other jobs for the two cores)."
 )
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -109,6 +115,9 @@ def preprocess_cohort(root: Path, cohort: int, factor: int, out: Path) -> dict[s
     """RAS, downsample, pad to a multiple of 8, normalise: NIfTI files under ``out``."""
     import nibabel as nib
 
+    from contrareg_bids.processing.normalize import percentile_normalize
+    from contrareg_bids.simulate import block_mean
+
     names = {
         "T1w": "T1w",
         "T2w": "T2w",
@@ -131,7 +140,7 @@ def preprocess_cohort(root: Path, cohort: int, factor: int, out: Path) -> dict[s
     mask = np.asarray(imgs["mask"].dataobj) > 0
     labels = np.rint(np.asarray(imgs["labels"].dataobj)).astype(np.int64)
     if f > 1:
-        mask_d = block_view(mask.astype(np.float32), f).mean(-1) >= 0.5
+        mask_d = block_mean(mask.astype(np.float32), f) >= 0.5
         labels_d = downsample_labels(labels, f)
     else:
         mask_d, labels_d = mask, labels.astype(np.int16)
@@ -149,10 +158,17 @@ def preprocess_cohort(root: Path, cohort: int, factor: int, out: Path) -> dict[s
     }
     for mod in ("T1w", "T2w"):
         img = np.asarray(imgs[mod].dataobj, dtype=np.float32)
-        img_d = block_view(img, f).mean(-1) if f > 1 else img
-        img_p = pad_to(img_d, shape)
-        lo, hi = np.percentile(img_p[mask_p], [0.5, 99.5])
-        arrays[mod] = (np.clip((img_p - lo) / (hi - lo), 0.0, 1.0) * mask_p).astype(np.float32)
+        img_p = pad_to(block_mean(img, f) if f > 1 else img, shape)
+        # The package's recipe, the same as this script's own copy before (0.5-99.5
+        # percentiles inside the mask, clipped, 0 outside), and the package's block mean;
+        # NOT bit-identical to that copy: the package computes in float64 where it computed
+        # in float32, and averages the blocks in another order. The stored values differ by
+        # round-off (at most 4e-7 on cohorts 31/36/43 at factor 3), but ANTs' sampled Mattes
+        # MI is sensitive to it: the affine of cohort 31 (43) to 36 changed, moving 261 (2278)
+        # label voxels, and the affine-only Dice of 31 -> 43 went 0.68396 -> 0.68429. A work
+        # dir preprocessed before keeps its files (cached), so its figures are unchanged; a
+        # fresh one differs from the documented figures at about the 4th decimal.
+        arrays[mod] = percentile_normalize(img_p, mask_p, 0.5, 99.5)[0]
     for k, arr in arrays.items():
         img = nib.Nifti1Image(arr, new_affine)
         img.header.set_zooms(tuple(float(z) * f for z in imgs["T1w"].header.get_zooms()[:3]))
@@ -162,26 +178,32 @@ def preprocess_cohort(root: Path, cohort: int, factor: int, out: Path) -> dict[s
     return paths
 
 
+#: How each map is carried by a cohort's affine
+#: (:func:`contrareg_bids.io.transforms.apply_transform`).
+INTERPOLATION = {"T1w": "linear", "T2w": "linear", "mask": "nearest", "labels": "label"}
+
+
 def affine_align(
     pre: dict[int, dict[str, Path]], reference: int, modality: str, out: Path
 ) -> dict[int, dict[str, Path]]:
-    """Affine (ANTs, Mattes MI) of every cohort's ``modality`` to the reference cohort's;
-    the transform is applied to both images (linear), mask (nearest) and labels
-    (genericLabel), all on the reference grid."""
-    import ants
-    import nibabel as nib
-    from ants import config as ants_config
+    """The package's affine step (:func:`~contrareg_bids.processing.affine.affine_register`:
+    ANTs, Mattes MI, antspyx's schedule, seed 0, one ITK thread) of every cohort's
+    ``modality`` to the reference cohort's; the transform is applied to both images
+    (linear), mask (nearest) and labels (one-hot linear), all on the reference grid.
 
-    ants_config.set_ants_deterministic(True, seed_value=1)  # one ITK thread, fixed seed
+    Before it was the package's, this script ran the same registration through antspyx
+    itself (``ants.set_ants_deterministic(True, seed_value=1)``: ANTs' ``--random-seed 1``,
+    as the package's seed 0 gives) and resampled with ``ants.apply_transforms`` (labels with
+    ``genericLabel``); the package resamples with SimpleITK (labels one-hot linear, the
+    same rule). On the same preprocessed cohorts (31 and 43 to 36, factor 3) both wrote
+    bitwise-identical transforms and volumes. Caches written by either are read alike."""
+    import nibabel as nib
+
+    from contrareg_bids.io.transforms import apply_transform
+    from contrareg_bids.processing.affine import affine_register
+
     aligned: dict[int, dict[str, Path]] = {}
     ref_img = nib.load(pre[reference]["T1w"])
-    fixed = ants.image_read(str(pre[reference][modality]))
-    interp = {
-        "T1w": "linear",
-        "T2w": "linear",
-        "mask": "nearestNeighbor",
-        "labels": "genericLabel",
-    }
     for cohort, paths in pre.items():
         dst = {k: out / f"cohort-{cohort}_{k}.nii.gz" for k in paths}
         aligned[cohort] = dst
@@ -192,17 +214,19 @@ def affine_align(
         if cohort == reference:
             arrays = {k: np.asanyarray(nib.load(p).dataobj) for k, p in paths.items()}
         else:
-            moving = ants.image_read(str(paths[modality]))
-            reg = ants.registration(
-                fixed, moving, type_of_transform="Affine", aff_metric="mattes",
-                outprefix=str(out / f"cohort-{cohort}_to-{reference}_"),
+            res = affine_register(
+                pre[reference][modality], paths[modality],
+                out / f"cohort-{cohort}_to-{reference}_", seed=0,
             )  # fmt: skip
             arrays = {}
             for k, p in paths.items():
-                warped = ants.apply_transforms(
-                    fixed, ants.image_read(str(p)), reg["fwdtransforms"], interpolator=interp[k]
+                tmp = out / f"_cohort-{cohort}_{k}_moved.nii.gz"
+                apply_transform(
+                    p, pre[reference]["T1w"], res.transform_path, tmp, INTERPOLATION[k]
                 )
-                arrays[k] = warped.numpy()
+                arrays[k] = np.asanyarray(nib.load(tmp).dataobj)
+                tmp.unlink()
+            res.moved_path.unlink(missing_ok=True)
         for k, arr in arrays.items():
             if k in ("T1w", "T2w"):
                 data = np.clip(arr, 0.0, 1.0).astype(np.float32)
@@ -357,25 +381,18 @@ def interleaved_step_times(args, methods, mov: dict, fix: dict, repeats: int = 8
 # ----------------------------------------------------------------------------- evaluation
 
 
-def load_cohort(paths: dict[str, Path]) -> dict[str, np.ndarray]:
-    from contrareg_bids.io.images import read_volume
-
-    return {k: read_volume(p, dtype=None, finite=False)[0] for k, p in paths.items()}
-
-
 def evaluate(bundle_path: Path, data, pairs, lambdas) -> tuple[SweepResult, list[float]]:
     """The package's lambda sweep (:func:`contrareg_bids.evaluation.run_sweep`: Dice over
     the tissues, folding % in the fixed brain mask and over the grid, std log|J| in the mask)
     of every pair, and the wall times of one plain inference call per pair."""
     from contrareg_bids.evaluation import LabelledPair, run_sweep
     from contrareg_bids.io.bundle import load_model
-    from contrareg_bids.nn.inference import register_arrays
 
     bundle = load_model(bundle_path)
     times = []
     for a, b in pairs:
         t0 = time.perf_counter()
-        register_arrays(bundle.regnet, data[a]["T2w"], data[b]["T1w"], lam=0.1, device="cpu")
+        register(bundle.regnet, data[a]["T2w"], data[b]["T1w"], lam=0.1, device="cpu")
         times.append(time.perf_counter() - t0)
     labelled = [
         LabelledPair(
@@ -427,17 +444,12 @@ def best_row(result: SweepResult) -> dict | None:
 # ----------------------------------------------------------------------------- reporting
 
 
-def fmt_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _paired(a: list[float], b: list[float]) -> str:
-    d = np.asarray(a) - np.asarray(b)
+    d = paired_difference(a, b)  # SD with ddof 1 (this script used ddof 0 before)
+    p = "n/a" if np.isnan(d.p) else f"{d.p:.3g}"
     return (
-        f"higher on {int((d > 0).sum())} of {d.size} pairs, paired difference "
-        f"{d.mean():+.3f} ± {d.std():.3f}"
+        f"higher on {d.better} of {d.n} pairs, paired difference {d.mean:+.3f} ± {d.sd:.3f} "
+        f"(ddof 1, Wilcoxon p {p})"
     )
 
 
@@ -492,25 +504,6 @@ def comparison_text(affine: dict, best: dict, rows: dict) -> str:
                 f"{dice[-1]:.3f} and std log|J| {sd[0]:.3f} -> {sd[-1]:.3f}."
             )
     return " ".join(parts)
-
-
-def write_docs(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section of ``path``, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((k for k, ln in enumerate(lines) if ln.strip() == HEADING), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next(
-            (k for k in range(start + 1, len(lines)) if lines[k].startswith("## ")), len(lines)
-        )
-        tail = "\n".join(lines[end:])
-        new = "\n".join(lines[:start]) + "\n" + section.rstrip("\n") + "\n"
-        if tail:
-            new += "\n" + tail.rstrip("\n") + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
 
 
 # ----------------------------------------------------------------------------- main
@@ -587,13 +580,7 @@ def main(argv=None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
-    argv_used = sys.argv[1:] if argv is None else list(argv)
-    env = (
-        f"TEMPLATEFLOW_HOME={shlex.quote(os.environ['TEMPLATEFLOW_HOME'])} "
-        if ("TEMPLATEFLOW_HOME" in os.environ)
-        else ""
-    )
-    command = env + "python benchmarks/bench_train_atlas.py " + shlex.join(argv_used)
+    command = command_line("bench_train_atlas.py", argv, env=("TEMPLATEFLOW_HOME",))
     print(f"# {command}")
     print(
         f"# torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "
@@ -613,8 +600,8 @@ def main(argv=None) -> int:
         t_prep = float(json.loads(prep_time_file.read_text())["seconds"])
     else:
         prep_time_file.write_text(json.dumps({"seconds": t_prep}))
-    data = {c: load_cohort(p) for c, p in aligned.items()}
-    raw = {c: load_cohort(p) for c, p in pre.items()}
+    data = {c: load_volumes(p) for c, p in aligned.items()}
+    raw = {c: load_volumes(p) for c, p in pre.items()}
     shape = data[args.reference]["T1w"].shape
     import nibabel as nib
 
@@ -839,7 +826,7 @@ def main(argv=None) -> int:
                 report,
             ]
         )
-        write_docs(args.write_docs, section)
+        write_docs(args.write_docs, HEADING, section)
         log(f"wrote {args.write_docs}")
     return 0
 
