@@ -1,9 +1,11 @@
 """Typed settings of one BIDS-App run, written as JSON and recorded in the outputs.
 
-One :class:`RunConfig` is built from the command line (or from an earlier run's JSON with
-``--config-file``), checked once (paths, combinations), and written to the work dir and to
-``OUTPUT_DIR/logs/`` so a run can be inspected and reproduced. The levels (``cli/``) read it
-and pass its values to the workflow factories as keyword arguments.
+One :class:`RunConfig` is built from the command line by option name (or from an earlier
+run's JSON with ``--config-file``), checked once (paths, combinations), and written to the
+work dir and to ``OUTPUT_DIR/logs/`` so a run can be inspected and reproduced. How each pair
+is registered is one frozen :class:`~contrareg_bids.settings.RegistrationSettings`
+(``RunConfig.registration``) that the levels (``cli/``) pass whole to the workflow
+factories; the other values go to them as keyword arguments.
 """
 
 from __future__ import annotations
@@ -20,25 +22,8 @@ import numpy as np
 
 from . import __version__
 from .io.atomic import write_text_atomic
-from .metrics import FOLDING_LIMIT_PERCENT
-
-#: Command-line options of the train level (``contrareg_bids.cli.train_level``).
-TRAIN_OPTIONS = (
-    "train_preset",
-    "model_name",
-    "loss",
-    "train_steps",
-    "ae_steps",
-    "ch",
-    "ts",
-    "lambda_range",
-    "batch_size",
-    "val_fraction",
-    "lr",
-    "stop_after",
-    "model_spacing",
-    "deform_augment",
-)
+from .settings import OPTION_FIELDS, RegistrationSettings
+from .training.options import LEVEL_TRAIN_OPTIONS
 
 
 class ConfigError(ValueError):
@@ -48,17 +33,6 @@ class ConfigError(ValueError):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-#: test-time refinement steps when the user does not say (``--refine-steps``)
-DEFAULT_REFINE_STEPS = 0
-#: PatchNCE draws per refinement step (``--refine-draws``)
-DEFAULT_REFINE_DRAWS = 1
-#: ``--fine-steps``: the fine stage after the refinement (MIND-SSC, reference resolution);
-#: on by default: the recipe chosen on the real selection pairs (docs/benchmarks.md)
-DEFAULT_FINE_STEPS = 80
-#: ``--lambda``: the network's regularisation weight of that recipe
-DEFAULT_LAMBDA = 0.8
 
 
 @dataclass
@@ -81,40 +55,39 @@ class RunConfig:
     skip_bids_validation: bool = False
     #: pybids index kept between runs (``--bids-database-dir``)
     bids_database_dir: Path | None = None
-    registration: str = "contrareg"
-    model: Path | None = None
+    #: how each pair is registered (method, model, lambda, refinement, fine stage, device)
+    registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     reference: str = "dhcpVol"
     moving_modality: str = "T2w"
     fixed_modality: str = "T1w"
-    #: a number in [0, 1], or "auto" (per subject, under the ``max_folding`` budget)
-    lam: float | str = DEFAULT_LAMBDA
-    #: folding budget (% voxels of each warp) of ``lam = "auto"``
-    max_folding: float = FOLDING_LIMIT_PERCENT
-    #: test-time refinement steps of each subject's warp (``nn/refine.py``)
-    refine_steps: int = DEFAULT_REFINE_STEPS
-    #: PatchNCE location samples averaged per refinement step (CR/mCR bundles)
-    refine_draws: int = DEFAULT_REFINE_DRAWS
-    #: fine-stage steps after the refinement (MIND-SSC at the reference's resolution)
-    fine_steps: int = DEFAULT_FINE_STEPS
     random_seed: int = 0
     nprocs: int | None = None
     omp_nthreads: int | None = None
     mem_gb: float | None = None
     use_plugin: Path | None = None
     n_gpus: int | None = None
-    device: str = "auto"
     stop_on_first_crash: bool = False
     reports_only: bool = False
     write_graph: bool = False
     sloppy: bool = False
     #: brain extraction of the moving image: auto (scans with skull), force, skip
     skull_strip: str = "auto"
-    #: train level: the training options given (``TRAIN_OPTIONS``; absent = the default)
+    #: train level: the training options given (``LEVEL_TRAIN_OPTIONS``; absent = the default)
     train: dict = field(default_factory=dict)
     version: str = __version__
     run_uuid: str = field(default_factory=lambda: _run_uuid())
     #: the command that started the run, as typed (the report's About shows it)
     command_line: str = ""
+
+    @property
+    def device(self) -> str:
+        """``--device``: where the network runs, and where the train level trains."""
+        return self.registration.device
+
+    @property
+    def model(self) -> Path | None:
+        """``--model``: the bundle given, or None (the newest in ``OUTPUT_DIR/models``)."""
+        return self.registration.model
 
     @classmethod
     def from_args(cls, args) -> RunConfig:
@@ -139,18 +112,10 @@ class RunConfig:
                 if getattr(args, "bids_database_dir", None)
                 else None
             ),
-            registration=args.registration,
-            model=Path(args.model).absolute() if args.model else None,
+            registration=registration_settings(args),
             reference=args.reference,
             moving_modality=args.moving_modality,
             fixed_modality=args.fixed_modality,
-            lam=args.lam,
-            max_folding=FOLDING_LIMIT_PERCENT
-            if getattr(args, "max_folding", None) is None
-            else args.max_folding,
-            refine_steps=getattr(args, "refine_steps", DEFAULT_REFINE_STEPS),
-            refine_draws=getattr(args, "refine_draws", DEFAULT_REFINE_DRAWS),
-            fine_steps=getattr(args, "fine_steps", DEFAULT_FINE_STEPS),
             random_seed=args.random_seed,
             nprocs=args.nprocs,
             omp_nthreads=(
@@ -162,7 +127,6 @@ class RunConfig:
             # absolute, as every path saved with the run: --config-file may run elsewhere
             use_plugin=Path(args.use_plugin).absolute() if args.use_plugin else None,
             n_gpus=args.n_gpus,
-            device=args.device,
             stop_on_first_crash=args.stop_on_first_crash,
             reports_only=args.reports_only,
             write_graph=getattr(args, "write_graph", False),
@@ -200,9 +164,9 @@ class RunConfig:
                 raise ConfigError(f"--derivatives {name}={path}: not a directory")
         if self.use_plugin is not None and not self.use_plugin.is_file():
             raise ConfigError(f"--use-plugin {self.use_plugin} does not exist")
-        # a --config-file bypasses the command line's checks of these
-        for name, least in (("nprocs", 1), ("omp_nthreads", 1), ("refine_steps", 0),
-                            ("refine_draws", 1), ("fine_steps", 0)):  # fmt: skip
+        # a --config-file bypasses the command line's checks of these (the registration
+        # settings check themselves when they are made)
+        for name, least in (("nprocs", 1), ("omp_nthreads", 1)):
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
@@ -245,6 +209,8 @@ class RunConfig:
                 continue
             if key == "derivatives":
                 kwargs[key] = {n: Path(p) for n, p in value.items()}
+            elif key == "registration":
+                kwargs[key] = RegistrationSettings.from_dict(value)
             elif kind.startswith("Path"):
                 kwargs[key] = Path(value)
         return cls(**kwargs)
@@ -284,20 +250,42 @@ def apply_config_file(cfg: RunConfig, path: Path, explicit: set[str]) -> RunConf
             merged = {**saved.train, **{k: v for k, v in cfg.train.items() if k in explicit}}
             cfg.train = merged
             continue
+        if f.name == "registration":  # option by option, as the other fields
+            given = {k: v for k, v in cfg.registration.options().items() if k in explicit}
+            cfg.registration = RegistrationSettings.from_options(
+                given, seed=saved.random_seed, base=saved.registration
+            )
+            continue
         if _FIELD_DESTS.get(f.name, f.name) not in explicit:
             setattr(cfg, f.name, getattr(saved, f.name))
+    if "random_seed" in explicit:  # the refinement samples with the run's seed
+        cfg.registration = RegistrationSettings.from_options(
+            {}, seed=cfg.random_seed, base=cfg.registration
+        )
     cfg.check()
     return cfg
 
 
+def registration_settings(args) -> RegistrationSettings:
+    """The registration settings of the parsed options, by name (:data:`OPTION_FIELDS`);
+    options a level does not have keep their defaults."""
+    options = {name: getattr(args, name, None) for name in OPTION_FIELDS}
+    if options["model"]:
+        options["model"] = Path(options["model"]).absolute()
+    try:
+        return RegistrationSettings.from_options(options, seed=args.random_seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def train_options(args) -> dict:
     """The train-level options given on the command line (the others keep the defaults)."""
-    return {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in LEVEL_TRAIN_OPTIONS if getattr(args, k, None) is not None}
 
 
 def default_threads(nprocs: int | None) -> int:
     """``--omp-nthreads`` when not given: fMRIPrep's rule on ``--nprocs`` (or the CPUs)."""
-    from .processing.threads import available_cpus, default_omp_nthreads
+    from .runtime import available_cpus, default_omp_nthreads
 
     return default_omp_nthreads(nprocs or available_cpus())
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .processing.threads import available_cpus
+from .runtime import available_cpus
 from .simulate import add_head, icbm_dir, load_icbm, simulate_subject
 
 LOGGER = logging.getLogger("contrareg_bids.demo")

@@ -27,10 +27,10 @@ import pytest
 from contrareg_bids import __version__
 from contrareg_bids.cli import exit_codes
 from contrareg_bids.cli.run import main
-from contrareg_bids.config import DEFAULT_LAMBDA
 from contrareg_bids.io import templates
 from contrareg_bids.io.transforms import apply_transform
 from contrareg_bids.metrics import dice_per_label
+from contrareg_bids.settings import DEFAULT_SETTINGS
 from tests.bids_factory import make_bids_dataset
 
 TPL = "ICBMTest"
@@ -154,7 +154,7 @@ def affine_only_dice(run: Run, sub: str, ref_dseg: Path, tmp: Path) -> float:
     from contrareg_bids.io.transforms import read_ants_affine
 
     wf = run.work / f"sub_{sub}_wf"
-    mat = wf / "anat_preproc_wf" / "affine_moving" / "affine_0GenericAffine.mat"
+    mat = wf / "pair_wf" / "anat_preproc_wf" / "affine_moving" / "affine_0GenericAffine.mat"
     grid = run.out / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-preproc_T2w.nii.gz"
     inverse = read_ants_affine(mat).GetInverse()
     out = apply_transform(ref_dseg, grid, inverse, tmp / f"affine_only_{sub}.nii.gz", "label")
@@ -267,7 +267,6 @@ def test_sidecars_name_sources_and_spatial_reference(e2e):
 def test_transform_sidecars_and_description_record_what_ran(e2e, tiny_bundle):
     """The model (name, sha256), lambda, the refinement and fine-stage steps and the seed
     are in each transform's sidecar and in GeneratedBy, not only in the HTML report."""
-    from contrareg_bids.config import DEFAULT_FINE_STEPS, DEFAULT_REFINE_STEPS
     from contrareg_bids.io.bundle import file_sha256
 
     sha = file_sha256(tiny_bundle)
@@ -276,8 +275,9 @@ def test_transform_sidecars_and_description_record_what_ran(e2e, tiny_bundle):
         xfm = json.loads((anat / f"sub-01_{name}_mode-image_xfm.json").read_text())
         assert xfm["RegistrationMethod"] == "ContraReg"
         assert xfm["Model"] == Path(tiny_bundle).name and xfm["ModelSHA256"] == sha
-        assert xfm["Lambda"] == DEFAULT_LAMBDA and xfm["RandomSeed"] == 0
-        assert (xfm["RefineSteps"], xfm["FineSteps"]) == (DEFAULT_REFINE_STEPS, DEFAULT_FINE_STEPS)
+        assert xfm["Lambda"] == DEFAULT_SETTINGS.lam and xfm["RandomSeed"] == 0
+        steps = (DEFAULT_SETTINGS.refine.steps, DEFAULT_SETTINGS.fine.steps)
+        assert (xfm["RefineSteps"], xfm["FineSteps"]) == steps
     (gen,) = json.loads((e2e.out / "dataset_description.json").read_text())["GeneratedBy"]
     assert f"{Path(tiny_bundle).name} (sha256 {sha})" in gen["Description"]
 
@@ -300,7 +300,7 @@ def test_config_recorded_in_work_dir_and_logs(e2e, tiny_bundle):
     cfg = json.loads(in_logs.read_text())
     assert cfg == json.loads(in_work.read_text())
     assert cfg["reference"] == TPL
-    assert cfg["model"] == str(tiny_bundle)
+    assert cfg["registration"]["model"] == str(tiny_bundle)
     assert cfg["random_seed"] == 0
     assert cfg["derivatives"] == {"labels": str(e2e.labels)}
 
@@ -367,7 +367,7 @@ def test_dice_computed_and_reported(e2e, tiny_templateflow, tmp_path):
         anat = e2e.out / f"sub-{sub}" / "anat"
         row = read_metrics(anat / f"sub-{sub}_desc-registration_metrics.tsv")
         assert row["method"] == "contrareg"
-        assert float(row["lambda"]) == pytest.approx(DEFAULT_LAMBDA)  # the default
+        assert float(row["lambda"]) == pytest.approx(DEFAULT_SETTINGS.lam)  # the default
         assert row["reference"] == TPL
         assert float(row["folding_percent"]) >= 0
         assert np.isfinite(float(row["std_log_jacobian"]))
@@ -403,7 +403,14 @@ def test_resume_reuses_finished_nodes(e2e, tiny_bundle, tiny_templateflow):
     """The same command again, as the console script on 2 processes (the two subjects at
     once), on the same work dir: every node is found cached, nothing is recomputed, the
     outputs stay."""
-    result = e2e.work / "sub_01_wf" / "registration_wf" / "register" / "result_register.pklz"
+    result = (
+        e2e.work
+        / "sub_01_wf"
+        / "pair_wf"
+        / "registration_wf"
+        / "register"
+        / "result_register.pklz"
+    )
     before = result.stat().st_mtime_ns
     preproc = e2e.out / "sub-01" / "anat" / "sub-01_desc-preproc_T2w.nii.gz"
     old = data(preproc).copy()
@@ -423,7 +430,7 @@ def test_resume_reuses_finished_nodes(e2e, tiny_bundle, tiny_templateflow):
                  "registration_wf.register", "registration_wf.export_xfms",
                  "apply_wf.moving_to_ref"):  # fmt: skip
         # MultiProc: "Cached (wf.node)"; Linear (a subject's share of one CPU): 'Cached "wf.node"'
-        assert re.search(rf"Cached (\(|\")sub_01_wf\.{node}(\)|\")", log), node
+        assert re.search(rf"Cached (\(|\")sub_01_wf\.pair_wf\.{node}(\)|\")", log), node
     assert "sub-02: finished" in log
     np.testing.assert_array_equal(data(preproc), old)
     assert len(list((e2e.out / "logs").glob("config-*.json"))) == 2
@@ -435,7 +442,9 @@ def test_nipype_execution_settings(e2e):
     default made a cached re-run of two tiny subjects take a minute)."""
     from nipype.utils.filemanip import loadpkl
 
-    node = loadpkl(e2e.work / "sub_01_wf" / "registration_wf" / "register" / "_node.pklz")
+    node = loadpkl(
+        e2e.work / "sub_01_wf" / "pair_wf" / "registration_wf" / "register" / "_node.pklz"
+    )
     execution = node.config["execution"]
     assert Path(execution["crashdump_dir"]).parent == e2e.out / "sub-01" / "log"
     assert execution["hash_method"] == "content"
@@ -467,7 +476,7 @@ def test_ants_registration_end_to_end(ants_run, tiny_templateflow, tmp_path):
     assert row["method"] == "ants-syn"
     assert "lambda" not in row
     cfg = json.loads(next((ants_run.out / "logs").glob("config-*.json")).read_text())
-    assert cfg["registration"] == "ants" and cfg["model"] is None
+    assert cfg["registration"]["method"] == "ants" and cfg["registration"]["model"] is None
     ref_dseg = tiny_templateflow / f"tpl-{TPL}" / f"tpl-{TPL}_desc-tissues_dseg.nii.gz"
     affine_only = affine_only_dice(ants_run, "01", ref_dseg, tmp_path)
     dice = float(row["mean_dice"])

@@ -13,11 +13,10 @@ fixed grid) and ``out/moving_to_fixed_xfm.h5`` (the inverse), readable by
 ``antsApplyTransforms``, SimpleITK and nitransforms. Nipype's work directory is kept
 (``--work-dir``): running again reuses every finished node.
 
-Built from the same factories as the BIDS-App's participant workflow, each with an
-``inputnode`` and an ``outputnode``: ``init_reference_wf`` (FIXED: validate, mask,
-normalise), ``init_anat_preproc_wf`` (MOVING: validate, N4, affine, mask, normalise),
-``init_registration_wf`` (model grid, ContraReg, composite transforms) and
-``init_apply_wf`` (resampling).
+Built from the factory the BIDS-App's participant workflow is built on,
+``init_pair_registration_wf`` (FIXED: validate, mask, normalise; MOVING: validate, N4,
+affine, mask, normalise; the model grid, ContraReg, composite transforms; resampling), with
+one :class:`~contrareg_bids.settings.RegistrationSettings` saying how to register.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from contrareg_bids.io.bundle import describe_bundle
-from contrareg_bids.workflows.anatomical import init_anat_preproc_wf, init_reference_wf
-from contrareg_bids.workflows.registration import init_apply_wf, init_registration_wf
+from contrareg_bids.settings import RegistrationSettings
+from contrareg_bids.workflows.registration import ReferenceInputs, init_pair_registration_wf
 
 #: Workflow outputs -> (node that makes it, its output) and the file name in the output folder.
 OUTPUTS = {
@@ -51,56 +50,39 @@ def model_grid(model: Path) -> tuple[tuple[int, int, int], tuple[float, float, f
 
 def init_embedded_contrareg_wf(
     *,
-    model: Path,
-    lam: float = 0.1,
-    device: str = "auto",
+    fixed: Path,
+    settings: RegistrationSettings,
     use_gpu: bool = False,
     sloppy: bool = False,
     seed: int = 0,
     fixed_mask: Path | None = None,
     name: str = "embedded_contrareg_wf",
 ) -> pe.Workflow:
-    """A workflow with ``inputnode.moving``/``inputnode.fixed`` and the keys of
-    :data:`OUTPUTS` as fields of ``outputnode``, built from the package's factories;
-    ``fixed_mask`` is needed when FIXED is not skull-stripped (the mask of the moving image
-    is then carried through the affine)."""
-    shape, spacing = model_grid(model)
+    """A workflow with ``inputnode.moving`` and the keys of :data:`OUTPUTS` as fields of
+    ``outputnode``: the package's pair factory registering MOVING to ``fixed`` as
+    ``settings`` say (their ``model`` is the bundle); ``fixed_mask`` is needed when FIXED
+    is not skull-stripped."""
+    shape, spacing = model_grid(settings.model)
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["moving", "fixed"]), name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["moving"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=list(OUTPUTS)), name="outputnode")
     # FIXED as a template: validated, masked, normalised, no N4
-    fixed_wf = init_reference_wf(given_mask=fixed_mask, sloppy=sloppy, seed=seed, name="fixed_wf")
-    moving_wf = init_anat_preproc_wf(sloppy=sloppy, seed=seed, name="moving_wf")
+    ref = ReferenceInputs(image=Path(fixed), space="fixed", mask=fixed_mask)
     # use_gpu asks MultiProc for one of its n_gpu_procs slots (nipype >= 1.9)
-    registration_wf = init_registration_wf(
+    pair_wf = init_pair_registration_wf(
+        ref=ref,
+        settings=settings,
         grid_shape=shape,
         grid_spacing=spacing,
-        model=model,
-        lam=lam,
-        device=device,
         use_gpu=use_gpu,
         seed=seed,
+        sloppy=sloppy,
     )
-    apply_wf = init_apply_wf()
     wf.connect([
-        (inputnode, fixed_wf, [("fixed", "inputnode.in_file")]),
-        (inputnode, moving_wf, [("moving", "inputnode.in_file")]),
-        (fixed_wf, moving_wf, [("outputnode.image", "inputnode.reference"),
-                               ("outputnode.mask", "inputnode.reference_mask")]),
-        (fixed_wf, registration_wf, [("outputnode.normalized", "inputnode.reference"),
-                                     ("outputnode.mask", "inputnode.reference_mask")]),
-        (moving_wf, registration_wf, [("outputnode.normalized", "inputnode.moving"),
-                                      ("outputnode.affine", "inputnode.affine")]),
-        (fixed_wf, apply_wf, [("outputnode.validated", "inputnode.reference"),
-                              ("outputnode.mask", "inputnode.reference_mask")]),
-        (moving_wf, apply_wf, [("outputnode.preproc", "inputnode.moving")]),
-        (registration_wf, apply_wf, [
-            ("outputnode.reference_to_subject", "inputnode.reference_to_subject"),
-            ("outputnode.subject_to_reference", "inputnode.subject_to_reference")]),
-        (apply_wf, outputnode, [
+        (inputnode, pair_wf, [("moving", "inputnode.in_file")]),
+        (pair_wf, outputnode, [
             ("outputnode.moving_in_reference", "moving_in_fixed"),
-            ("outputnode.reference_mask_in_subject", "fixed_mask_in_moving")]),
-        (registration_wf, outputnode, [
+            ("outputnode.reference_mask_in_subject", "fixed_mask_in_moving"),
             ("outputnode.reference_to_subject", "fixed_to_moving_xfm"),
             ("outputnode.subject_to_reference", "moving_to_fixed_xfm")]),
     ])  # fmt: skip
@@ -115,23 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir", type=Path, help="where the results are copied")
     p.add_argument("--fixed-mask", type=Path, help="brain mask of FIXED (if not skull-stripped)")
     p.add_argument("-w", "--work-dir", type=Path, help="Nipype work dir (default OUT_DIR/work)")
-    p.add_argument("--lambda", dest="lam", type=float, default=0.1, help="regularisation weight")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--lambda", dest="lam", type=float, help="regularisation weight")
+    p.add_argument("--refine-steps", type=int, help="test-time refinement steps")
+    p.add_argument("--fine-steps", type=int, help="fine-stage steps (reference resolution)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--nprocs", type=int, default=1, help="MultiProc processes (1: Linear)")
     p.add_argument("--n-gpus", type=int, default=0, help="MultiProc GPU slots (n_gpu_procs)")
     p.add_argument("--sloppy", action="store_true", help="fewer N4/affine iterations (tests)")
     args = p.parse_args(argv)
 
+    # the app's defaults for every option not given (contrareg_bids.settings)
+    options = {k: getattr(args, k) for k in ("lam", "refine_steps", "fine_steps", "device")}
+    settings = RegistrationSettings.from_options({**options, "model": args.model.absolute()})
     wf = init_embedded_contrareg_wf(
-        model=args.model.absolute(),
-        lam=args.lam,
-        device=args.device,
+        fixed=args.fixed.absolute(),
+        settings=settings,
         use_gpu=args.n_gpus > 0,
         sloppy=args.sloppy,
         fixed_mask=args.fixed_mask.absolute() if args.fixed_mask else None,
     )
     wf.inputs.inputnode.moving = str(args.moving.absolute())
-    wf.inputs.inputnode.fixed = str(args.fixed.absolute())
     wf.base_dir = str((args.work_dir or args.out_dir / "work").absolute())
     wf.config["execution"] = {"crashdump_dir": str(args.out_dir.absolute())}
     if args.nprocs > 1 or args.n_gpus > 0:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..io.run_logs import run_log_dir
-from ..processing.threads import available_cpus
+from ..runtime import available_cpus
 
 LOGGER = logging.getLogger("contrareg_bids.participant")
 

@@ -31,7 +31,7 @@ def resolve_reference(cfg: RunConfig, layout, subject: str, session: str | None)
         parse_reference,
         template_cohorts,
     )
-    from ..workflows.registration import ReferenceInputs
+    from ..workflows.spec import ReferenceInputs
 
     spec = parse_reference(cfg.reference)
     if spec.kind == "template":
@@ -190,7 +190,7 @@ def subject_inputs(cfg: RunConfig, layout, subject: str, session: str | None):
     from ..io.derivatives import entities, find_subject_derivatives
     from ..io.images import ImageError
     from ..processing.skullstrip import needs_skull_strip
-    from ..workflows.registration import SubjectInputs
+    from ..workflows.spec import SubjectInputs
 
     sid = subject_session_id(subject, session)
     anat = collect_anatomicals(layout, subject, session, cfg.bids_filters)

@@ -8,12 +8,9 @@ import re
 from pathlib import Path
 
 from .. import __version__
-from ..config import (
-    DEFAULT_FINE_STEPS,
-    DEFAULT_LAMBDA,
-    DEFAULT_REFINE_DRAWS,
-    DEFAULT_REFINE_STEPS,
-)
+from ..argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from ..settings import DEFAULT_SETTINGS, METHODS
+from ..training.options import LEVEL, add_training_options
 
 LEVELS = ("participant", "group", "train")
 
@@ -66,30 +63,6 @@ def _lambda(value: str) -> float | str:
     return lam
 
 
-def _bounded(kind: type, minimum: float, strict: bool):
-    """An argparse type: ``kind`` (int or float) at least ``minimum`` (above it if strict)."""
-
-    def convert(value: str):
-        try:
-            x = kind(value)
-        except ValueError:
-            what = "a whole number" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
-        if (x <= minimum) if strict else (x < minimum):
-            raise argparse.ArgumentTypeError(
-                f"must be {'>' if strict else '>='} {minimum}, got {x}"
-            )
-        return x
-
-    return convert
-
-
-_non_negative_int = _bounded(int, 0, strict=False)
-_positive_int = _bounded(int, 1, strict=False)
-_non_negative_float = _bounded(float, 0.0, strict=False)
-_positive_float = _bounded(float, 0.0, strict=True)
-
-
 def _percent(value: str) -> float:
     try:
         pct = float(value)
@@ -100,14 +73,6 @@ def _percent(value: str) -> float:
     if not 0.0 <= pct <= 100.0:
         raise argparse.ArgumentTypeError(f"--max-folding must be in [0, 100] (%), got {pct}")
     return pct
-
-
-def _model_name(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value) or value.endswith(".safetensors"):
-        raise argparse.ArgumentTypeError(
-            f"--model-name takes a file stem (letters, digits, '_', '.', '-'), got {value!r}"
-        )
-    return value
 
 
 #: GB per unit (binary, as SLURM's --mem: 14400M is 14400/1024 GB)
@@ -227,8 +192,8 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("registration")
     g.add_argument(
         "--registration",
-        choices=("contrareg", "ants"),
-        default="contrareg",
+        choices=METHODS,
+        default=DEFAULT_SETTINGS.method,
         help="the trained ContraReg model, or ANTs SyN (Mattes MI, iterations 100x70x50)",
     )
     g.add_argument(
@@ -246,14 +211,14 @@ def get_parser() -> argparse.ArgumentParser:
     ages = g.add_mutually_exclusive_group()
     ages.add_argument(
         "--pma",
-        type=_positive_float,
+        type=positive_float,
         metavar="WEEKS",
         help="post-menstrual age at scan of every subject-session, instead of the BIDS tables "
         "(picks the template cohort)",
     )
     ages.add_argument(
         "--age-months",
-        type=_non_negative_float,
+        type=non_negative_float,
         metavar="MONTHS",
         help="postnatal age of every subject-session, as nibabies' option (a term birth, 40 "
         "weeks PMA, is assumed)",
@@ -274,7 +239,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--lambda",
         dest="lam",
         type=_lambda,
-        default=DEFAULT_LAMBDA,
+        default=DEFAULT_SETTINGS.lam,
         metavar="L",
         help="regularisation weight of the lambda-conditioned model, or 'auto': per subject, "
         "the smallest lambda whose warps fold at most --max-folding %% of voxels (default: "
@@ -285,12 +250,13 @@ def get_parser() -> argparse.ArgumentParser:
         type=_percent,
         default=None,
         metavar="PCT",
-        help="folding budget of --lambda auto, %% voxels of each warp (default: 0.5)",
+        help="folding budget of --lambda auto, %% voxels of each warp (default: "
+        f"{DEFAULT_SETTINGS.max_folding:g})",
     )
     g.add_argument(
         "--refine-steps",
-        type=_non_negative_int,
-        default=DEFAULT_REFINE_STEPS,
+        type=non_negative_int,
+        default=DEFAULT_SETTINGS.refine.steps,
         metavar="N",
         help="after the network, optimise each subject's warp for N steps with the model's "
         "own similarity and regulariser at the chosen lambda (test-time refinement, "
@@ -300,8 +266,8 @@ def get_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--refine-draws",
-        type=_positive_int,
-        default=DEFAULT_REFINE_DRAWS,
+        type=positive_int,
+        default=DEFAULT_SETTINGS.refine.draws,
         metavar="N",
         help="PatchNCE location samples averaged in each refinement step of a CR/mCR model "
         "(a less noisy gradient for about 15%% more time per extra draw; 4 draws gained about "
@@ -309,8 +275,8 @@ def get_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--fine-steps",
-        type=_non_negative_int,
-        default=DEFAULT_FINE_STEPS,
+        type=non_negative_int,
+        default=DEFAULT_SETTINGS.fine.steps,
         metavar="N",
         help="after the network and the refinement, optimise each subject's warp for N more "
         "steps at the reference's resolution with a local modality-independent similarity "
@@ -380,7 +346,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--device",
-        default="auto",
+        default=DEFAULT_SETTINGS.device,
         metavar="DEVICE",
         help="auto, cpu, cuda, cuda:1. With auto the participant level runs the network "
         "on the CPU unless --n-gpus is given, and the train level trains on CUDA when a "
@@ -391,58 +357,7 @@ def get_parser() -> argparse.ArgumentParser:
         "training (train level; defaults: the paper's, --train-preset cpu, or the test-sized "
         "preset with --sloppy)"
     )
-    g.add_argument(
-        "--train-preset",
-        choices=("paper", "cpu"),
-        metavar="NAME",
-        help="the settings the options below start from: paper (the paper's: a GPU and "
-        "1e5 steps) or cpu (for a CPU: a small network, 500 steps with deformation "
-        "augmentation on a 2.5 mm model grid unless --model-spacing is given: 19 min for "
-        "13 neonates on 2 cores; then register with the participant level as it stands: the "
-        "network then the fine stage). Default: paper, or the test-sized preset with --sloppy",
-    )
-    g.add_argument(
-        "--model-name",
-        type=_model_name,
-        metavar="NAME",
-        help="OUTPUT_DIR/models/NAME.safetensors (default: contrareg_<moving>-<fixed>_<loss>)",
-    )
-    g.add_argument("--loss", help="mcr, cr, mi, localmi, mind, ngf; cr/mcr variants: +mi, ...")
-    g.add_argument("--train-steps", type=int, metavar="N", help="registration training steps")
-    g.add_argument("--ae-steps", type=int, metavar="N", help="autoencoder pretraining steps")
-    g.add_argument("--ch", type=int, metavar="N", help="registration network width")
-    g.add_argument("--ts", type=int, metavar="N", help="scaling-and-squaring steps")
-    g.add_argument(
-        "--lambda-range",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        help="lambdas sampled in training (default: 0 1)",
-    )
-    g.add_argument("--batch-size", type=int, metavar="N", help="pairs per step (default: 1)")
-    g.add_argument("--val-fraction", type=float, metavar="F", help="subjects held out")
-    g.add_argument("--lr", type=float, metavar="LR", help="learning rate")
-    g.add_argument(
-        "--deform-augment",
-        type=_non_negative_float,
-        metavar="VOX",
-        help="warp every training image by its own random smooth deformation of at most VOX "
-        "voxels per step (default 0: off); for few or very similar subjects",
-    )
-    g.add_argument(
-        "--model-spacing",
-        type=_positive_float,
-        metavar="MM",
-        help="voxel size of the model grid (default: the reference's own). Training and "
-        "inference run on that grid over the reference's field of view; transforms and "
-        "outputs stay at native resolution (e.g. 1.7 for 0.86 mm neonates: 8x fewer voxels)",
-    )
-    g.add_argument(
-        "--stop-after",
-        type=int,
-        metavar="N",
-        help="stop after N more registration steps (checkpointed; run again to resume)",
-    )
+    add_training_options(g, LEVEL)  # declared once, with contrareg-train
 
     g = p.add_argument_group("behaviour")
     g.add_argument(

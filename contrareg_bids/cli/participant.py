@@ -15,7 +15,7 @@ from .. import __version__
 from ..config import RunConfig
 from ..io.atomic import write_text_atomic
 from ..io.run_logs import run_log_dir
-from ..processing.threads import available_cpus, limit_threads
+from ..runtime import available_cpus, limit_threads
 from . import exit_codes
 from .execution import (
     SubjectError,
@@ -29,7 +29,7 @@ from .execution import (
 from .inputs import newest_model, open_inputs, preflight, prepare_reference, subject_inputs
 
 if TYPE_CHECKING:
-    from ..workflows.registration import ReferenceInputs
+    from ..workflows.spec import ReferenceInputs
 
 LOGGER = logging.getLogger("contrareg_bids.participant")
 
@@ -44,12 +44,13 @@ def write_dataset_description(cfg: RunConfig, model: Path | None = None) -> Path
 
     # no CodeURL: the project has no public page yet, and BIDS wants a URL that resolves
     generated = {"Name": "contrareg-bids", "Version": __version__}
+    reg = cfg.registration
     if cfg.analysis_level == "participant":
         generated["Description"] = (
             "ANTs SyN registration (--registration ants)"
-            if cfg.registration == "ants"
-            else f"ContraReg registration at lambda {cfg.lam}, then {cfg.refine_steps} "
-            f"refinement steps and {cfg.fine_steps} fine-stage steps"
+            if reg.method == "ants"
+            else f"ContraReg registration at lambda {reg.lam}, then {reg.refine.steps} "
+            f"refinement steps and {reg.fine.steps} fine-stage steps"
             + (
                 f", with the model bundle {Path(model).name} (sha256 {file_sha256(model)})"
                 if model
@@ -114,7 +115,7 @@ def write_bidsignore(output_dir: Path) -> Path:
 
 
 def model_grid(cfg: RunConfig, model: Path | None, ref: ReferenceInputs):
-    if cfg.registration == "contrareg":
+    if cfg.registration.method == "contrareg":
         from ..io.bundle import describe_bundle
 
         info = describe_bundle(model)
@@ -140,7 +141,7 @@ def concurrent_subjects(cfg: RunConfig, n_tasks: int) -> int:
         return 1
     nprocs = cfg.nprocs or available_cpus()
     slots = max(1, nprocs // max(1, cfg.threads_per_node))
-    if cfg.registration == "contrareg" and cfg.n_gpus:
+    if cfg.registration.method == "contrareg" and cfg.n_gpus:
         slots = min(slots, cfg.n_gpus)
     return max(1, min(slots, n_tasks))
 
@@ -161,6 +162,8 @@ def build_subject_workflow(
 ):
     """The workflow of one subject-session, ready to run; raises :class:`SubjectError` when
     the subject cannot be processed as asked."""
+    from dataclasses import replace
+
     from ..io.bids import subject_session_id
     from ..workflows.registration import init_subject_registration_wf
 
@@ -171,21 +174,14 @@ def build_subject_workflow(
         subj=subj,
         ref=ref,
         output_dir=cfg.output_dir,
-        registration=cfg.registration,
+        settings=replace(cfg.registration, model=model),  # the bundle this run uses
         reference_files=prepare_reference(
             cfg, ref, run_log_dir(cfg.output_dir, subject, cfg.run_uuid)
         ),
-        model=model,
         grid_shape=shape,
         grid_spacing=spacing,
-        lam=cfg.lam,
-        device=cfg.device,
-        max_folding=cfg.max_folding,
         use_gpu=bool(cfg.n_gpus),
         seed=cfg.random_seed,
-        refine_steps=cfg.refine_steps,
-        refine_draws=cfg.refine_draws,
-        fine_steps=cfg.fine_steps,
         sloppy=cfg.sloppy,
         omp_nthreads=cfg.threads_per_node,
         bids_dir=cfg.bids_dir,
@@ -210,7 +206,7 @@ def run_participant_level(cfg: RunConfig) -> int:
     cfg.seed_everything()
     layout, subjects, sessions_of = opened
     model = None
-    if cfg.registration == "contrareg":
+    if cfg.registration.method == "contrareg":
         model = cfg.model or newest_model(cfg.output_dir)
         if model is None:
             LOGGER.error(

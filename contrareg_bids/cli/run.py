@@ -21,11 +21,12 @@ def write_boilerplate(cfg) -> int:
 
     spec = parse_reference(cfg.reference)
     template = spec.template if spec.kind == "template" else ""
+    reg = cfg.registration
     row = {
-        "method": "ants-syn" if cfg.registration == "ants" else "contrareg",
-        "lambda": str(cfg.lam),
-        "refine_steps": str(cfg.refine_steps),
-        "fine_steps": str(cfg.fine_steps),
+        "method": "ants-syn" if reg.method == "ants" else "contrareg",
+        "lambda": str(reg.lam),
+        "refine_steps": str(reg.refine.steps),
+        "fine_steps": str(reg.fine.steps),
         "reference_template": template or "",
         "brain_mask": {"force": "extracted", "skip": "reference"}.get(cfg.skull_strip, "auto"),
     }

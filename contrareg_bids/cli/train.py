@@ -15,14 +15,8 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..training.config import (
-    BASE_LOSSES,
-    TRAIN_OPTION_FIELDS,
-    TRAIN_PRESETS,
-    VARIANTS,
-    TrainConfig,
-    option_changes,
-)
+from ..training.config import TRAIN_PRESETS, TrainConfig, option_changes
+from ..training.options import TRAIN_OPTION_FIELDS, TRAINER, add_training_options
 from .logs import setup_logging
 
 
@@ -50,57 +44,8 @@ def get_parser() -> argparse.ArgumentParser:
     io.add_argument("--fixed-modality", default="T1w")
     io.add_argument("--config", type=Path, help="TOML or JSON training configuration")
     io.add_argument("--sloppy", action="store_true", help="small, fast CPU preset (demos, tests)")
-    io.add_argument(
-        "--train-preset",
-        choices=("paper", "cpu"),
-        help="settings to start from: paper (default) or cpu (500 steps of a small network "
-        "with deformation augmentation: the BIDS-App's train-level preset; here the "
-        "volumes' own grid is the model grid)",
-    )
     t = p.add_argument_group("training (override the configuration file)")
-    losses = ", ".join(BASE_LOSSES)
-    t.add_argument("--loss", help=f"{losses}; variants of cr/mcr: +{', +'.join(VARIANTS)}")
-    t.add_argument(
-        "--steps", "--train-steps", dest="steps", type=int, help="registration training steps"
-    )
-    t.add_argument("--ae-steps", type=int, help="autoencoder pretraining steps")
-    t.add_argument("--ae-crop", type=int, help="autoencoder crop size")
-    t.add_argument("--lr", type=float)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--ch", type=int, help="registration network width")
-    t.add_argument("--depth", type=int, help="U-Net levels")
-    t.add_argument("--ts", type=int, help="scaling-and-squaring steps")
-    t.add_argument("--lambda-range", type=float, nargs=2, metavar=("LO", "HI"))
-    t.add_argument(
-        "--fixed-lambda", type=float, help="train one network at this lambda (no hypernetwork)"
-    )
-    t.add_argument("--num-negatives", type=int)
-    t.add_argument("--tau", type=float, help="PatchNCE temperature (paper 0.007)")
-    t.add_argument(
-        "--reg-scale",
-        type=float,
-        help="fix the regulariser's scale (default: calibrated at the start of training)",
-    )
-    t.add_argument(
-        "--deform-augment",
-        type=float,
-        metavar="VOX",
-        help="random smooth deformation of each training image (<= VOX voxels)",
-    )
-    t.add_argument("--val-fraction", type=float)
-    t.add_argument("--val-every", type=int)
-    t.add_argument("--checkpoint-every", type=int)
-    t.add_argument("--seed", "--random-seed", dest="seed", type=int, help="random seed")
-    t.add_argument("--device", help="auto, cpu, cuda, cuda:1 (torchrun: one GPU per process)")
-    t.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mixed precision on CUDA (default: on with CUDA)",
-    )
-    t.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
-    t.add_argument("--tensorboard", action="store_true")
-    t.add_argument("--workers", type=int, help="data loader workers")
+    add_training_options(t, TRAINER)  # declared once, with the BIDS-App's train level
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 

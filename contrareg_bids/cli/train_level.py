@@ -232,7 +232,7 @@ def run_train_level(cfg: RunConfig) -> int:
     failed; the model was trained on the others), 2, 16, 18 or 75."""
     from ..io.bids import subject_session_id
     from ..processing.normalize import normalization_description
-    from ..processing.threads import limit_threads
+    from ..runtime import limit_threads
     from ..training.pipeline import train
     from ..training.report import write_training_report
     from .execution import gpu_available, is_gpu_out_of_memory, report_failure

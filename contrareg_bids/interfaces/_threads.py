@@ -17,6 +17,6 @@ class ThreadedInputSpec(BaseInterfaceInputSpec):
 
 def use_threads(inputs, *, torch: bool = False) -> None:
     """Apply ``inputs.num_threads`` to this process before the node's work starts."""
-    from ..processing.threads import limit_threads
+    from ..runtime import limit_threads
 
     limit_threads(inputs.num_threads, torch=torch)

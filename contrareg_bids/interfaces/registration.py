@@ -13,7 +13,6 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..metrics import FOLDING_LIMIT_PERCENT
 from ._threads import ThreadedInputSpec, use_threads
 
 
@@ -23,33 +22,18 @@ class _RegOutputSpec(TraitedSpec):
     moved = File(exists=True, desc="moving image on the fixed grid")
     lam = traits.Float(desc="lambda used")
     method = traits.Str()
-    lambda_search = File(desc="JSON trace of the per-subject lambda search (auto_lambda)")
-    lambda_search_info = traits.Dict(desc="the same trace as a dict (auto_lambda)")
+    lambda_search = File(desc="JSON trace of the per-subject lambda search (lambda auto)")
+    lambda_search_info = traits.Dict(desc="the same trace as a dict (lambda auto)")
 
 
 class _ContraRegInputSpec(ThreadedInputSpec):
     moving = File(exists=True, mandatory=True, desc="moving image on the model grid")
     fixed = File(exists=True, mandatory=True, desc="fixed image on the model grid")
     model = File(exists=True, mandatory=True, desc="model bundle (.safetensors)")
-    lam = traits.Float(0.1, usedefault=True, desc="regularisation weight")
-    auto_lambda = traits.Bool(
-        False, usedefault=True, desc="choose lambda per pair under a folding budget (ignores lam)"
-    )
-    max_folding = traits.Float(
-        FOLDING_LIMIT_PERCENT,
-        usedefault=True,
-        desc="folding budget (% voxels, both warps) of auto_lambda",
-    )
-    device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda, cuda:N")
-    refine_steps = traits.Int(
-        0, usedefault=True, desc="test-time refinement steps with the bundle's objective"
-    )
-    refine_draws = traits.Range(
-        low=1, value=1, usedefault=True, desc="PatchNCE location samples per refinement step"
-    )
-    seed = traits.Int(0, usedefault=True, desc="sampling seed of the refinement")
-    fine_steps = traits.Range(
-        low=0, value=0, usedefault=True, desc="fine-stage steps (MIND-SSC, the fine grid)"
+    settings = traits.Dict(
+        mandatory=True,
+        desc="RegistrationSettings.to_dict(): lambda (or 'auto' and its folding budget), "
+        "refinement, fine stage, device (contrareg_bids.settings)",
     )
     fine_moving = File(
         exists=True, desc="moving image on a finer grid of the model grid's extent (refinement)"
@@ -63,23 +47,27 @@ class _ContraRegInputSpec(ThreadedInputSpec):
 class ContraRegister(SimpleInterface):
     """Register with a trained ContraReg bundle; both directions from +v and -v.
 
-    ``use_gpu`` lets MultiProc schedule the node on a GPU slot; with ``device="auto"`` the
-    node then runs on CUDA when available. ``auto_lambda`` picks the smallest lambda whose
-    warps fold at most ``max_folding`` % (:mod:`contrareg_bids.processing.lambda_search`);
-    the chosen one is the ``lam`` output and the search trace ``lambda_search``.
+    ``settings`` is a :class:`~contrareg_bids.settings.RegistrationSettings` as a dict (a
+    Nipype input must be hashable as plain values). ``use_gpu`` lets MultiProc schedule the
+    node on a GPU slot; with the device ``auto`` the node then runs on CUDA when available.
+    Lambda ``auto`` picks the smallest lambda whose warps fold at most the settings'
+    ``max_folding`` % (:mod:`contrareg_bids.processing.lambda_search`); the chosen one is
+    the ``lam`` output and the search trace ``lambda_search``.
     """
 
     input_spec = _ContraRegInputSpec
     output_spec = _RegOutputSpec
 
     def _run_interface(self, runtime):
+        from dataclasses import replace
+
+        from ..nn.device import device_name
         from ..processing.register import contrareg_register
+        from ..settings import RegistrationSettings
 
         use_threads(self.inputs, torch=True)
-        from ..nn.device import device_name
-
-        device = device_name(self.inputs.device, prefer_gpu=self.inputs.use_gpu)
-        lam = "auto" if self.inputs.auto_lambda else self.inputs.lam
+        settings = RegistrationSettings.from_dict(self.inputs.settings)
+        device = device_name(settings.device, prefer_gpu=self.inputs.use_gpu)
         fine = None
         if isdefined(self.inputs.fine_moving) and isdefined(self.inputs.fine_fixed):
             fine = (self.inputs.fine_moving, self.inputs.fine_fixed)
@@ -87,15 +75,9 @@ class ContraRegister(SimpleInterface):
             self.inputs.moving,
             self.inputs.fixed,
             self.inputs.model,
-            lam,
-            device,
+            replace(settings, device=device),
             os.getcwd(),
-            max_folding=self.inputs.max_folding,
-            refine_steps=self.inputs.refine_steps,
-            refine_draws=self.inputs.refine_draws,
-            seed=self.inputs.seed,
             fine_pair=fine,
-            fine_steps=self.inputs.fine_steps,
         )
         self._results.update(
             forward_field=str(res.forward_field),

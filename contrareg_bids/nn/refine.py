@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..losses.patchnce import more_draws
 from ..losses.regularizers import gradient_loss
+from ..settings import FineSettings, RefineSettings
 from .integrate import identity_grid, integrate_velocity, voxel_to_sample_grid, warp
 from .model import RegistrationOutput
 
@@ -73,34 +73,6 @@ def lr_factor(settings: RefineSettings, step: int) -> float:
     if settings.schedule == "constant":
         return 1.0
     return 0.5 * (1.0 + math.cos(math.pi * step / settings.steps))
-
-
-@dataclass(frozen=True)
-class RefineSettings:
-    """How the velocity is refined. ``steps=0`` switches refinement off."""
-
-    steps: int = 0
-    lr: float = 0.05
-    coarse: int = 2
-    seed: int = 0
-    #: PatchNCE location samples averaged per step (CR/mCR; :func:`more_draws`)
-    draws: int = 1
-    #: learning-rate schedule: "cosine" (annealed to ~0 over the steps, so the last iterate
-    #: settles instead of jittering with PatchNCE's sampled gradient; docs/benchmarks.md) or
-    #: "constant"
-    schedule: str = "cosine"
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"refine steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"refine lr must be > 0, got {self.lr}")
-        if self.coarse < 1:
-            raise ValueError(f"refine coarse factor must be >= 1, got {self.coarse}")
-        if self.draws < 1:
-            raise ValueError(f"refine draws must be >= 1, got {self.draws}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"refine schedule must be constant or cosine, got {self.schedule!r}")
 
 
 def refine_velocity(
@@ -174,46 +146,6 @@ def refine_velocity(
     with torch.no_grad():
         up = F.interpolate(delta, size=shape, mode="trilinear", align_corners=True)
         return (v0 + up * settings.coarse).detach()
-
-
-@dataclass(frozen=True)
-class FineSettings:
-    """The fine stage: after the network (and the model-grid refinement), the velocity is
-    optimised again on a grid at the images' own resolution, with a local,
-    modality-independent similarity (MIND-SSC descriptors, mean squared difference, both
-    directions) that sees the detail a coarse model grid cannot. ``steps=0`` switches it off.
-
-    ``control`` fine voxels per control point of the velocity update; ``reg`` weighs the
-    diffusion penalty on the whole velocity (control-grid voxels); ``lr`` is Adam's rate in
-    control-grid voxels, annealed on a cosine. The last ``full_resolution`` fraction of the
-    steps compares the descriptors at the images' own resolution (the field carried up from
-    the control grid) instead of on the control grid, where the descriptors are averaged
-    over ``control``-voxel cells and small structures blur."""
-
-    steps: int = 0
-    #: chosen on the real selection pairs (docs/benchmarks.md): penalty 4 scored 0.735 against
-    #: 0.719 at 25 (std log|J| 0.17 against 0.06; ConvexAdam's is 0.26)
-    lr: float = 2.0
-    reg: float = 4.0
-    control: int = 2
-    mind_distance: int = 2
-    #: chosen on the real selection pairs (docs/benchmarks.md, "The fine stage at full
-    #: resolution")
-    full_resolution: float = 0.25
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"fine steps must be >= 0, got {self.steps}")
-        if not 0.0 <= self.full_resolution <= 1.0:
-            raise ValueError(
-                f"fine full_resolution must be a fraction in [0, 1], got {self.full_resolution}"
-            )
-        if not self.lr > 0:
-            raise ValueError(f"fine lr must be > 0, got {self.lr}")
-        if self.reg < 0:
-            raise ValueError(f"fine reg must be >= 0, got {self.reg}")
-        if self.control < 1:
-            raise ValueError(f"fine control spacing must be >= 1, got {self.control}")
 
 
 def _grid_scale(src: Sequence[int], dst: Sequence[int], device) -> torch.Tensor:

@@ -30,11 +30,11 @@ import numpy as np
 
 from ..io.images import read_volume
 from ..io.transforms import read_displacement_nifti, write_displacement_nifti, write_nifti
-from ..metrics import FOLDING_LIMIT_PERCENT
 from ._ants import ants_image, ants_seed
 
 if TYPE_CHECKING:
     from ..io.bundle import ModelBundle
+    from ..settings import RegistrationSettings
 
 __all__ = ["RegResult", "ants_syn_register", "contrareg_register"]
 
@@ -108,42 +108,39 @@ def contrareg_register(
     moving_path: PathLike,
     fixed_path: PathLike,
     bundle_path: PathLike | ModelBundle,
-    lam: float | str | None,
-    device: str = "cpu",
+    settings: RegistrationSettings,
     out_dir: PathLike = ".",
     *,
     prefix: str = "",
     amp: bool = False,
-    max_folding: float = FOLDING_LIMIT_PERCENT,
-    refine_steps: int = 0,
-    refine_draws: int = 1,
-    seed: int = 0,
     fine_pair: tuple[PathLike, PathLike] | None = None,
-    fine_steps: int = 0,
 ) -> RegResult:
-    """Run a trained ContraReg network (a model bundle) on a pair on the model grid.
+    """Run a trained ContraReg network (a model bundle) on a pair on the model grid, as
+    ``settings`` say (:class:`~contrareg_bids.settings.RegistrationSettings`; its ``model``
+    is not read: the bundle is ``bundle_path``).
 
     ``bundle_path`` is a ``.safetensors`` bundle or an already loaded
     :class:`~contrareg_bids.io.bundle.ModelBundle` (to reuse one across subjects). The
     images must have the bundle's grid shape; a different spacing only warns (the network
-    still runs, but was trained at another resolution). ``lam`` is the regularisation weight
-    for a lambda-conditioned network (warned about when outside the trained range).
+    still runs, but was trained at another resolution). ``settings.lam`` is the
+    regularisation weight of a lambda-conditioned network (warned about when outside the
+    trained range).
 
-    ``lam="auto"`` chooses the lambda per pair: the smallest in the trained range whose
-    forward and inverse warps fold at most ``max_folding`` % of voxels
+    Lambda ``"auto"`` chooses the lambda per pair: the smallest in the trained range whose
+    forward and inverse warps fold at most ``settings.max_folding`` % of voxels
     (:func:`~contrareg_bids.processing.lambda_search.choose_lambda`); the search trace is
     written to ``lambda_search.json`` and the chosen lambda is ``RegResult.lam``.
 
-    ``refine_steps > 0`` refines the network's velocity on this pair with the bundle's own
-    objective at the chosen lambda (:mod:`contrareg_bids.nn.refine`; after the search when
-    ``lam="auto"``), averaging ``refine_draws`` PatchNCE location samples per step.
-    ``fine_pair`` (moving, fixed on a finer grid over the model grid's extent,
-    :func:`~contrareg_bids.processing.model_space.prepare_model_pair`) makes every
-    refinement step see the pair at a random sub-voxel phase of the model grid.
+    ``settings.refine.steps > 0`` refines the network's velocity on this pair with the
+    bundle's own objective at the chosen lambda (:mod:`contrareg_bids.nn.refine`; after the
+    search with lambda ``"auto"``). ``fine_pair`` (moving, fixed on a finer grid over the
+    model grid's extent, :func:`~contrareg_bids.processing.model_space.prepare_model_pair`)
+    makes every refinement step see the pair at a random sub-voxel phase of the model grid.
 
-    ``fine_steps > 0`` adds the fine stage (:func:`~contrareg_bids.nn.refine.refine_fine`):
-    the velocity optimised again with MIND-SSC on the grid of ``fine_pair`` (the model grid
-    without one); the fields and images written are then on that grid.
+    ``settings.fine.steps > 0`` adds the fine stage
+    (:func:`~contrareg_bids.nn.refine.refine_fine`): the velocity optimised again with
+    MIND-SSC on the grid of ``fine_pair`` (the model grid without one); the fields and
+    images written are then on that grid.
     """
     from ..io.bundle import ModelBundle, load_model
     from ..nn.inference import register_arrays
@@ -164,34 +161,28 @@ def contrareg_register(
             stacklevel=2,
         )
     lo, hi = bundle.metadata.lambda_range
+    lam, device = settings.lam, settings.device
+    refining, fine_stage = settings.refine.steps > 0, settings.fine.steps > 0
     search_json = None
-    if lam == "auto":
+    if settings.auto_lambda:
         from .lambda_search import register_auto
 
         res, lam, search_json = register_auto(
-            bundle, moving, fixed, max_folding, device, amp, Path(out_dir), prefix
+            bundle, moving, fixed, settings.max_folding, device, amp, Path(out_dir), prefix
         )
-    elif isinstance(lam, str):
-        raise ValueError(f"lam must be a number, None or 'auto', got {lam!r}")
-    if lam is not None and bundle.regnet.hypernet is not None and not lo <= lam <= hi:
+    if bundle.regnet.hypernet is not None and not lo <= lam <= hi:
         warnings.warn(
             f"lambda {lam} is outside the range the model was trained on [{lo}, {hi}]",
             stacklevel=2,
         )
-    if search_json is None or refine_steps > 0 or fine_steps > 0:
-        refine = objective = fine_settings = None
-        if refine_steps > 0:
-            from ..nn.refine import RefineSettings
+    if search_json is None or refining or fine_stage:
+        objective = None
+        if refining:
             from ..training.objective import objective_from_bundle
 
-            refine = RefineSettings(steps=refine_steps, seed=seed, draws=refine_draws)
             objective = objective_from_bundle(bundle)
-        if fine_steps > 0:
-            from ..nn.refine import FineSettings
-
-            fine_settings = FineSettings(steps=fine_steps)  # deterministic: no sampling
         fine = None
-        if (refine_steps > 0 or fine_steps > 0) and fine_pair is not None:
+        if (refining or fine_stage) and fine_pair is not None:
             fine = _read_fine_pair(*fine_pair, fix_img.affine, fixed.shape)
         res = register_arrays(
             bundle.regnet,
@@ -200,10 +191,10 @@ def contrareg_register(
             lam,
             device,
             amp=amp,
-            refine=refine,
+            refine=settings.refine if refining else None,
             objective=objective,
             fine_images=fine,
-            fine=fine_settings,
+            fine=settings.fine if fine_stage else None,  # deterministic: no sampling
         )
     fwd, inv, moved, fixed_moved = _outputs(out_dir, prefix)
     affine = fix_img.affine  # one grid: the moving grid's affine is the same

@@ -268,7 +268,7 @@ def write_subject_report(
 
             device = (
                 report_device(cfg.device, bool(cfg.n_gpus))
-                if cfg.registration == "contrareg"
+                if cfg.registration.method == "contrareg"
                 else "cpu (ANTs)"
             )
             figures = cfg.output_dir / f"sub-{subject}" / "figures"

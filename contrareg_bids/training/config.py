@@ -11,9 +11,10 @@ from typing import Any
 
 from contrareg_bids.nn.model import RegNetConfig
 
-#: Similarity names accepted by ``TrainConfig.loss`` (base name, then optional variants).
-BASE_LOSSES = ("mcr", "cr", "mi", "localmi", "mind", "ngf")
-VARIANTS = ("mi", "extnegs", "randae", "suppretrain")
+# the similarity names ``TrainConfig.loss`` accepts (base name, then optional variants) and
+# the option -> field table are declared with the command-line options
+from contrareg_bids.training.options import BASE_LOSSES, TRAIN_OPTION_FIELDS, VARIANTS
+
 CONTRASTIVE = ("mcr", "cr")
 
 
@@ -256,38 +257,6 @@ def cpu_config(**changes) -> TrainConfig:
 #: ``--train-preset`` -> the configuration the given options then override.
 TRAIN_PRESETS = {"paper": TrainConfig, "cpu": cpu_config, "sloppy": sloppy_config}
 
-
-#: Command-line option (argparse ``dest``) -> :class:`TrainConfig` field (``regnet.ch``: a
-#: field of a nested config). One table for ``contrareg-train`` (``cli/train.py``) and the
-#: BIDS-App's train level (``cli/train_level.py``), so an option maps the same in both.
-#: ``steps`` and ``train_steps`` are the two CLIs' dests of ``--steps``/``--train-steps``.
-TRAIN_OPTION_FIELDS: dict[str, str] = {
-    "loss": "loss",
-    "steps": "steps",
-    "train_steps": "steps",
-    "lr": "lr",
-    "batch_size": "batch_size",
-    "num_negatives": "num_negatives",
-    "val_fraction": "val_fraction",
-    "val_every": "val_every",
-    "checkpoint_every": "checkpoint_every",
-    "seed": "seed",
-    "device": "device",
-    "workers": "num_workers",
-    "tau": "tau",
-    "reg_scale": "reg_scale",
-    "deform_augment": "deform_augment",
-    "lambda_range": "lambda_range",
-    "amp": "amp",
-    "compile": "compile",
-    "tensorboard": "tensorboard",
-    "ch": "regnet.ch",
-    "depth": "regnet.depth",
-    "ts": "regnet.ts",
-    "fixed_lambda": "regnet.fixed_lambda",
-    "ae_steps": "autoencoder.steps",
-    "ae_crop": "autoencoder.crop",
-}
 
 #: fields an option sets besides its own: one fixed lambda means no hypernetwork
 _IMPLIED: dict[str, dict[str, Any]] = {"fixed_lambda": {"regnet.hypernet": False}}

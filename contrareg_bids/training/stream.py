@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ..processing.threads import available_cpus
+from ..runtime import available_cpus
 
 __all__ = [
     "StepSampler",

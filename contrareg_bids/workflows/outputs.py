@@ -14,7 +14,7 @@ from nipype.pipeline import engine as pe
 from ..interfaces.bids import DerivativesDataSink, SkullStrippedSidecar
 
 if TYPE_CHECKING:
-    from .registration import ReferenceInputs
+    from .spec import ReferenceInputs
 
 #: ``inputnode`` fields of :func:`init_ds_registration_wf`.
 DS_REGISTRATION_FIELDS = (
@@ -99,7 +99,7 @@ def init_ds_registration_wf(
     ``registration_meta`` (the method, model and its sha256, lambda, steps, seed) goes into
     the transforms' sidecars.
     """
-    from .registration import reference_label, source_uri, spatial_reference
+    from .spec import reference_label, source_uri, spatial_reference
 
     wf = pe.Workflow(name=name)
     fields = list(DS_REGISTRATION_FIELDS)
@@ -201,7 +201,7 @@ def init_ds_other_wf(
     to_moving, to_other
         the coregistration as ITK .h5 (``from-<other>_to-<moving>`` and back)
     """
-    from .registration import source_uri, spatial_reference
+    from .spec import source_uri, spatial_reference
 
     wf = pe.Workflow(name=name)
     fields = ["preproc", "in_reference", "to_moving", "to_other"]

@@ -8,7 +8,6 @@ Node names equal variable names; every factory has an ``inputnode`` and an ``out
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -22,69 +21,15 @@ from ..interfaces import (
     PrepareModelPair,
     RegistrationMetrics,
 )
-from ..metrics import FOLDING_LIMIT_PERCENT
-
-
-@dataclass
-class ReferenceInputs:
-    """What the factory knows of the reference before anything runs."""
-
-    image: Path  # fixed modality
-    space: str  # BIDS space label, e.g. dhcpVol, sub01, custom
-    cohort: int | None = None
-    mask: Path | None = None
-    dseg: Path | None = None
-    dseg_tsv: Path | None = None
-    is_template: bool = True
-    description: str = ""
-
-
-@dataclass
-class SubjectInputs:
-    subject: str
-    session: str | None
-    anat: dict[str, str]  # modality -> path (first run)
-    moving_modality: str
-    derivatives: dict[str, Path] = field(default_factory=dict)  # mask, labels
-    #: post-menstrual age given on the command line (``--pma``/``--age-months``) and how;
-    #: None: read from the BIDS tables for the report
-    age_weeks: float | None = None
-    age_source: str = ""
-    #: extract the brain of the moving image (a scan with skull; ``--skull-strip``)
-    skull_strip: bool = False
-
-
-def source_uri(path: str | Path, bids_dir: Path | None) -> str:
-    """``bids:raw:<relative path>`` for a file of the input dataset, else its path."""
-    p = Path(path)
-    if bids_dir is not None:
-        try:
-            return f"bids:raw:{p.resolve().relative_to(Path(bids_dir).resolve()).as_posix()}"
-        except ValueError:
-            pass
-    return str(p)
-
-
-def reference_label(ref: ReferenceInputs) -> str:
-    """The reference as one entity label: ``dhcpVol``, or ``dhcpVolCohort40`` for a cohort.
-
-    An image in reference space carries the cohort as its own entity
-    (``space-dhcpVol_cohort-40``), but in ``to-``/``from-``/``desc-`` the reference is a label
-    of another entity, and BIDS labels are alphanumeric: nibabies' ``MNIInfant+1`` is not a
-    valid label, so template and cohort are joined by the word ``Cohort``. Without the
-    cohort the outputs of two cohorts would share one name.
-    """
-    return f"{ref.space}Cohort{ref.cohort}" if ref.cohort is not None else ref.space
-
-
-def spatial_reference(ref: ReferenceInputs, bids_dir: Path | None) -> str:
-    """A template's TemplateFlow path (``tpl-X/...``), else a URI of the reference image."""
-    parts = Path(ref.image).parts
-    tpl = [i for i, part in enumerate(parts[:-1]) if part.startswith("tpl-")]  # folders
-    if ref.is_template and tpl:
-        return "/".join(parts[tpl[-1] :])
-    return source_uri(ref.image, bids_dir)
-
+from ..settings import RegistrationSettings
+from .spec import (  # noqa: F401 (the data models, importable from here as before)
+    ReferenceInputs,
+    SubjectInputs,
+    brain_mask_source,
+    reference_label,
+    source_uri,
+    spatial_reference,
+)
 
 #: ``outputnode`` fields of :func:`init_registration_wf`.
 REGISTRATION_FIELDS = (
@@ -104,27 +49,18 @@ def init_registration_wf(
     *,
     grid_shape: tuple[int, int, int],
     grid_spacing: tuple[float, float, float],
-    registration: str = "contrareg",
-    model: Path | None = None,
-    lam: float | str = 0.1,
-    max_folding: float = FOLDING_LIMIT_PERCENT,
-    refine_steps: int = 0,
-    refine_draws: int = 1,
-    fine_steps: int = 0,
-    device: str = "auto",
+    settings: RegistrationSettings,
     use_gpu: bool = False,
     seed: int = 0,
     sloppy: bool = False,
     name: str = "registration_wf",
 ) -> pe.Workflow:
     """Deformable registration of a preprocessed pair: onto the model grid, ContraReg (or
-    ANTs SyN), and the composite transforms (affine + deformation) at native resolution.
-
-    ``lam="auto"`` chooses lambda per pair under the ``max_folding`` % budget;
-    ``refine_steps`` refines each warp with the bundle's own objective
-    (:mod:`contrareg_bids.nn.refine`), ``refine_draws`` PatchNCE samples per step;
-    ``fine_steps`` then optimises the warp again at the reference's resolution
-    (:func:`contrareg_bids.nn.refine.refine_fine`).
+    ANTs SyN), and the composite transforms (affine + deformation) at native resolution,
+    as ``settings`` say (:class:`~contrareg_bids.settings.RegistrationSettings`: the
+    method and model, lambda or ``"auto"`` under a folding budget, the refinement with the
+    bundle's own objective, the fine stage at the reference's resolution, the device).
+    ``seed`` and ``sloppy`` are ANTs SyN's.
 
     Inputs
     ------
@@ -139,9 +75,9 @@ def init_registration_wf(
 
     Outputs: :data:`REGISTRATION_FIELDS`.
     """
+    registration, model = settings.method, settings.model
     if registration == "contrareg" and model is None:
         raise ValueError("a model bundle is required for --registration contrareg")
-    auto_lambda = lam == "auto"
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["moving", "reference", "reference_mask", "affine"]),
@@ -152,7 +88,9 @@ def init_registration_wf(
     )
     # the refinement samples the pair at random sub-voxel phases of the model grid from the
     # images at the reference's resolution (when the model grid is coarser)
-    phase_sampling = registration == "contrareg" and (refine_steps > 0 or fine_steps > 0)
+    phase_sampling = registration == "contrareg" and (
+        settings.refine.steps > 0 or settings.fine.steps > 0
+    )
     prepare_pair = pe.Node(
         PrepareModelPair(
             shape=tuple(grid_shape), spacing=tuple(grid_spacing), phase_sampling=phase_sampling
@@ -161,18 +99,7 @@ def init_registration_wf(
     )
     if registration == "contrareg":
         register = pe.Node(
-            ContraRegister(
-                model=str(model),
-                lam=0.1 if auto_lambda else lam,
-                auto_lambda=auto_lambda,
-                max_folding=max_folding,
-                device=device,
-                use_gpu=use_gpu,
-                refine_steps=refine_steps,
-                refine_draws=refine_draws,
-                fine_steps=fine_steps,
-                seed=seed,
-            ),
+            ContraRegister(model=str(model), settings=settings.to_dict(), use_gpu=use_gpu),
             name="register",
             n_procs=1,
         )
@@ -182,7 +109,7 @@ def init_registration_wf(
                 (prepare_pair, register, [("fine_moving", "fine_moving"),
                                           ("fine_fixed", "fine_fixed")]),
             ])  # fmt: skip
-        if auto_lambda:
+        if settings.auto_lambda:
             wf.connect(register, "lambda_search_info", outputnode, "lambda_search")
     else:
         register = pe.Node(AntsRegister(seed=seed, sloppy=sloppy), name="register")
@@ -311,12 +238,126 @@ def init_apply_wf(
     return wf
 
 
+#: ``outputnode`` fields of :func:`init_pair_registration_wf`: the reference's
+#: (``reference_`` + :data:`~.anatomical.REFERENCE_FIELDS`), the subject's preprocessing,
+#: :data:`REGISTRATION_FIELDS`, :data:`APPLY_FIELDS`, and with ``other`` the other modality
+#: (bias-corrected on the moving image's grid, its coregistration both ways).
+PAIR_FIELDS = (
+    "reference_validated",
+    "reference_image",
+    "reference_mask",
+    "reference_normalized",
+    "preproc",
+    "mask",
+    "affine",
+    "affine_moved",
+    "normalized",
+    *REGISTRATION_FIELDS,
+    *APPLY_FIELDS,
+    "other_preproc",
+    "other_to_moving",
+    "other_from_moving",
+)
+
+
+def init_pair_registration_wf(
+    *,
+    ref: ReferenceInputs,
+    settings: RegistrationSettings,
+    grid_shape: tuple[int, int, int],
+    grid_spacing: tuple[float, float, float],
+    reference_files: dict[str, Path] | None = None,
+    given_mask: Path | None = None,
+    skull_strip: bool = False,
+    subject_dseg: Path | None = None,
+    other: bool = False,
+    use_gpu: bool = False,
+    seed: int = 0,
+    sloppy: bool = False,
+    name: str = "pair_wf",
+) -> pe.Workflow:
+    """One moving image registered to the reference, from the pieces: the reference
+    (:func:`.anatomical.init_reference_wf`, or the ``reference_files`` it made once for a
+    run), the subject (:func:`.anatomical.init_anat_preproc_wf`: N4, affine, brain mask,
+    with ``skull_strip`` the brain extracted), the registration (:func:`init_registration_wf`
+    as ``settings`` say), resampling (:func:`init_apply_wf`), and with ``other`` the other
+    modality (:func:`.anatomical.init_coreg_other_wf`) carried along. The participant level
+    adds metrics, derivatives and reports around it; pipeline authors embed it as it is
+    (``workflows/embed_contrareg.py``).
+
+    Inputs: ``in_file`` (the moving image), ``other`` (the other modality, with ``other``).
+    Outputs: :data:`PAIR_FIELDS`.
+    """
+    from .anatomical import REFERENCE_FIELDS, init_anat_preproc_wf, init_coreg_other_wf
+
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "other"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=list(PAIR_FIELDS)), name="outputnode")
+    reference = reference_node(wf, ref, reference_files, sloppy=sloppy, seed=seed)
+    anat_preproc_wf = init_anat_preproc_wf(
+        given_mask=given_mask, skull_strip=skull_strip, sloppy=sloppy, seed=seed
+    )
+    registration_wf = init_registration_wf(
+        grid_shape=grid_shape,
+        grid_spacing=grid_spacing,
+        settings=settings,
+        use_gpu=use_gpu,
+        seed=seed,
+        sloppy=sloppy,
+    )
+    apply_wf = init_apply_wf(reference_dseg=ref.dseg, subject_dseg=subject_dseg, other=other)
+    anat_fields = ("preproc", "mask", "affine", "affine_moved", "normalized")
+    wf.connect([
+        (inputnode, anat_preproc_wf, [("in_file", "inputnode.in_file")]),
+        (reference, anat_preproc_wf, [("image", "inputnode.reference"),
+                                      ("mask", "inputnode.reference_mask")]),
+        (reference, registration_wf, [("normalized", "inputnode.reference"),
+                                      ("mask", "inputnode.reference_mask")]),
+        (anat_preproc_wf, registration_wf, [("outputnode.normalized", "inputnode.moving"),
+                                            ("outputnode.affine", "inputnode.affine")]),
+        (reference, apply_wf, [("validated", "inputnode.reference"),
+                               ("mask", "inputnode.reference_mask")]),
+        (anat_preproc_wf, apply_wf, [("outputnode.preproc", "inputnode.moving")]),
+        (registration_wf, apply_wf, [
+            ("outputnode.reference_to_subject", "inputnode.reference_to_subject"),
+            ("outputnode.subject_to_reference", "inputnode.subject_to_reference")]),
+        (reference, outputnode, [(f, f"reference_{f}") for f in REFERENCE_FIELDS]),
+        (anat_preproc_wf, outputnode, [(f"outputnode.{f}", f) for f in anat_fields]),
+        (registration_wf, outputnode, [
+            (f"outputnode.{f}", f) for f in REGISTRATION_FIELDS
+            if f not in ("lam", "lambda_search")]),
+        (apply_wf, outputnode, [("outputnode.moving_in_reference", "moving_in_reference"),
+                                ("outputnode.reference_mask_in_subject",
+                                 "reference_mask_in_subject")]),
+    ])  # fmt: skip
+    if settings.method == "contrareg":
+        wf.connect(registration_wf, "outputnode.lam", outputnode, "lam")
+        if settings.auto_lambda:
+            wf.connect(registration_wf, "outputnode.lambda_search", outputnode, "lambda_search")
+    for label_field, given in (
+        ("reference_dseg_in_subject", ref.dseg),
+        ("subject_dseg_in_reference", subject_dseg),
+    ):
+        if given is not None:
+            wf.connect(apply_wf, f"outputnode.{label_field}", outputnode, label_field)
+    if other:
+        coreg_other_wf = init_coreg_other_wf(sloppy=sloppy, seed=seed)
+        wf.connect([
+            (inputnode, coreg_other_wf, [("other", "inputnode.in_file")]),
+            (anat_preproc_wf, coreg_other_wf, [("outputnode.preproc", "inputnode.target")]),
+            (coreg_other_wf, apply_wf, [("outputnode.corrected", "inputnode.other"),
+                                        ("outputnode.transform", "inputnode.other_transform")]),
+            (coreg_other_wf, outputnode, [("outputnode.preproc", "other_preproc"),
+                                          ("outputnode.to_target", "other_to_moving"),
+                                          ("outputnode.from_target", "other_from_moving")]),
+            (apply_wf, outputnode, [("outputnode.other_in_reference", "other_in_reference")]),
+        ])  # fmt: skip
+    return wf
+
+
 def provenance_columns(
     *,
-    registration: str,
-    model: Path | None,
-    refine_steps: int,
-    fine_steps: int,
+    settings: RegistrationSettings,
     seed: int,
     reference: str,
     reference_template: str = "",
@@ -329,10 +370,10 @@ def provenance_columns(
     from ..io.bundle import file_sha256
 
     columns: dict = {}
-    if registration == "contrareg":
-        if model is not None:
-            columns.update(model=Path(model).name, model_sha256=file_sha256(model))
-        columns.update(refine_steps=refine_steps, fine_steps=fine_steps)
+    if settings.method == "contrareg":
+        if settings.model is not None:
+            columns.update(model=settings.model.name, model_sha256=file_sha256(settings.model))
+        columns.update(refine_steps=settings.refine.steps, fine_steps=settings.fine.steps)
     columns.update(seed=seed, reference=reference)
     if reference_template:
         columns["reference_template"] = reference_template
@@ -341,30 +382,14 @@ def provenance_columns(
     return columns
 
 
-#: How the subject's brain mask was obtained (the metrics' ``brain_mask`` column).
-BRAIN_MASK_SOURCES = {
-    "given": "given in a derivatives dataset (--derivatives)",
-    "extracted": "extracted from the scan with skull (--skull-strip)",
-    "reference": "the reference's mask carried through the affine (a skull-stripped scan)",
-}
-
-
-def brain_mask_source(subj: SubjectInputs) -> str:
-    """Which of :data:`BRAIN_MASK_SOURCES` the anatomical workflow of ``subj`` uses (the
-    rule of :func:`.anatomical.init_anat_preproc_wf`)."""
-    if subj.derivatives.get("mask") is not None:
-        return "given"
-    return "extracted" if subj.skull_strip else "reference"
-
-
-def transform_provenance(columns: dict, *, registration: str, lam: float | str) -> dict:
+def transform_provenance(columns: dict, *, settings: RegistrationSettings) -> dict:
     """What the transform sidecars say of the registration that made them (BIDS-style
     keys), from :func:`provenance_columns`: the method, the model bundle and its sha256,
     lambda (as asked: a number, or ``auto``), the refinement and fine-stage steps, the seed."""
-    if registration != "contrareg":
+    if settings.method != "contrareg":
         meta = {"RegistrationMethod": "ANTs SyN (antspyx, Mattes MI)"}
     else:
-        meta = {"RegistrationMethod": "ContraReg", "Lambda": lam}
+        meta = {"RegistrationMethod": "ContraReg", "Lambda": settings.lam}
         for column, key in (
             ("model", "Model"),
             ("model_sha256", "ModelSHA256"),
@@ -382,16 +407,9 @@ def init_subject_registration_wf(
     subj: SubjectInputs,
     ref: ReferenceInputs,
     output_dir: Path,
-    registration: str = "contrareg",
-    model: Path | None = None,
+    settings: RegistrationSettings,
     grid_shape: tuple[int, int, int] | None = None,
     grid_spacing: tuple[float, float, float] | None = None,
-    lam: float | str = 0.1,
-    max_folding: float = FOLDING_LIMIT_PERCENT,
-    refine_steps: int = 0,
-    refine_draws: int = 1,
-    fine_steps: int = 0,
-    device: str = "auto",
     use_gpu: bool = False,
     seed: int = 0,
     sloppy: bool = False,
@@ -409,48 +427,43 @@ def init_subject_registration_wf(
     (:func:`.outputs.init_ds_registration_wf`, :func:`.outputs.init_ds_other_wf`) and the QC
     reportlets (:func:`.reports.init_report_wf`, ``reports``).
 
+    ``settings`` say how the pair is registered
+    (:class:`~contrareg_bids.settings.RegistrationSettings`, passed whole to
+    :func:`init_registration_wf`).
     ``bids_dir`` lets the sidecars name their ``Sources`` as BIDS URIs (``bids:raw:...``).
     ``omp_nthreads`` is the threads (and MultiProc slots) of each multi-threaded node.
     ``lam="auto"``: the chosen lambda and the search trace go to the metrics TSV/JSON.
     """
-    from .anatomical import init_anat_preproc_wf, init_coreg_other_wf
     from .outputs import init_ds_other_wf, init_ds_registration_wf
 
     if grid_shape is None or grid_spacing is None:
         raise ValueError("grid_shape and grid_spacing are required (model grid or reference grid)")
+    registration, model, lam = settings.method, settings.model, settings.lam
     wf = pe.Workflow(name=name)
     mod = subj.moving_modality
     source = subj.anat[mod]
     other = next((m for m in subj.anat if m != mod), None)
     labels = subj.derivatives.get("labels")
 
-    reference = reference_node(wf, ref, reference_files, sloppy=sloppy, seed=seed)
-    anat_preproc_wf = init_anat_preproc_wf(
-        given_mask=subj.derivatives.get("mask"),
-        skull_strip=subj.skull_strip,
-        sloppy=sloppy,
-        seed=seed,
-    )
-    anat_preproc_wf.inputs.inputnode.in_file = source
-    registration_wf = init_registration_wf(
+    pair_wf = init_pair_registration_wf(
+        ref=ref,
+        settings=settings,
         grid_shape=grid_shape,
         grid_spacing=grid_spacing,
-        registration=registration,
-        model=model,
-        lam=lam,
-        max_folding=max_folding,
-        refine_steps=refine_steps,
-        refine_draws=refine_draws,
-        fine_steps=fine_steps,
-        device=device,
+        reference_files=reference_files,
+        given_mask=subj.derivatives.get("mask"),
+        skull_strip=subj.skull_strip,
+        subject_dseg=labels,
+        other=other is not None,
         use_gpu=use_gpu,
         seed=seed,
         sloppy=sloppy,
     )
-    apply_wf = init_apply_wf(reference_dseg=ref.dseg, subject_dseg=labels, other=other is not None)
+    pair_wf.inputs.inputnode.in_file = source
+    if other is not None:
+        pair_wf.inputs.inputnode.other = subj.anat[other]
     provenance = provenance_columns(
-        registration=registration, model=model, refine_steps=refine_steps,
-        fine_steps=fine_steps, seed=seed, reference=ref.description,
+        settings=settings, seed=seed, reference=ref.description,
         reference_template=ref.space if ref.is_template else "",
         brain_mask=brain_mask_source(subj),
     )  # fmt: skip
@@ -461,32 +474,19 @@ def init_subject_registration_wf(
         moving_modality=mod,
         ref=ref,
         bids_dir=bids_dir,
-        registration_meta=transform_provenance(provenance, registration=registration, lam=lam),
+        registration_meta=transform_provenance(provenance, settings=settings),
         reference_dseg=ref.dseg is not None,
         subject_dseg=labels is not None,
     )
     wf.connect([
-        (reference, anat_preproc_wf, [("image", "inputnode.reference"),
-                                      ("mask", "inputnode.reference_mask")]),
-        (reference, registration_wf, [("normalized", "inputnode.reference"),
-                                      ("mask", "inputnode.reference_mask")]),
-        (anat_preproc_wf, registration_wf, [("outputnode.normalized", "inputnode.moving"),
-                                            ("outputnode.affine", "inputnode.affine")]),
-        (reference, apply_wf, [("validated", "inputnode.reference"),
-                               ("mask", "inputnode.reference_mask")]),
-        (anat_preproc_wf, apply_wf, [("outputnode.preproc", "inputnode.moving")]),
-        (registration_wf, apply_wf, [
+        (pair_wf, metrics, [("outputnode.forward_field", "forward_field"),
+                            ("outputnode.method", "method"),
+                            ("outputnode.model_mask", "mask")]),
+        (pair_wf, ds_registration_wf, [
+            ("outputnode.preproc", "inputnode.preproc"),
+            ("outputnode.mask", "inputnode.mask"),
             ("outputnode.reference_to_subject", "inputnode.reference_to_subject"),
-            ("outputnode.subject_to_reference", "inputnode.subject_to_reference")]),
-        (registration_wf, metrics, [("outputnode.forward_field", "forward_field"),
-                                    ("outputnode.method", "method"),
-                                    ("outputnode.model_mask", "mask")]),
-        (anat_preproc_wf, ds_registration_wf, [("outputnode.preproc", "inputnode.preproc"),
-                                               ("outputnode.mask", "inputnode.mask")]),
-        (registration_wf, ds_registration_wf, [
-            ("outputnode.reference_to_subject", "inputnode.reference_to_subject"),
-            ("outputnode.subject_to_reference", "inputnode.subject_to_reference")]),
-        (apply_wf, ds_registration_wf, [
+            ("outputnode.subject_to_reference", "inputnode.subject_to_reference"),
             ("outputnode.moving_in_reference", "inputnode.moving_in_reference"),
             ("outputnode.reference_mask_in_subject", "inputnode.reference_mask_in_subject")]),
         (metrics, ds_registration_wf, [("out_tsv", "inputnode.metrics_tsv"),
@@ -494,14 +494,14 @@ def init_subject_registration_wf(
     ])  # fmt: skip
     if registration == "contrareg" and lam == "auto":
         wf.connect([
-            (registration_wf, metrics, [("outputnode.lam", "lam"),
-                                        ("outputnode.lambda_search", "lambda_search")]),
+            (pair_wf, metrics, [("outputnode.lam", "lam"),
+                                ("outputnode.lambda_search", "lambda_search")]),
         ])  # fmt: skip
     elif registration == "contrareg":
         metrics.inputs.lam = lam
     if ref.dseg is not None:
         wf.connect(
-            apply_wf,
+            pair_wf,
             "outputnode.reference_dseg_in_subject",
             ds_registration_wf,
             "inputnode.reference_dseg_in_subject",
@@ -515,22 +515,19 @@ def init_subject_registration_wf(
             # the affine-only baseline (mean_dice_affine): the same labels, no deformation
             metrics.inputs.reference_dseg = str(ref.dseg)
             wf.connect([
-                (apply_wf, metrics, [("outputnode.reference_dseg_in_subject",
-                                      "reference_labels")]),
-                (anat_preproc_wf, metrics, [("outputnode.affine", "affine")]),
+                (pair_wf, metrics, [("outputnode.reference_dseg_in_subject", "reference_labels"),
+                                    ("outputnode.affine", "affine")]),
             ])  # fmt: skip
     if labels is not None:
         wf.connect(
-            apply_wf,
+            pair_wf,
             "outputnode.subject_dseg_in_reference",
             ds_registration_wf,
             "inputnode.subject_dseg_in_reference",
         )
 
-    # --- the other modality: coregistered to the moving one, carried through the transforms
+    # --- the other modality's derivatives (pair_wf coregistered and resampled it)
     if other is not None:
-        coreg_other_wf = init_coreg_other_wf(sloppy=sloppy, seed=seed)
-        coreg_other_wf.inputs.inputnode.in_file = subj.anat[other]
         ds_other_wf = init_ds_other_wf(
             output_dir=output_dir,
             source_file=subj.anat[other],
@@ -541,14 +538,10 @@ def init_subject_registration_wf(
             bids_dir=bids_dir,
         )
         wf.connect([
-            (anat_preproc_wf, coreg_other_wf, [("outputnode.preproc", "inputnode.target")]),
-            (coreg_other_wf, apply_wf, [("outputnode.corrected", "inputnode.other"),
-                                        ("outputnode.transform", "inputnode.other_transform")]),
-            (coreg_other_wf, ds_other_wf, [("outputnode.preproc", "inputnode.preproc"),
-                                           ("outputnode.to_target", "inputnode.to_moving"),
-                                           ("outputnode.from_target", "inputnode.to_other")]),
-            (apply_wf, ds_other_wf, [("outputnode.other_in_reference",
-                                      "inputnode.in_reference")]),
+            (pair_wf, ds_other_wf, [("outputnode.other_preproc", "inputnode.preproc"),
+                                    ("outputnode.other_to_moving", "inputnode.to_moving"),
+                                    ("outputnode.other_from_moving", "inputnode.to_other"),
+                                    ("outputnode.other_in_reference", "inputnode.in_reference")]),
         ])  # fmt: skip
 
     # --- QC reportlets (the HTML page is assembled after the run, cli/)
@@ -571,7 +564,9 @@ def init_subject_registration_wf(
             "cohort": ref.cohort,
             "method": "contrareg" if registration == "contrareg" else "ants-syn",
         }
-        dev = report_device(device, use_gpu) if registration == "contrareg" else "cpu (ANTs)"
+        dev = "cpu (ANTs)"
+        if registration == "contrareg":
+            dev = report_device(settings.device, use_gpu)
         report_wf = init_report_wf(
             output_dir=output_dir,
             source_file=source,
@@ -589,15 +584,15 @@ def init_subject_registration_wf(
             else "outputnode.reference_mask_in_subject"
         )
         wf.connect([
-            (reference, report_wf, [("image", "inputnode.reference"),
-                                    ("mask", "inputnode.reference_mask")]),
-            (anat_preproc_wf, report_wf, [("outputnode.affine_moved", "inputnode.affine_moved"),
-                                          ("outputnode.affine", "inputnode.affine"),
-                                          ("outputnode.preproc", "inputnode.subject"),
-                                          ("outputnode.mask", "inputnode.subject_mask")]),
-            (apply_wf, report_wf, [("outputnode.moving_in_reference", "inputnode.registered"),
-                                   (labels_in_subject, "inputnode.labels_in_subject")]),
-            (registration_wf, report_wf, [
+            (pair_wf, report_wf, [
+                ("outputnode.reference_image", "inputnode.reference"),
+                ("outputnode.reference_mask", "inputnode.reference_mask"),
+                ("outputnode.affine_moved", "inputnode.affine_moved"),
+                ("outputnode.affine", "inputnode.affine"),
+                ("outputnode.preproc", "inputnode.subject"),
+                ("outputnode.mask", "inputnode.subject_mask"),
+                ("outputnode.moving_in_reference", "inputnode.registered"),
+                (labels_in_subject, "inputnode.labels_in_subject"),
                 ("outputnode.forward_field", "inputnode.forward_field"),
                 ("outputnode.model_moving", "inputnode.model_moving"),
                 ("outputnode.model_fixed", "inputnode.model_fixed"),
@@ -605,9 +600,9 @@ def init_subject_registration_wf(
             (metrics, report_wf, [("metrics", "inputnode.metrics")]),
         ])  # fmt: skip
         if registration == "contrareg":
-            wf.connect(registration_wf, "outputnode.lam", report_wf, "inputnode.lam")
+            wf.connect(pair_wf, "outputnode.lam", report_wf, "inputnode.lam")
         if other is not None:
-            wf.connect(coreg_other_wf, "outputnode.preproc", report_wf, "inputnode.other")
+            wf.connect(pair_wf, "outputnode.other_preproc", report_wf, "inputnode.other")
     set_node_threads(wf, omp_nthreads)
     return wf
 

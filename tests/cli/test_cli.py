@@ -15,7 +15,8 @@ from contrareg_bids.cli import exit_codes
 from contrareg_bids.cli.execution import plugin_settings
 from contrareg_bids.cli.parser import parse_args
 from contrareg_bids.cli.run import main
-from contrareg_bids.config import DEFAULT_FINE_STEPS, ConfigError, RunConfig
+from contrareg_bids.config import ConfigError, RunConfig
+from contrareg_bids.settings import DEFAULT_SETTINGS
 from tests.bids_factory import make_bids_dataset, make_volume
 
 
@@ -204,7 +205,9 @@ def test_config_round_trip(tmp_path, bids):
     data = json.loads(path.read_text())
     assert data == cfg.to_dict()
     assert data["derivatives"] == {"labels": str(tmp_path / "labels")}
-    assert (data["lam"], data["mem_gb"], data["participant_label"]) == (0.3, 4.0, ["01"])
+    assert (data["registration"]["lam"], data["mem_gb"], data["participant_label"]) == (
+        0.3, 4.0, ["01"],
+    )  # fmt: skip
     assert data["run_uuid"] and data["version"]
 
 
@@ -578,15 +581,17 @@ def test_config_file_fills_in_what_the_command_line_does_not_give(tmp_path, bids
     argv = [str(bids), str(tmp_path / "out2"), "participant", "--config-file", str(saved),
             "--refine-steps", "9"]  # fmt: skip
     cfg = apply_config_file(RunConfig.from_args(parse_args(argv)), saved, explicit_options(argv))
-    assert (cfg.lam, cfg.refine_steps, cfg.refine_draws, cfg.mem_gb) == (0.3, 9, 4, 4.0)
+    reg = cfg.registration
+    assert (reg.lam, reg.refine.steps, reg.refine.draws, cfg.mem_gb) == (0.3, 9, 4, 4.0)
     assert cfg.train == {"train_steps": 70} and cfg.derivatives == {"labels": bids}
     assert cfg.output_dir == tmp_path / "out2" and cfg.run_uuid != first.run_uuid
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="cannot be read as a run configuration"):
         apply_config_file(cfg, tmp_path / "bad.json", set())
-    edited = json.loads(saved.read_text()) | {"refine_draws": 0}
+    edited = json.loads(saved.read_text())
+    edited["registration"]["refine"]["draws"] = 0
     (tmp_path / "edited.json").write_text(json.dumps(edited))
-    with pytest.raises(ConfigError, match="--refine-draws must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="refine draws must be >= 1, got 0"):
         apply_config_file(cfg, tmp_path / "edited.json", set())
 
 
@@ -663,7 +668,8 @@ def test_boilerplate_only_says_where_and_names_the_stages_that_run(tmp_path, bid
     assert bib.count("\n@") + bib.startswith("@") == cited and "dey2022contrareg" in bib
     text = citation.read_text()
     assert "lambda = 0.8" in text and "for 30 steps with the model's own objective" in text
-    assert f"for {DEFAULT_FINE_STEPS} steps at the reference's resolution with MIND-SSC" in text
+    steps = DEFAULT_SETTINGS.fine.steps
+    assert f"for {steps} steps at the reference's resolution with MIND-SSC" in text
     assert "Heinrich MP" in text
     main([str(bids), str(out), "participant", "--boilerplate-only", "--fine-steps", "0"])
     text = citation.read_text()
@@ -723,8 +729,9 @@ def test_derivatives_inherit_license_and_hide_non_bids_outputs(tmp_path, bids):
     desc = json.loads(write_dataset_description(cfg).read_text())
     (generated,) = desc["GeneratedBy"]
     assert "CodeURL" not in generated  # none rather than a page that does not exist
-    assert generated["Description"].startswith(f"ContraReg registration at lambda {cfg.lam}, ")
-    assert f"{cfg.fine_steps} fine-stage steps" in generated["Description"]
+    reg = cfg.registration
+    assert generated["Description"].startswith(f"ContraReg registration at lambda {reg.lam}, ")
+    assert f"{reg.fine.steps} fine-stage steps" in generated["Description"]
     assert desc["License"] == "CC-BY-4.0"
     assert desc["HowToAcknowledge"] == "Cite the dataset paper."
     ignore = (cfg.output_dir / ".bidsignore").read_text().split()

@@ -477,7 +477,8 @@ def test_embed_example(tmp_path, icbm_small, icbm_subjects, tiny_bundle):
     out = tmp_path / "out"
     res = subprocess.run(
         [sys.executable, str(ROOT / "workflows" / "embed_contrareg.py"), str(moving),
-         str(fixed), str(tiny_bundle), str(out), "--sloppy", "--device", "cpu"],
+         str(fixed), str(tiny_bundle), str(out), "--sloppy", "--device", "cpu",
+         "--fine-steps", "5"],
         env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

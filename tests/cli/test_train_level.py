@@ -147,7 +147,14 @@ def test_training_inputs_listed_for_contrareg_train(trained):
 def test_participant_uses_the_newest_bundle_and_the_work_dir(trained, tiny_templateflow, caplog):
     """``participant`` without ``--model`` takes ``OUT/models/<name>.safetensors``, says so,
     and reuses the preprocessing nodes ``train`` ran (same ``-w``)."""
-    n4 = trained["work"] / "sub_01_wf" / "anat_preproc_wf" / "n4_moving" / "result_n4_moving.pklz"
+    n4 = (
+        trained["work"]
+        / "sub_01_wf"
+        / "pair_wf"
+        / "anat_preproc_wf"
+        / "n4_moving"
+        / "result_n4_moving.pklz"
+    )
     before = n4.stat().st_mtime_ns
     caplog.set_level(logging.INFO, logger="contrareg_bids")
     rc = run(trained["bids"], trained["out"], trained["work"], "participant", "--sloppy",
@@ -303,26 +310,42 @@ def test_both_training_clis_map_options_alike(tmp_path):
     assert (cli.steps, cli.regnet.ts, cli.deform_augment, cli.seed) == (7, 4, 1.5, 3)
 
 
-def test_train_option_table_is_complete_and_valid():
-    """Every train-level option reaches TrainConfig or is the level's own; every entry of
-    the table is an option of one of the CLIs and names a TrainConfig field."""
+def test_training_options_are_declared_once():
+    """Both command lines' training options come from ``training.options`` (each option's
+    flags, type and help once); every option that sets a TrainConfig field names one that
+    exists, and every train-level option reaches the run's configuration."""
     from dataclasses import fields, is_dataclass
 
     from contrareg_bids.cli import parser as bids_parser
     from contrareg_bids.cli import train as contrareg_train
-    from contrareg_bids.config import TRAIN_OPTIONS
-    from contrareg_bids.training.config import TRAIN_OPTION_FIELDS, TrainConfig
+    from contrareg_bids.training.config import TrainConfig
+    from contrareg_bids.training.options import (
+        LEVEL,
+        LEVEL_TRAIN_OPTIONS,
+        TRAIN_OPTION_FIELDS,
+        TRAIN_OPTION_SPECS,
+        TRAINER,
+    )
 
-    level_only = {"model_name", "stop_after", "model_spacing", "train_preset"}
-    assert set(TRAIN_OPTIONS) - level_only <= set(TRAIN_OPTION_FIELDS)
-    dests = {a.dest for p in (bids_parser.get_parser(), contrareg_train.get_parser())
-             for a in p._actions}  # fmt: skip
-    assert set(TRAIN_OPTION_FIELDS) <= dests
+    for parser, level in ((bids_parser.get_parser(), LEVEL),
+                          (contrareg_train.get_parser(), TRAINER)):  # fmt: skip
+        actions = {a.dest: a for a in parser._actions}
+        for spec in TRAIN_OPTION_SPECS:
+            if level in spec.levels:
+                action = actions[spec.dest]
+                assert tuple(action.option_strings)[: len(spec.flags)] == spec.flags, spec.dest
+                assert action.help == spec.kwargs.get("help"), spec.dest
+    assert set(LEVEL_TRAIN_OPTIONS) >= {"train_steps", "model_name", "deform_augment"}
     for path in TRAIN_OPTION_FIELDS.values():
         kind = TrainConfig()
         for name in path.split("."):
             assert is_dataclass(kind) and name in {f.name for f in fields(kind)}, path
             kind = getattr(kind, name)
+    for module, level in ((bids_parser, LEVEL), (contrareg_train, TRAINER)):
+        src = Path(module.__file__).read_text()
+        for spec in TRAIN_OPTION_SPECS:  # no second declaration of a training option
+            if level in spec.levels:
+                assert f'"{spec.flags[0]}"' not in src, (module.__name__, spec.flags[0])
 
 
 @pytest.mark.parametrize(

@@ -227,14 +227,21 @@ def model_pair(inputs, norm_subject, norm_reference, affine, work):
     return run_node(iface, work, "prepare_pair")
 
 
+def node_settings(**options) -> dict:
+    """ContraRegister's ``settings`` from command-line option names (CPU, fine stage off)."""
+    from contrareg_bids.settings import RegistrationSettings
+
+    options = {"device": "cpu", "fine_steps": 0, **options}
+    return RegistrationSettings.from_options(options).to_dict()
+
+
 @pytest.fixture(scope="module")
 def contrareg(model_pair, tiny_bundle, work):
     iface = ContraRegister(
         moving=model_pair.moving,
         fixed=model_pair.fixed,
         model=str(tiny_bundle),
-        lam=0.1,
-        device="cpu",
+        settings=node_settings(lam=0.1),
     )
     return run_node(iface, work, "contrareg")
 
@@ -433,7 +440,8 @@ def test_prepare_model_pair_for_phase_sampled_refinement(
         )
     node = ContraRegister(
         moving=pair.moving, fixed=pair.fixed, fine_moving=pair.fine_moving,
-        fine_fixed=pair.fine_fixed, model=str(tiny_bundle), lam=0.2, device="cpu", refine_steps=3,
+        fine_fixed=pair.fine_fixed, model=str(tiny_bundle),
+        settings=node_settings(lam=0.2, refine_steps=3),
     )  # fmt: skip
     with pytest.warns(UserWarning, match="differs from the model"):  # the bundle's own spacing
         out = run_node(node, work, "contrareg_phases")
@@ -467,15 +475,13 @@ def test_contra_register(contrareg, model_pair):
 
 
 def test_contra_register_auto_lambda(model_pair, tiny_bundle, tmp_path):
-    """ContraRegister with ``auto_lambda``: the chosen lambda, its trace as a file and as
+    """ContraRegister with lambda ``auto``: the chosen lambda, its trace as a file and as
     the dict the metrics node takes, within the folding budget."""
     iface = ContraRegister(
         moving=model_pair.moving,
         fixed=model_pair.fixed,
         model=str(tiny_bundle),
-        auto_lambda=True,
-        max_folding=0.5,
-        device="cpu",
+        settings=node_settings(lam="auto", max_folding=0.5),
     )
     out = run_node(iface, tmp_path, "contrareg_auto")
     check_registration_outputs(out, model_pair)

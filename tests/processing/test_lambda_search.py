@@ -145,8 +145,12 @@ def test_contrareg_register_auto_writes_the_trace(tmp_path, tiny_bundle, icbm_sm
     aff = icbm_small["affine"]
     mov = write_nifti(icbm_small["t2w"], aff, tmp_path / "mov.nii.gz", dtype=np.float32)
     fix = write_nifti(icbm_small["t1w"], aff, tmp_path / "fix.nii.gz", dtype=np.float32)
-    res = contrareg_register(mov, fix, tiny_bundle, "auto", "cpu", tmp_path / "out",
-                             max_folding=0.3)  # fmt: skip
+    from contrareg_bids.settings import RegistrationSettings
+
+    options = {"lam": "auto", "max_folding": 0.3, "device": "cpu", "fine_steps": 0}
+    res = contrareg_register(
+        mov, fix, tiny_bundle, RegistrationSettings.from_options(options), tmp_path / "out"
+    )
     info = json.loads(Path(res.lambda_search).read_text())
     assert info["lambda"] == res.lam and info["max_folding_percent"] == 0.3
     assert info["within_budget"] is True and info["probes"] == len(info["trace"]) >= 1
@@ -183,9 +187,11 @@ def test_cli_lambda_auto(tmp_path):
     args = parse_args([*argv, "--lambda", "auto", "--max-folding", "0.3"])
     assert (args.lam, args.max_folding) == ("auto", 0.3)
     cfg = RunConfig.from_args(args)
-    assert (cfg.lam, cfg.max_folding) == ("auto", 0.3)
-    assert cfg.to_dict()["lam"] == "auto" and cfg.to_dict()["max_folding"] == 0.3
-    assert RunConfig.from_args(parse_args([*argv, "--lambda", "AUTO"])).max_folding == 0.5
+    assert (cfg.registration.lam, cfg.registration.max_folding) == ("auto", 0.3)
+    saved = cfg.to_dict()["registration"]
+    assert saved["lam"] == "auto" and saved["max_folding"] == 0.3
+    auto = RunConfig.from_args(parse_args([*argv, "--lambda", "AUTO"])).registration
+    assert auto.max_folding == 0.5
     assert parse_args([*argv, "--lambda", "0.2"]).lam == 0.2
     for bad in (["--max-folding", "0.3"], ["--lambda", "auto", "--max-folding", "-1"],
                 ["--lambda", "sometimes"]):  # fmt: skip
@@ -200,10 +206,10 @@ def test_workflow_wires_auto_lambda(tmp_path):
     paths = files.__wrapped__(tmp_path)
     wf = build(paths, tmp_path, lam="auto", max_folding=0.3)
     reg = node_of(wf, "register")
-    assert reg.inputs.auto_lambda and reg.inputs.max_folding == 0.3
+    assert (reg.inputs.settings["lam"], reg.inputs.settings["max_folding"]) == ("auto", 0.3)
     e = edges(wf)
     assert ("register", "lam", "metrics", "lam") in e
     assert ("register", "lambda_search_info", "metrics", "lambda_search") in e
     fixed = build(paths, tmp_path, lam=0.2)
-    assert not node_of(fixed, "register").inputs.auto_lambda
+    assert node_of(fixed, "register").inputs.settings["lam"] == 0.2
     assert node_of(fixed, "metrics").inputs.lam == 0.2

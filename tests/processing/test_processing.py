@@ -21,11 +21,14 @@ from contrareg_bids.processing.normalize import (
     normalize_intensity,
     percentile_normalize,
 )
+from contrareg_bids.settings import RegistrationSettings
 
 pytest.importorskip("ants", reason="antspyx not installed")
 
 SHAPE = (32, 32, 32)
 AFFINE = np.array([[2.0, 0, 0, -31.0], [0, 2.0, 0, -35.0], [0, 0, 2.0, -20.0], [0, 0, 0, 1.0]])
+#: the network alone at lambda 0.3 on the CPU (no refinement, no fine stage)
+NETWORK_03 = RegistrationSettings.from_options({"lam": 0.3, "device": "cpu", "fine_steps": 0})
 
 
 def phantom(shape=SHAPE, seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -439,7 +442,7 @@ def test_contrareg_register_exports_fields_that_reproduce_its_output(tmp_path, n
 
     mov, fix = normalised_pair
     bundle = tiny_bundle(tmp_path / "tiny.safetensors")
-    res = contrareg_register(mov, fix, bundle, 0.3, "cpu", tmp_path / "out")
+    res = contrareg_register(mov, fix, bundle, NETWORK_03, tmp_path / "out")
     assert res.method == "contrareg" and res.lam == 0.3
     for p in (res.forward_field, res.inverse_field, res.moved, res.fixed_moved):
         assert p.exists() and p.parent == tmp_path / "out"
@@ -473,15 +476,15 @@ def test_contrareg_register_checks_inputs(tmp_path, normalised_pair, pair):
     mov, fix = normalised_pair
     bundle = tiny_bundle(tmp_path / "tiny.safetensors", shape=(16, 16, 16))
     with pytest.raises(ValueError, match=r"fix_norm\.nii\.gz.*model"):
-        contrareg_register(mov, fix, bundle, 0.3, "cpu", tmp_path)
+        contrareg_register(mov, fix, bundle, NETWORK_03, tmp_path)
     las = AFFINE.copy()
     las[0] *= -1
     flipped = T.write_nifti(nib.load(mov).get_fdata(), las, tmp_path / "las.nii.gz")
     with pytest.raises(ValueError, match=r"las\.nii\.gz.*RAS"):
-        contrareg_register(flipped, fix, bundle, 0.3, "cpu", tmp_path)
+        contrareg_register(flipped, fix, bundle, NETWORK_03, tmp_path)
     small = T.write_nifti(np.zeros((16, 16, 16), np.float32), AFFINE, tmp_path / "s.nii.gz")
     with pytest.raises(ValueError, match="share one grid"):
-        contrareg_register(small, fix, bundle, 0.3, "cpu", tmp_path)
+        contrareg_register(small, fix, bundle, NETWORK_03, tmp_path)
 
 
 def test_ants_syn_register_exports_fields_that_reproduce_its_output(tmp_path, normalised_pair):

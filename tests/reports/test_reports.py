@@ -139,7 +139,14 @@ def test_reports_only_rebuilds_the_page_without_running(run, tiny_bundle, tiny_t
     meanwhile shows up), and no node of the work dir runs again."""
     page = run.out / "sub-01.html"
     page.unlink()
-    result = run.work / "sub_01_wf" / "registration_wf" / "register" / "result_register.pklz"
+    result = (
+        run.work
+        / "sub_01_wf"
+        / "pair_wf"
+        / "registration_wf"
+        / "register"
+        / "result_register.pklz"
+    )
     before = result.stat().st_mtime_ns
     log = run.out / "sub-01" / "log" / "a-later-run"
     log.mkdir(parents=True)

@@ -13,6 +13,7 @@ import pytest
 from nipype.interfaces.base import isdefined
 
 from contrareg_bids.interfaces import AntsRegister, ContraRegister
+from contrareg_bids.settings import OPTION_FIELDS, RegistrationSettings
 from contrareg_bids.workflows.registration import (
     ReferenceInputs,
     SubjectInputs,
@@ -83,9 +84,13 @@ def build(
     else:
         ref = ReferenceInputs(image=files["T1w"], space="sub02", is_template=False,
                               dseg=files["labels"] if ref_dseg else None)  # fmt: skip
+    # the registration options by their command-line names, as RunConfig makes them
+    options = {"registration": registration, "fine_steps": 0}
+    options["model"] = files["model"] if registration == "contrareg" else None
+    options.update({k: kwargs.pop(k) for k in OPTION_FIELDS if k in kwargs})
+    settings = RegistrationSettings.from_options(options, seed=kwargs.get("seed", 0))
     args = dict(
-        subj=subj, ref=ref, output_dir=tmp_path / "out", registration=registration,
-        model=files["model"] if registration == "contrareg" else None,
+        subj=subj, ref=ref, output_dir=tmp_path / "out", settings=settings,
         grid_shape=(4, 4, 4), grid_spacing=(1.0, 1.0, 1.0),
     )  # fmt: skip
     args.update(kwargs)
@@ -220,9 +225,8 @@ def test_contrareg_and_ants(files, tmp_path):
     register = node_of(wf, "register")
     assert isinstance(register.interface, ContraRegister)
     assert register.inputs.model == str(files["model"])
-    assert (register.inputs.lam, register.inputs.device, register.inputs.use_gpu) == (
-        0.3, "cuda:1", True,
-    )  # fmt: skip
+    settings = register.inputs.settings  # the one settings object, as a dict
+    assert (settings["lam"], settings["device"], register.inputs.use_gpu) == (0.3, "cuda:1", True)
     assert node_of(wf, "metrics").inputs.lam == 0.3
     import hashlib
 
@@ -246,7 +250,7 @@ def test_refinement_gets_the_pair_at_the_references_resolution(files, tmp_path):
     to the registration node (phase-sampled refinement); without, it is not."""
     wf = build(files, tmp_path, refine_steps=10, refine_draws=3)
     assert node_of(wf, "prepare_pair").inputs.phase_sampling
-    assert node_of(wf, "register").inputs.refine_draws == 3
+    assert node_of(wf, "register").inputs.settings["refine"]["draws"] == 3
     edges = {
         (u.name, v.name, src, dst)
         for u, v, d in executed(wf).edges(data=True)
@@ -470,7 +474,7 @@ def test_preparing_a_participant_reference_keeps_the_run_threads(tmp_path):
     import torch
 
     from contrareg_bids.cli import inputs
-    from contrareg_bids.processing.threads import limit_threads
+    from contrareg_bids.runtime import limit_threads
 
     rng = np.random.default_rng(1)
     brain = np.zeros((12, 14, 10), np.float32)

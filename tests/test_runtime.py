@@ -8,7 +8,7 @@ import pytest
 
 from contrareg_bids.cli.parser import parse_args
 from contrareg_bids.config import ConfigError, RunConfig
-from contrareg_bids.processing.threads import (
+from contrareg_bids.runtime import (
     THREAD_VARIABLES,
     default_omp_nthreads,
     limit_threads,

@@ -1,4 +1,6 @@
-"""Threads per process (``--omp-nthreads``) for the libraries that run multi-threaded.
+"""Runtime helpers: the CPUs a process may use, and threads per process
+(``--omp-nthreads``) for the libraries that run multi-threaded (devices: ``nn/device``,
+which needs torch).
 
 MultiProc runs several nodes at once; each node must then use at most the threads Nipype
 reserved for it (the node's ``n_procs``), or the run oversubscribes the CPUs. The libraries
