@@ -243,7 +243,7 @@ def register(
 
     settings = None
     if refine:
-        from contrareg_bids.nn.refine import RefineSettings
+        from contrareg_bids.settings import RefineSettings
 
         settings = RefineSettings(**refine)
     return register_arrays(

@@ -16,7 +16,7 @@ from .preproc import (
     SkullStrip,
     StandardizeImage,
 )
-from .registration import AntsRegister, ContraRegister, ExportTransforms
+from .registration import AntsRegister, ContraRegister, ExportTransforms, LambdaSweep
 from .transforms import ApplyWarp, ExportLinearTransform
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "ContraRegister",
     "ExportLinearTransform",
     "ExportTransforms",
+    "LambdaSweep",
     "N4BiasCorrect",
     "NormalizeIntensity",
     "PrepareModelPair",

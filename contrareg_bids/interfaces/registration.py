@@ -152,3 +152,48 @@ class ExportTransforms(SimpleInterface):
         self._results["reference_to_subject"] = str(r2s)
         self._results["subject_to_reference"] = str(s2r)
         return runtime
+
+
+class _LambdaSweepInputSpec(ThreadedInputSpec):
+    moving = File(exists=True, mandatory=True, desc="subject on the model grid (affine only)")
+    fixed = File(exists=True, mandatory=True, desc="reference on the model grid")
+    model = File(exists=True, mandatory=True, desc="model bundle")
+    lam = traits.Float(desc="lambda of the run (marked in the strip)")
+    device = traits.Str("cpu", usedefault=True)
+    mask = File(exists=True)
+    reference_labels = File(exists=True, desc="reference labels (reference grid)")
+    subject_labels = File(exists=True, desc="subject labels (subject space)")
+    affine = File(exists=True, desc="reference -> subject affine (ITK)")
+
+
+class _LambdaSweepOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the sweep (.npz): moved images, log|J|, scores")
+
+
+class LambdaSweep(SimpleInterface):
+    """The subject registered by the network at about five lambdas of the bundle's range
+    (:func:`contrareg_bids.processing.lambda_strip.sweep_lambdas`), for the report's lambda
+    strip (``LambdaStripReport`` draws it)."""
+
+    input_spec = _LambdaSweepInputSpec
+    output_spec = _LambdaSweepOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..processing.lambda_strip import sweep_lambdas
+
+        use_threads(self.inputs, torch=True)
+        optional = {
+            name: getattr(self.inputs, name)
+            for name in ("lam", "mask", "reference_labels", "subject_labels", "affine")
+            if isdefined(getattr(self.inputs, name))
+        }
+        out, _ = sweep_lambdas(
+            self.inputs.moving,
+            self.inputs.fixed,
+            self.inputs.model,
+            os.path.join(os.getcwd(), "lambda_sweep.npz"),
+            device=self.inputs.device,
+            **optional,
+        )
+        self._results["out_file"] = str(out)
+        return runtime

@@ -106,38 +106,20 @@ class JacobianReport(SimpleInterface):
 
 
 class _LambdaInputSpec(BaseInterfaceInputSpec):
-    moving = File(exists=True, mandatory=True, desc="subject on the model grid (affine only)")
-    fixed = File(exists=True, mandatory=True, desc="reference on the model grid")
-    model = File(exists=True, mandatory=True, desc="model bundle")
-    lam = traits.Float(desc="lambda of the run (marked in the strip)")
-    device = traits.Str("cpu", usedefault=True)
-    mask = File(exists=True)
-    reference_labels = File(exists=True, desc="reference labels (reference grid)")
-    subject_labels = File(exists=True, desc="subject labels (subject space)")
-    affine = File(exists=True, desc="reference -> subject affine (ITK)")
+    sweep = File(exists=True, mandatory=True, desc="the LambdaSweep node's .npz")
 
 
 class LambdaStripReport(SimpleInterface):
-    """The subject warped at about five lambdas of the bundle, with Dice and folding."""
+    """The subject warped at about five lambdas of the bundle, with Dice and folding: drawn
+    from what the ``LambdaSweep`` node computed (this node runs no network)."""
 
     input_spec = _LambdaInputSpec
     output_spec = _ReportOutputSpec
 
     def _run_interface(self, runtime):
-        from ..reports.reportlets import lambda_strip_from_files
+        from ..reports.reportlets import lambda_strip_from_sweep
 
-        out, _ = lambda_strip_from_files(
-            self.inputs.moving,
-            self.inputs.fixed,
-            self.inputs.model,
-            os.path.join(os.getcwd(), "lambda.svg"),
-            lam=_opt(self.inputs.lam),
-            device=self.inputs.device,
-            mask=_opt(self.inputs.mask),
-            reference_labels=_opt(self.inputs.reference_labels),
-            subject_labels=_opt(self.inputs.subject_labels),
-            affine=_opt(self.inputs.affine),
-        )
+        out = lambda_strip_from_sweep(self.inputs.sweep, os.path.join(os.getcwd(), "lambda.svg"))
         self._results["out_report"] = str(out)
         return runtime
 

@@ -275,14 +275,6 @@ def display_limit(values: np.ndarray) -> float:
     return float(np.clip(np.percentile(finite, 99), 0.02, 2.0)) if finite.size else 1.0
 
 
-def log_jacobian(disp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(log det J clipped at 1e-9, folding mask det J <= 0)`` of a voxel displacement."""
-    from ..metrics import DEFAULT_LOG_JACOBIAN_CLIP, jacobian_determinant
-
-    det = jacobian_determinant(disp)
-    return np.log(np.clip(det, DEFAULT_LOG_JACOBIAN_CLIP, None)), det <= 0
-
-
 def plot_jacobian(
     forward_field: PathLike,
     out_file: PathLike,
@@ -304,6 +296,8 @@ def plot_jacobian(
 
     disp, grid = read_displacement_nifti(forward_field)
     quality = warp_quality(forward_field, mask)
+    from ..processing.lambda_strip import log_jacobian
+
     logj, folds = log_jacobian(disp)
     shape = logj.shape
     brain = mask_on_grid(mask, grid, shape) if mask is not None else np.ones(shape, bool)
@@ -369,57 +363,6 @@ def plot_jacobian(
 
 
 # ------------------------------------------------------------------------- lambda strip
-def lambda_values(lo: float, hi: float, chosen: float | None, n: int = 5) -> list[float]:
-    """``n`` values spanning the trained range, the one used in the run among them."""
-    values = [float(v) for v in np.linspace(lo, hi, n)]
-    if chosen is not None and lo <= chosen <= hi:
-        nearest = int(np.argmin([abs(v - chosen) for v in values]))
-        values[nearest] = float(chosen)
-    return sorted(set(round(v, 6) for v in values))
-
-
-def lambda_sweep(
-    net,
-    moving: np.ndarray,
-    fixed: np.ndarray,
-    lambdas: Sequence[float | None],
-    *,
-    device: str = "cpu",
-    mask: np.ndarray | None = None,
-    fixed_labels: np.ndarray | None = None,
-    moving_labels: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
-    """Register one pair at each lambda; per lambda the moved image, log|J|, and the scores of
-    the metrics table (:func:`~contrareg_bids.metrics.registration_metrics`, as the
-    participant's ``metrics.tsv`` reports them): folding % over the model grid, std log|J|
-    inside ``mask`` and (with both label maps) the mean Dice over the labels both share."""
-    from ..metrics import registration_metrics, shared_labels
-    from ..nn.inference import register_arrays
-
-    out = []
-    for lam in lambdas:
-        res = register_arrays(net, moving, fixed, lam, device, moving_labels=moving_labels)
-        dice = fixed_labels is not None and res.moved_labels is not None
-        scores = registration_metrics(
-            fixed_labels if dice else None,
-            res.moved_labels if dice else None,
-            res.forward_disp,
-            mask,
-            labels=shared_labels(fixed_labels, res.moved_labels) if dice else None,
-        )
-        row: dict[str, Any] = {
-            "lambda": lam,
-            "moved": res.moved,
-            "log_jacobian": log_jacobian(res.forward_disp)[0],
-            "folding_percent": scores["folding_percent_grid"],
-            "std_log_jacobian": scores["std_log_jacobian"],
-        }
-        if dice:
-            row["mean_dice"] = scores["mean_dice"]
-        out.append(row)
-    return out
-
-
 def plot_lambda_strip(
     sweep: Sequence[Mapping[str, Any]],
     out_file: PathLike,
@@ -593,60 +536,12 @@ def model_info(path: PathLike) -> dict[str, Any]:
     }
 
 
-def lambda_strip_from_files(
-    moving: PathLike,
-    fixed: PathLike,
-    model: PathLike,
-    out_file: PathLike,
-    *,
-    lam: float | None = None,
-    device: str = "cpu",
-    mask: PathLike | None = None,
-    reference_labels: PathLike | None = None,
-    subject_labels: PathLike | None = None,
-    affine: PathLike | None = None,
-    n: int = 5,
-) -> tuple[Path, list[dict[str, Any]]]:
-    """The lambda strip of one subject from the model-grid pair the workflow wrote.
+def lambda_strip_from_sweep(sweep_file: PathLike, out_file: PathLike) -> Path:
+    """The lambda strip drawn from what :func:`~contrareg_bids.processing.lambda_strip.
+    sweep_lambdas` computed where the registration ran (the report runs no network)."""
+    from ..processing.lambda_strip import read_lambda_sweep
 
-    Dice (when both label maps exist) compares the reference labels on the model grid with
-    the subject's labels carried there by the affine and then warped at each lambda.
-    """
-    from ..io.bundle import load_model
-    from ..io.images import read_mask, read_volume
-    from ..processing.grid import resample_to_grid
-
-    bundle = load_model(model, device=device)
-    fix, fix_img = read_volume(fixed)
-    mov, _ = read_volume(moving)
-    brain = read_mask(mask, allow_empty=True) if mask is not None else None
-    shape = fix.shape
-    ref_lab = subj_lab = None
-    if reference_labels is not None:
-        ref_lab = resample_to_grid(
-            reference_labels, fix_img.affine, shape, interpolation="nearest"
-        ).astype(np.int64)
-        if subject_labels is not None:
-            subj_lab = resample_to_grid(
-                subject_labels, fix_img.affine, shape, transform=affine, interpolation="nearest"
-            ).astype(np.int64)
-    if bundle.regnet.hypernet is None:
-        lambdas: list[float | None] = [None]
-    else:
-        lo, hi = bundle.metadata.lambda_range
-        lambdas = list(lambda_values(lo, hi, lam, n))
-    sweep = lambda_sweep(
-        bundle.regnet,
-        mov,
-        fix,
-        lambdas,
-        device=device,
-        mask=brain,
-        fixed_labels=ref_lab if subj_lab is not None else None,
-        moving_labels=subj_lab,
+    sweep, fixed, fixed_labels, mask, chosen = read_lambda_sweep(sweep_file)
+    return plot_lambda_strip(
+        sweep, out_file, fixed=fixed, fixed_labels=fixed_labels, mask=mask, chosen=chosen
     )
-    path = plot_lambda_strip(
-        sweep, out_file, fixed=fix, fixed_labels=ref_lab, mask=brain, chosen=lam
-    )
-    table = [{k: v for k, v in row.items() if k not in ("moved", "log_jacobian")} for row in sweep]
-    return path, table

@@ -11,6 +11,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.bids import DerivativesDataSink
+from ..interfaces.registration import LambdaSweep
 from ..interfaces.reports import (
     FlickerReport,
     JacobianReport,
@@ -168,14 +169,17 @@ def init_report_wf(
     sink("ds_report_summary", summary, "summary")
 
     if model is not None:
-        strip = pe.Node(LambdaStripReport(model=str(model), device=device), name="lambda_strip")
+        # computed by its own node (the network at five lambdas), drawn by the report node
+        sweep = pe.Node(LambdaSweep(model=str(model), device=device), name="lambda_sweep")
         if reference_labels is not None:
-            strip.inputs.reference_labels = str(reference_labels)
+            sweep.inputs.reference_labels = str(reference_labels)
         if subject_labels is not None:
-            strip.inputs.subject_labels = str(subject_labels)
+            sweep.inputs.subject_labels = str(subject_labels)
+        strip = pe.Node(LambdaStripReport(), name="lambda_strip")
         wf.connect([
-            (inputnode, strip, [("model_moving", "moving"), ("model_fixed", "fixed"),
+            (inputnode, sweep, [("model_moving", "moving"), ("model_fixed", "fixed"),
                                 ("model_mask", "mask"), ("affine", "affine"), ("lam", "lam")]),
+            (sweep, strip, [("out_file", "sweep")]),
         ])  # fmt: skip
         sink("ds_report_lambda", strip, "lambda")
     return wf

@@ -603,21 +603,32 @@ def test_jacobian_report(contrareg, model_pair, metrics, tmp_path):
     assert f"std log|J| {float(row['std_log_jacobian']):.4g}" in text
 
 
-def test_lambda_strip_report(inputs, model_pair, affine, tiny_bundle, tmp_path):
-    """LambdaStripReport: an SVG of the subject warped at five lambdas of the bundle (the
-    run's one marked), each with its Dice and folding."""
-    iface = LambdaStripReport(
-        moving=model_pair.moving,
-        fixed=model_pair.fixed,
-        model=str(tiny_bundle),
-        lam=0.1,
-        device="cpu",
-        mask=model_pair.fixed_mask,
-        reference_labels=str(inputs.ref_labels),
-        subject_labels=str(inputs.subj_labels),
-        affine=affine.transform,
+def test_lambda_sweep_then_strip_report(inputs, model_pair, affine, tiny_bundle, tmp_path):
+    """LambdaSweep runs the network at five lambdas of the bundle (its .npz holds each
+    moved image, log|J| and scores); LambdaStripReport only draws it: an SVG with the run's
+    lambda marked, each panel with its Dice and folding."""
+    from contrareg_bids.interfaces import LambdaSweep
+    from contrareg_bids.processing.lambda_strip import read_lambda_sweep
+
+    sweep = run_node(
+        LambdaSweep(
+            moving=model_pair.moving,
+            fixed=model_pair.fixed,
+            model=str(tiny_bundle),
+            lam=0.1,
+            device="cpu",
+            mask=model_pair.fixed_mask,
+            reference_labels=str(inputs.ref_labels),
+            subject_labels=str(inputs.subj_labels),
+            affine=affine.transform,
+        ),
+        tmp_path,
+        "lambda_sweep",
     )
-    out = run_node(iface, tmp_path, "lambda_strip")
+    rows, fixed, fixed_labels, mask, chosen = read_lambda_sweep(sweep.out_file)
+    assert len(rows) == 5 and chosen == 0.1 and fixed_labels is not None and mask.any()
+    assert all(r["moved"].shape == fixed.shape and "mean_dice" in r for r in rows)
+    out = run_node(LambdaStripReport(sweep=sweep.out_file), tmp_path, "lambda_strip")
     text = assert_svg(out.out_report)
     lambdas = re.findall(r"λ = ([0-9.]+)", text)
     assert len(lambdas) == 5 and "0.1" in lambdas and "(used)" in text
