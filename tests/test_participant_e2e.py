@@ -264,6 +264,19 @@ def test_sidecars_name_sources_and_spatial_reference(e2e):
     assert desc["DatasetLinks"]["raw"] == e2e.bids.absolute().as_uri()
 
 
+def test_report_methods_are_the_built_workflows_description(e2e):
+    """The participant level writes the description of the workflow it built
+    (``visit_desc()``) to the run's log folder; the report's Methods section is that text,
+    framed by the versions."""
+    import html
+
+    (desc_file,) = (e2e.out / "sub-01" / "log").glob("*/sub-01_desc-methods.txt")
+    desc = desc_file.read_text()
+    assert desc.startswith(" The T2w image was corrected") and "ContraReg" in desc
+    page = (e2e.out / "sub-01.html").read_text()
+    assert html.escape(desc) in page
+
+
 def test_transform_sidecars_and_description_record_what_ran(e2e, tiny_bundle):
     """The model (name, sha256), lambda, the refinement and fine-stage steps and the seed
     are in each transform's sidecar and in GeneratedBy, not only in the HTML report."""

@@ -188,7 +188,10 @@ def build_subject_workflow(
         name=f"{sid.replace('-', '_')}_wf",
     )
     wf.base_dir = str(cfg.work_dir)
-    wf.config["execution"] = execution_config(run_log_dir(cfg.output_dir, subject, cfg.run_uuid))
+    log_dir = run_log_dir(cfg.output_dir, subject, cfg.run_uuid)
+    wf.config["execution"] = execution_config(log_dir)
+    # the methods text of the workflow as built (the report's Methods section)
+    write_text_atomic(log_dir / f"{sid}_desc-methods.txt", wf.visit_desc())
     if cfg.write_graph:
         write_workflow_graph(wf)
     return wf

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 from importlib import metadata
+from typing import Any
 
 from .. import __version__
 
@@ -108,47 +109,78 @@ def tool_versions() -> dict[str, str]:
 
 
 def methods_text(metrics: Mapping[str, str] | None, moving: str, reference: str | None) -> str:
-    """The paragraph to copy into a paper's methods (what was run, with versions)."""
-    v = tool_versions()
+    """The paragraph to copy into a paper's methods (what was run, with versions), from the
+    metrics row of a subject (or the run's settings): the same sentences the workflow
+    factories carry as their ``__desc__`` (:func:`anat_desc`, :func:`registration_desc`)."""
     row = metrics or {}
-    method = row.get("method", "contrareg")
     ref = reference or row.get("reference", "the reference")
-    if method == "ants-syn":
-        deform = (
-            "then registered deformably with ANTs SyN (Avants et al. 2008; antspyx "
-            f"{v['antspyx']}, Mattes mutual information)"
+    return methods_from_desc(
+        anat_desc(moving, ref, row.get("reference_template", ""), row.get("brain_mask", ""))
+        + registration_desc(
+            row.get("method", "contrareg"),
+            row.get("lambda", "n/a"),
+            int(row.get("refine_steps") or 0),
+            int(row.get("fine_steps") or 0),
         )
-    else:
-        lam = row.get("lambda", "n/a")
-        deform = (
-            "then registered deformably with ContraReg (Dey et al. 2022), a diffeomorphic "
-            "network trained with a contrastive multi-scale similarity and conditioned on the "
-            f"regularisation weight, at lambda = {lam} (PyTorch {v['torch']})"
-        )
-        if int(row.get("refine_steps") or 0):
-            deform += (
-                f"; the network's velocity field was then optimised on each pair for "
-                f"{row['refine_steps']} steps with the model's own objective"
-            )
-        if int(row.get("fine_steps") or 0):
-            deform += (
-                f"; finally the velocity field was optimised for {row['fine_steps']} steps at "
-                "the reference's resolution with MIND-SSC descriptors (Heinrich et al. 2013) "
-                "compared in both directions and a diffusion penalty, keeping the transform "
-                "diffeomorphic"
-            )
-    text = (
+    )
+
+
+def methods_from_desc(desc: str) -> str:
+    """The methods paragraph around a workflow's description (``visit_desc()`` of the
+    workflow that was built, or :func:`anat_desc` + :func:`registration_desc`): the
+    framework first, the template and file libraries last, with their versions."""
+    v = tool_versions()
+    return (
         f"Results included in this report were generated with contrareg-bids "
         f"{v['contrareg-bids']}, built on Nipype {v['nipype']} (Gorgolewski et al. 2011) and "
-        f"NiWorkflows {v['niworkflows']}. The {moving} image was corrected for "
-        f"intensity non-uniformity with N4 (Tustison et al. 2010; antspyx {v['antspyx']}), "
-        f"aligned to {ref}{template_sentence(row.get('reference_template', ''))} with an "
-        f"affine transform (ANTs, Mattes mutual information), {deform}."
-        f"{BRAIN_MASK_TEXT.get(row.get('brain_mask', ''), '')} Templates were accessed with "
-        f"TemplateFlow {v['templateflow']} (Ciric et al. 2022). Images were read and written "
-        f"with NiBabel {v['nibabel']} and transforms with SimpleITK {v['SimpleITK']}."
+        f"NiWorkflows {v['niworkflows']}.{desc} Templates were accessed with TemplateFlow "
+        f"{v['templateflow']} (Ciric et al. 2022). Images were read and written with NiBabel "
+        f"{v['nibabel']} and transforms with SimpleITK {v['SimpleITK']}."
     )
-    return text
+
+
+def anat_desc(moving: str, reference: str, reference_template: str, brain_mask: str) -> str:
+    """The subject's preprocessing, as run (``init_pair_registration_wf.__desc__``)."""
+    v = tool_versions()
+    return (
+        f" The {moving} image was corrected for intensity non-uniformity with N4 (Tustison et "
+        f"al. 2010; antspyx {v['antspyx']}) and aligned to {reference}"
+        f"{template_sentence(reference_template)} with an affine transform (ANTs, Mattes "
+        f"mutual information).{BRAIN_MASK_TEXT.get(brain_mask, '')}"
+    )
+
+
+def registration_desc(method: str, lam: Any, refine_steps: int, fine_steps: int) -> str:
+    """The deformable registration, as run (``init_registration_wf.__desc__``)."""
+    v = tool_versions()
+    if method in ("ants", "ants-syn"):
+        return (
+            " It was then registered deformably with ANTs SyN (Avants et al. 2008; antspyx "
+            f"{v['antspyx']}, Mattes mutual information)."
+        )
+    lam_text = (
+        "a regularisation weight chosen per subject, the smallest whose warps fold at most a "
+        "set budget of voxels"
+        if lam == "auto"
+        else f"lambda = {lam}"
+    )
+    text = (
+        " It was then registered deformably with ContraReg (Dey et al. 2022), a diffeomorphic "
+        "network trained with a contrastive multi-scale similarity and conditioned on the "
+        f"regularisation weight, at {lam_text} (PyTorch {v['torch']})"
+    )
+    if refine_steps:
+        text += (
+            f"; the network's velocity field was then optimised on each pair for "
+            f"{refine_steps} steps with the model's own objective"
+        )
+    if fine_steps:
+        text += (
+            f"; finally the velocity field was optimised for {fine_steps} steps at the "
+            "reference's resolution with MIND-SSC descriptors (Heinrich et al. 2013) compared "
+            "in both directions and a diffusion penalty, keeping the transform diffeomorphic"
+        )
+    return text + "."
 
 
 #: The methods text's sentence on the subject's brain mask, by the metrics' ``brain_mask``.
@@ -222,9 +254,15 @@ def methods_markdown(metrics: Mapping[str, str] | None, moving: str, reference: 
     return f"# Methods\n\n{text}\n\n## Software versions\n\n{versions}\n## References\n\n{refs}"
 
 
-def methods_html(metrics: Mapping[str, str] | None, moving: str, reference: str | None) -> str:
-    """The boilerplate to copy into a paper's methods (what was run, with versions)."""
-    text = html.escape(methods_text(metrics, moving, reference))
+def methods_html(
+    metrics: Mapping[str, str] | None, moving: str, reference: str | None, desc: str = ""
+) -> str:
+    """The boilerplate to copy into a paper's methods (what was run, with versions): from
+    ``desc``, the description of the workflow that was built, when there is one, else from
+    the metrics row."""
+    text = html.escape(
+        methods_from_desc(desc) if desc else methods_text(metrics, moving, reference)
+    )
     v = tool_versions()
     versions = "".join(
         f"<tr><th>{html.escape(TOOLS.get(k, k))}</th><td>{html.escape(val)}</td></tr>"

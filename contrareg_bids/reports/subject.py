@@ -135,18 +135,31 @@ def read_metrics_row(path: Path) -> dict[str, str] | None:
     return dict(zip(header, row, strict=False))
 
 
+def _run_dir(output_dir: Path, subject: str, run_uuid: str | None) -> Path | None:
+    """The log folder of run ``run_uuid``, or the newest one (``--reports-only``)."""
+    from ..io.run_logs import latest_run_log_dir, run_log_dir
+
+    if run_uuid:
+        return run_log_dir(output_dir, subject, run_uuid)
+    return latest_run_log_dir(output_dir, subject)
+
+
+def built_description(
+    output_dir: Path, subject: str, session: str | None, run_uuid: str | None = None
+) -> str:
+    """The description of the workflow the run ``run_uuid`` (default: the newest) built for
+    this subject-session (``visit_desc()``, written by the participant level), or ``""``."""
+    log_dir = _run_dir(output_dir, subject, run_uuid)
+    path = None if log_dir is None else log_dir / f"{prefix_of(subject, session)}_desc-methods.txt"
+    return path.read_text() if path is not None and path.is_file() else ""
+
+
 def error_files(
     output_dir: Path, subject: str, session: str | None, run_uuid: str | None = None
 ) -> list[Path]:
     """``error-<id>.txt`` and the Nipype crash files of this subject-session's workflow in
     the run ``run_uuid`` (default: the newest run folder in ``sub-X/log/``)."""
-    from ..io.run_logs import latest_run_log_dir, run_log_dir
-
-    log_dir = (
-        run_log_dir(output_dir, subject, run_uuid)
-        if run_uuid
-        else latest_run_log_dir(output_dir, subject)
-    )
+    log_dir = _run_dir(output_dir, subject, run_uuid)
     if log_dir is None or not log_dir.is_dir():
         return []
     sid = prefix_of(subject, session)
@@ -232,7 +245,10 @@ def build_subject_report(
         )
     )
     reference = row.get("reference") if row else None
-    sections.append(("boilerplate", "Methods", methods_html(row, moving_modality, reference)))
+    desc = built_description(output_dir, subject, session, run_uuid)
+    sections.append(
+        ("boilerplate", "Methods", methods_html(row, moving_modality, reference, desc))
+    )
     out = output_dir / f"{prefix_of(subject, session)}.html"
     return write_page(out, page(f"contrareg-bids: {prefix_of(subject, session)}", sections))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow
 
 from ..interfaces import (
     AntsRegister,
@@ -26,6 +27,7 @@ from .spec import (  # noqa: F401 (the data models, importable from here as befo
     ReferenceInputs,
     SubjectInputs,
     brain_mask_source,
+    mask_source,
     reference_label,
     source_uri,
     spatial_reference,
@@ -75,10 +77,15 @@ def init_registration_wf(
 
     Outputs: :data:`REGISTRATION_FIELDS`.
     """
+    from ..reports.boilerplate import registration_desc
+
     registration, model = settings.method, settings.model
     if registration == "contrareg" and model is None:
         raise ValueError("a model bundle is required for --registration contrareg")
-    wf = pe.Workflow(name=name)
+    wf = LiterateWorkflow(name=name)
+    wf.__desc__ = registration_desc(
+        registration, settings.lam, settings.refine.steps, settings.fine.steps
+    )
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["moving", "reference", "reference_mask", "affine"]),
         name="inputnode",
@@ -271,6 +278,7 @@ def init_pair_registration_wf(
     skull_strip: bool = False,
     subject_dseg: Path | None = None,
     other: bool = False,
+    moving_modality: str = "moving",
     use_gpu: bool = False,
     seed: int = 0,
     sloppy: bool = False,
@@ -286,11 +294,20 @@ def init_pair_registration_wf(
     (``workflows/embed_contrareg.py``).
 
     Inputs: ``in_file`` (the moving image), ``other`` (the other modality, with ``other``).
-    Outputs: :data:`PAIR_FIELDS`.
+    Outputs: :data:`PAIR_FIELDS`. Its ``__desc__`` (and its registration's) say what it
+    does in the words of the methods text (``visit_desc()``); ``moving_modality`` names the
+    image there.
     """
+    from ..reports.boilerplate import anat_desc
     from .anatomical import REFERENCE_FIELDS, init_anat_preproc_wf, init_coreg_other_wf
 
-    wf = pe.Workflow(name=name)
+    wf = LiterateWorkflow(name=name)
+    wf.__desc__ = anat_desc(
+        moving_modality,
+        ref.description or ref.space,
+        ref.space if ref.is_template else "",
+        mask_source(given_mask, skull_strip),
+    )
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "other"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=list(PAIR_FIELDS)), name="outputnode")
     reference = reference_node(wf, ref, reference_files, sloppy=sloppy, seed=seed)
@@ -439,7 +456,7 @@ def init_subject_registration_wf(
     if grid_shape is None or grid_spacing is None:
         raise ValueError("grid_shape and grid_spacing are required (model grid or reference grid)")
     registration, model, lam = settings.method, settings.model, settings.lam
-    wf = pe.Workflow(name=name)
+    wf = LiterateWorkflow(name=name)  # its visit_desc() is the methods text of what runs
     mod = subj.moving_modality
     source = subj.anat[mod]
     other = next((m for m in subj.anat if m != mod), None)
@@ -455,6 +472,7 @@ def init_subject_registration_wf(
         skull_strip=subj.skull_strip,
         subject_dseg=labels,
         other=other is not None,
+        moving_modality=mod,
         use_gpu=use_gpu,
         seed=seed,
         sloppy=sloppy,

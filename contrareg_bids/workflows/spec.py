@@ -81,6 +81,11 @@ BRAIN_MASK_SOURCES = {
 def brain_mask_source(subj: SubjectInputs) -> str:
     """Which of :data:`BRAIN_MASK_SOURCES` the anatomical workflow of ``subj`` uses (the
     rule of :func:`.anatomical.init_anat_preproc_wf`)."""
-    if subj.derivatives.get("mask") is not None:
+    return mask_source(subj.derivatives.get("mask"), subj.skull_strip)
+
+
+def mask_source(given_mask: Path | None, skull_strip: bool) -> str:
+    """:data:`BRAIN_MASK_SOURCES` key of a mask given or not, a brain extracted or not."""
+    if given_mask is not None:
         return "given"
-    return "extracted" if subj.skull_strip else "reference"
+    return "extracted" if skull_strip else "reference"

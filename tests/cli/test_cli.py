@@ -746,7 +746,7 @@ def test_the_same_option_names_across_the_command_lines():
     io = ["--moving-list", "m.tsv", "--out", "o"]
     t = tr.get_parser().parse_args([*io, "--train-steps", "7", "--random-seed", "3", "--no-amp",
                                     "-q"])  # fmt: skip
-    assert (t.steps, t.seed, t.amp, t.quiet) == (7, 3, False, True)
+    assert (t.train_steps, t.seed, t.amp, t.quiet) == (7, 3, False, True)
     assert tr.get_parser().parse_args([*io, "--steps", "7", "--seed", "3"]).amp is None
     e = ev.get_parser().parse_args(["--pairs", "p.tsv", "--out", "o", "--random-seed", "2",
                                     "--amp", "-q"])  # fmt: skip

@@ -493,3 +493,26 @@ def test_preparing_a_participant_reference_keeps_the_run_threads(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_workflow_describes_what_it_runs(files, tmp_path):
+    """The subject workflow is literate (niworkflows' ``visit_desc``, as smriprep's): its
+    description names what was built (the brain mask's source, the method, lambda, the
+    refinement and the fine stage) in the words of the methods text, which reads the same
+    sentences from the metrics row after the run."""
+    from contrareg_bids.reports.boilerplate import methods_text
+
+    wf = build(files, tmp_path, lam=0.3, refine_steps=10, fine_steps=5)
+    desc = wf.visit_desc()
+    assert desc.startswith(" The T2w image was corrected for intensity non-uniformity")
+    assert "its brain mask is the reference's mask carried through the affine" in desc
+    assert "at lambda = 0.3" in desc and "for 10 steps with the model's own objective" in desc
+    assert "optimised for 5 steps at the reference's resolution" in desc
+    row = {"lambda": "0.3", "refine_steps": "10", "fine_steps": "5", "brain_mask": "reference",
+           "reference_template": "X"}  # fmt: skip
+    assert desc in methods_text(row, "T2w", "X")
+    ants = build(files, tmp_path, registration="ants", derivs=("mask",)).visit_desc()
+    assert "registered deformably with ANTs SyN" in ants and "ContraReg" not in ants
+    assert "The brain mask of the subject was given with the data." in ants
+    auto = build(files, tmp_path, lam="auto").visit_desc()
+    assert "a regularisation weight chosen per subject" in auto
