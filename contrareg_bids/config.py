@@ -102,7 +102,7 @@ class RunConfig:
             participant_label=args.participant_label,
             session_label=args.session_label,
             bids_filters=args.bids_filter_file,
-            derivatives={name: Path(p).absolute() for name, p in args.derivatives},
+            derivatives=derivative_folders(args.derivatives),
             labels_desc=getattr(args, "labels_desc", None),
             pma=getattr(args, "pma", None),
             age_months=getattr(args, "age_months", None),
@@ -264,6 +264,19 @@ def apply_config_file(cfg: RunConfig, path: Path, explicit: set[str]) -> RunConf
         )
     cfg.check()
     return cfg
+
+
+def derivative_folders(given: list[tuple[str, Path]]) -> dict[str, Path]:
+    """``--derivatives`` as name -> absolute folder, in the order given; two folders of the
+    same name (``a/labels b/labels``) both kept (``labels``, ``labels2``)."""
+    out: dict[str, Path] = {}
+    for name, path in given:
+        key, n = name, 1
+        while key in out:
+            n += 1
+            key = f"{name}{n}"
+        out[key] = Path(path).absolute()
+    return out
 
 
 def registration_settings(args) -> RegistrationSettings:

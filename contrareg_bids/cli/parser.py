@@ -32,9 +32,13 @@ def _desc(value: str) -> str:
 
 
 def _derivative(value: str) -> tuple[str, Path]:
+    """``NAME=PATH``, or a ``PATH`` alone (as fMRIPrep takes it), named by its folder."""
     name, sep, path = value.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--derivatives takes NAME=PATH, got {value!r}")
+    if not sep:
+        path = value.rstrip("/") or value
+        name = Path(path).name or "derivatives"
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"--derivatives takes PATH or NAME=PATH, got {value!r}")
     return name, Path(path)
 
 
@@ -154,9 +158,10 @@ def get_parser() -> argparse.ArgumentParser:
         "--derivatives",
         nargs="+",
         type=_derivative,
-        metavar="NAME=PATH",
+        metavar="[NAME=]PATH",
         default=[],
-        help="precomputed derivatives (brain masks, label maps)",
+        help="precomputed derivatives (brain masks, label maps); a PATH without a NAME is "
+        "named by its folder",
     )
     g.add_argument(
         "--labels-desc",

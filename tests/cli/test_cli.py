@@ -64,11 +64,24 @@ def test_derivatives_name_equals_path():
     assert args("--derivatives", "a=b=c").derivatives == [("a", Path("b=c"))]
 
 
-@pytest.mark.parametrize("bad", ["/data/labels", "=/data", "labels="])
+@pytest.mark.parametrize("bad", ["=/data", "labels="])
 def test_derivatives_refused(bad, capsys):
     with pytest.raises(SystemExit):
         args("--derivatives", bad)
-    assert "--derivatives takes NAME=PATH" in capsys.readouterr().err
+    assert "--derivatives takes PATH or NAME=PATH" in capsys.readouterr().err
+
+
+def test_derivatives_path_without_a_name(tmp_path):
+    """``--derivatives PATH`` as fMRIPrep takes it: named by its folder; two folders of
+    one name are both kept, in the order given."""
+    from contrareg_bids.config import derivative_folders
+
+    a = args("--derivatives", "/data/drawem/", "/other/drawem", "masks=/m")
+    assert a.derivatives == [("drawem", Path("/data/drawem")), ("drawem", Path("/other/drawem")),
+                             ("masks", Path("/m"))]  # fmt: skip
+    assert derivative_folders(a.derivatives) == {
+        "drawem": Path("/data/drawem"), "drawem2": Path("/other/drawem"), "masks": Path("/m"),
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
