@@ -244,7 +244,8 @@ def ants_forward_field(
 ) -> tuple[np.ndarray, float]:
     """ANTs SyN (:func:`~contrareg_bids.processing.register.ants_syn_register`) of two
     arrays on one grid; returns the forward field in voxels and the registration time."""
-    from ..io.transforms import read_displacement_nifti, write_nifti
+    from ..io.images import write_nifti
+    from ..io.transforms import read_displacement_nifti
     from ..processing.register import ants_syn_register
 
     affine = _ras_spacing_affine(affine)

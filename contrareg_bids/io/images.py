@@ -45,6 +45,8 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from .atomic import atomic_output
+
 __all__ = [
     "MAX_VOXEL_MM",
     "XFORM_ATOL_MM",
@@ -593,3 +595,48 @@ def same_grid(
     if tuple(img_a.shape[:3]) != tuple(img_b.shape[:3]):
         return False
     return bool(np.allclose(img_a.affine, img_b.affine, atol=atol, rtol=0.0))
+
+
+# --------------------------------------------------------------------------- the writer
+def _xform_code(header: nib.Nifti1Header | None, key: str) -> int:
+    """An sform/qform code of ``header`` (0 when absent, e.g. for an Analyze header)."""
+    if header is None:
+        return 0
+    try:
+        return int(header[key])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def write_nifti(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike[str],
+    dtype: np.dtype | type | None = None,
+    header: nib.Nifti1Header | None = None,
+) -> Path:
+    """Write a NIfTI atomically with ``affine`` as both sform and qform.
+
+    ``header`` (e.g. of the input image) is copied for its other fields (description, and
+    the sform/qform codes when set; otherwise code 1, scanner). The data type is ``dtype``
+    or that of ``array``, except that float64 is stored as float32 and bool as uint8.
+    """
+    arr = np.asarray(array)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    hdr = header.copy() if header is not None else nib.Nifti1Header()
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64), hdr)
+    img.set_data_dtype(arr.dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    s_code, q_code = (_xform_code(header, k) for k in ("sform_code", "qform_code"))
+    img.set_sform(affine, code=s_code or 1)
+    img.set_qform(affine, code=q_code or s_code or 1)
+    img.header.set_xyzt_units("mm", "sec")
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        nib.save(img, str(tmp))
+    return path

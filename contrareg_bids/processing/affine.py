@@ -18,8 +18,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..io.images import read_mask, read_volume
-from ..io.transforms import atomic_output, write_nifti
+from ..io.images import read_mask, read_volume, write_nifti
+from ..io.transforms import atomic_output
 from ._ants import ants_image, ants_seed, run_reproducibly
 
 __all__ = ["AffineResult", "affine_register"]

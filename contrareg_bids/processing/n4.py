@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.images import read_mask, read_volume
-from ..io.transforms import write_nifti
+from ..io.images import read_mask, read_volume, write_nifti
 from ._ants import ants_image
 
 __all__ = ["n4_bias_correct"]

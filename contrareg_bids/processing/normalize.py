@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.images import read_mask, read_volume
-from ..io.transforms import write_nifti
+from ..io.images import read_mask, read_volume, write_nifti
 
 __all__ = [
     "NormalizationResult",

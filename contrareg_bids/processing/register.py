@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
-from ..io.images import read_volume
-from ..io.transforms import read_displacement_nifti, write_displacement_nifti, write_nifti
+from ..io.images import read_volume, write_nifti
+from ..io.transforms import read_displacement_nifti, write_displacement_nifti
 from ._ants import ants_image, ants_seed
 
 if TYPE_CHECKING:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.images import read_mask, read_volume
-from ..io.transforms import apply_transform, write_nifti
+from ..io.images import read_mask, read_volume, write_nifti
+from ..io.transforms import apply_transform
 from .affine import affine_register
 from .masks import dilate_mask, fill_holes, largest_component, mask_from_skullstripped, write_mask
 

@@ -123,7 +123,7 @@ def test_sweep_rejects_inconsistent_pairs(tiny_bundle):
 
 def test_cli_end_to_end_on_nifti(tmp_path, tiny_bundle, icbm_small, icbm_subjects, capsys):
     from contrareg_bids.cli.evaluate import main
-    from contrareg_bids.io.transforms import write_nifti
+    from contrareg_bids.io.images import write_nifti
 
     aff = icbm_small["affine"]
     data = tmp_path / "data"

@@ -11,7 +11,8 @@ import pytest
 
 from contrareg_bids.interfaces.registration import ContraRegister
 from contrareg_bids.io.bundle import save_bundle
-from contrareg_bids.io.transforms import read_displacement_nifti, write_nifti
+from contrareg_bids.io.images import write_nifti
+from contrareg_bids.io.transforms import read_displacement_nifti
 from contrareg_bids.training.config import sloppy_config
 from tests.interfaces.test_interfaces import node_settings
 from tests.io.test_bundle import make_bundle

@@ -15,6 +15,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
 from contrareg_bids.io import transforms as T
+from contrareg_bids.io.images import write_nifti
 from contrareg_bids.nn.integrate import integrate_velocity, warp
 
 SHAPE = (18, 20, 16)
@@ -137,7 +138,7 @@ def test_read_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.mat"):
         T.read_ants_affine(tmp_path / "missing.mat")
     img = tmp_path / "img.nii.gz"
-    T.write_nifti(np.zeros(SHAPE, np.float32), grid_affine(), img)
+    write_nifti(np.zeros(SHAPE, np.float32), grid_affine(), img)
     with pytest.raises(ValueError, match=r"img\.nii\.gz.*displacement"):
         T.read_displacement_nifti(img)
 
@@ -242,7 +243,7 @@ def warp_case(tmp_path, rng):
     a = grid_affine()
     disp = smooth_field(rng)
     img = blob_image(rng)
-    img_path = T.write_nifti(img, a, tmp_path / "img.nii.gz")
+    img_path = write_nifti(img, a, tmp_path / "img.nii.gz")
     expected = torch_warp(img, disp)
     return a, disp, img, img_path, expected
 
@@ -275,13 +276,13 @@ def test_composite_with_affine_reproduces_two_step_resampling(tmp_path, rng):
     centre = model_a[:3, :3] @ ((np.array(SHAPE) - 1) / 2) + model_a[:3, 3]
     subj_a[:3, 3] = centre - 1.3 * (np.array(subj_shape) - 1) / 2
     subj = gaussian_filter(rng.normal(size=subj_shape), 2.5)
-    subj_path = T.write_nifti(subj.astype(np.float32), subj_a, tmp_path / "subj.nii.gz")
+    subj_path = write_nifti(subj.astype(np.float32), subj_a, tmp_path / "subj.nii.gz")
     tx = sitk_affine(translation=(1.0, -0.5, 0.5), center=(0.0, 0.0, 0.0))
     disp = smooth_field(rng, amplitude=1.0)
     on_model = resample_to_grid(subj_path, model_a, SHAPE, transform=tx)
     expected = torch_warp(on_model.astype(np.float32), disp)
     h5 = T.write_composite(tmp_path / "fwd.h5", tx, disp, model_a, affine_first=False)
-    ref = T.write_nifti(np.zeros(SHAPE, np.float32), model_a, tmp_path / "ref.nii.gz")
+    ref = write_nifti(np.zeros(SHAPE, np.float32), model_a, tmp_path / "ref.nii.gz")
     out = nib.load(T.apply_transform(subj_path, ref, h5, tmp_path / "o.nii.gz")).get_fdata()
     inside = np.zeros(SHAPE, bool)
     inside[interior(margin=4)] = True
@@ -297,7 +298,7 @@ def test_label_resampling_keeps_labels(tmp_path, rng):
     labels = np.zeros(SHAPE, np.int16)
     labels[4:10, 5:12, 3:9] = 3
     labels[10:14, 5:12, 3:9] = 7
-    lab_path = T.write_nifti(labels, a, tmp_path / "lab.nii.gz")
+    lab_path = write_nifti(labels, a, tmp_path / "lab.nii.gz")
     shift = np.zeros((3, *SHAPE))
     shift[0] = 2.0  # sample two voxels further along x
     field = T.write_displacement_nifti(shift, a, tmp_path / "shift.nii.gz")

@@ -139,7 +139,7 @@ def test_choose_lambda_needs_a_lambda_conditioned_network(small_pair):
 # wiring: contrareg_register, the metrics node, the command line
 # ---------------------------------------------------------------------------------------------
 def test_contrareg_register_auto_writes_the_trace(tmp_path, tiny_bundle, icbm_small):
-    from contrareg_bids.io.transforms import write_nifti
+    from contrareg_bids.io.images import write_nifti
     from contrareg_bids.processing.register import contrareg_register
 
     aff = icbm_small["affine"]

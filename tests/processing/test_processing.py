@@ -13,6 +13,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from contrareg_bids.io import transforms as T
+from contrareg_bids.io.images import write_nifti
 from contrareg_bids.processing import grid as grid_mod
 from contrareg_bids.processing import masks as masks_mod
 from contrareg_bids.processing.normalize import (
@@ -70,14 +71,14 @@ def pair(tmp_path_factory) -> dict:
     transform, with inverted contrast inside the head (a multi-modal pair)."""
     d = tmp_path_factory.mktemp("pair")
     img, brain = phantom()
-    fixed = T.write_nifti(img, AFFINE, d / "fixed.nii.gz")
-    mask = T.write_nifti(brain.astype(np.uint8), AFFINE, d / "fixed_mask.nii.gz")
+    fixed = write_nifti(img, AFFINE, d / "fixed.nii.gz")
+    mask = write_nifti(brain.astype(np.uint8), AFFINE, d / "fixed_mask.nii.gz")
     true = rigid()
     # subject(q) = fixed(true^-1(q)), so that subject(true(p)) = fixed(p)
     moved = grid_mod.resample_to_grid(fixed, AFFINE, SHAPE, transform=true.GetInverse())
     head = moved > 1.0
     t2 = np.where(head, 150.0 - moved, 0.0).astype(np.float32)
-    moving = T.write_nifti(t2, AFFINE, d / "moving.nii.gz")
+    moving = write_nifti(t2, AFFINE, d / "moving.nii.gz")
     true_mask = grid_mod.resample_to_grid(
         mask, AFFINE, SHAPE, transform=true.GetInverse(), interpolation="nearest"
     )
@@ -109,8 +110,8 @@ def test_n4_removes_multiplicative_bias(tmp_path):
     ijk = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij")).astype(float)
     bias = np.exp(0.5 * (ijk[0] - 16) / 16 + 0.3 * (ijk[1] - 16) / 16)
     uniform = np.where(brain, 100.0, 0.0)
-    src = T.write_nifti((uniform * bias).astype(np.float32), AFFINE, tmp_path / "b.nii.gz")
-    mask = T.write_nifti(brain.astype(np.uint8), AFFINE, tmp_path / "m.nii.gz")
+    src = write_nifti((uniform * bias).astype(np.float32), AFFINE, tmp_path / "b.nii.gz")
+    mask = write_nifti(brain.astype(np.uint8), AFFINE, tmp_path / "m.nii.gz")
 
     def cv(x):
         return x[brain].std() / x[brain].mean()
@@ -135,7 +136,7 @@ def test_n4_removes_multiplicative_bias(tmp_path):
 def test_n4_errors_name_the_file(tmp_path):
     from contrareg_bids.processing.n4 import n4_bias_correct
 
-    empty = T.write_nifti(np.zeros(SHAPE, np.float32), AFFINE, tmp_path / "empty.nii.gz")
+    empty = write_nifti(np.zeros(SHAPE, np.float32), AFFINE, tmp_path / "empty.nii.gz")
     with pytest.raises(ValueError, match=r"empty\.nii\.gz"):
         n4_bias_correct(empty, tmp_path / "o.nii.gz")
     with pytest.raises(FileNotFoundError, match=r"nope\.nii\.gz"):
@@ -149,8 +150,8 @@ def test_n4_errors_name_the_file(tmp_path):
 def test_normalisation_maps_percentiles_to_unit_range(tmp_path, rng):
     _, brain = phantom()
     img = np.where(brain, rng.uniform(100, 1100, SHAPE), rng.uniform(0, 30, SHAPE))
-    src = T.write_nifti(img.astype(np.float32), AFFINE, tmp_path / "i.nii.gz")
-    mask = T.write_nifti(brain.astype(np.uint8), AFFINE, tmp_path / "m.nii.gz")
+    src = write_nifti(img.astype(np.float32), AFFINE, tmp_path / "i.nii.gz")
+    mask = write_nifti(brain.astype(np.uint8), AFFINE, tmp_path / "m.nii.gz")
     res = normalize_intensity(src, tmp_path / "n.nii.gz", mask)
     out = nib.load(res.out_file).get_fdata()
     lo, hi = np.percentile(img[brain].astype(np.float32), [0.5, 99.5])
@@ -272,8 +273,8 @@ def test_affine_register_recovers_translation_with_masks(tmp_path, pair):
     _, brain = phantom()
     shift = sitk.TranslationTransform(3, (4.0, -3.0, 2.0))
     moving = grid_mod.resample_to_grid(pair["fixed"], AFFINE, SHAPE, transform=shift.GetInverse())
-    mov_path = T.write_nifti(moving, AFFINE, tmp_path / "shifted.nii.gz")
-    mov_mask = T.write_nifti((moving > 1).astype(np.uint8), AFFINE, tmp_path / "sm.nii.gz")
+    mov_path = write_nifti(moving, AFFINE, tmp_path / "shifted.nii.gz")
+    mov_mask = write_nifti((moving > 1).astype(np.uint8), AFFINE, tmp_path / "sm.nii.gz")
     res = affine_register(
         pair["fixed"],
         mov_path,
@@ -338,8 +339,8 @@ def test_model_grid_centres_on_mask_and_snaps(tmp_path):
     mask = np.zeros(ref_shape, np.uint8)
     mask[10:41, 20:51, 5:36] = 1  # bounding-box centre at voxel (25, 35, 20)
     img = np.random.default_rng(0).random(ref_shape).astype(np.float32)
-    ref = T.write_nifti(img, ref_a, tmp_path / "ref.nii.gz")
-    mask_path = T.write_nifti(mask, ref_a, tmp_path / "mask.nii.gz")
+    ref = write_nifti(img, ref_a, tmp_path / "ref.nii.gz")
+    mask_path = write_nifti(mask, ref_a, tmp_path / "mask.nii.gz")
     centre = ref_a[:3, :3] @ np.array([25.0, 35.0, 20.0]) + ref_a[:3, 3]
 
     # model spacing differs: exact centring, requested shape and spacing
@@ -370,7 +371,7 @@ def test_model_grid_keeps_reference_rotation(tmp_path):
 
     a = np.eye(4)
     a[:3, :3] = Rotation.from_euler("z", 10, degrees=True).as_matrix() * 0.8
-    ref = T.write_nifti(np.ones((20, 20, 20), np.float32), a, tmp_path / "r.nii.gz")
+    ref = write_nifti(np.ones((20, 20, 20), np.float32), a, tmp_path / "r.nii.gz")
     g = grid_mod.model_grid(ref, (10, 12, 8), (1.6, 1.6, 2.0))
     np.testing.assert_allclose(np.linalg.norm(g[:3, :3], axis=0), [1.6, 1.6, 2.0])
     np.testing.assert_allclose(g[:3, :3] / [1.6, 1.6, 2.0], a[:3, :3] / 0.8, atol=1e-12)
@@ -385,7 +386,7 @@ def test_resample_to_grid_through_affine_undoes_motion(pair, tmp_path):
     t2_of_fixed = np.where(fixed > 1, 150.0 - fixed, 0.0)
     err = np.abs(back - t2_of_fixed)[inside]
     assert np.median(err) < 5.0  # two interpolations of a smooth image (range 0-150)
-    lab = T.write_nifti(pair["moving_brain"].astype(np.int16), AFFINE, tmp_path / "l.nii.gz")
+    lab = write_nifti(pair["moving_brain"].astype(np.int16), AFFINE, tmp_path / "l.nii.gz")
     lab_back = grid_mod.resample_to_grid(
         lab,
         AFFINE,
@@ -479,10 +480,10 @@ def test_contrareg_register_checks_inputs(tmp_path, normalised_pair, pair):
         contrareg_register(mov, fix, bundle, NETWORK_03, tmp_path)
     las = AFFINE.copy()
     las[0] *= -1
-    flipped = T.write_nifti(nib.load(mov).get_fdata(), las, tmp_path / "las.nii.gz")
+    flipped = write_nifti(nib.load(mov).get_fdata(), las, tmp_path / "las.nii.gz")
     with pytest.raises(ValueError, match=r"las\.nii\.gz.*RAS"):
         contrareg_register(flipped, fix, bundle, NETWORK_03, tmp_path)
-    small = T.write_nifti(np.zeros((16, 16, 16), np.float32), AFFINE, tmp_path / "s.nii.gz")
+    small = write_nifti(np.zeros((16, 16, 16), np.float32), AFFINE, tmp_path / "s.nii.gz")
     with pytest.raises(ValueError, match="share one grid"):
         contrareg_register(small, fix, bundle, NETWORK_03, tmp_path)
 
