@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             if method in a.fresh:
                 shutil.rmtree(out, ignore_errors=True)
                 for mv in movings:  # Nipype caches by inputs, not by the code it runs
-                    shutil.rmtree(work / f"sub_{mv}_wf" / "registration_wf", ignore_errors=True)
+                    reg_wf = work / f"sub_{mv}_wf" / "pair_wf" / "registration_wf"
+                    shutil.rmtree(reg_wf, ignore_errors=True)
             argv_p = [str(bids), str(out), "participant", *common, *opts]
             log(f"{method} -> sub-{f}: contrareg-bids {shlex.join(argv_p)}")
             rc, seconds = app(argv_p)

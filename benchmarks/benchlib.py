@@ -164,7 +164,7 @@ def app_transform(out: Path, moving: str) -> Path:
 def work_files(work: Path, moving: str) -> tuple[Path, Path, Path]:
     """The app's preprocessed moving T2w, its affine (reference -> subject), the reference's
     preprocessed T1w, from a participant run's work folder."""
-    sub = work / f"sub_{moving}_wf" / "anat_preproc_wf"
+    sub = work / f"sub_{moving}_wf" / "pair_wf" / "anat_preproc_wf"
     refs = sorted(work.glob("reference_*_wf/normalize_reference/norm.nii.gz"))
     if len(refs) != 1:
         raise FileNotFoundError(f"{work}: expected one preprocessed reference, got {refs}")

@@ -209,6 +209,12 @@ class RunConfig:
                 continue
             if key == "derivatives":
                 kwargs[key] = {n: Path(p) for n, p in value.items()}
+            elif key == "registration" and isinstance(value, str):
+                # a configuration written before the settings object: its flat options
+                flat = {k: data.get(k) for k in OPTION_FIELDS if k != "registration"}
+                kwargs[key] = RegistrationSettings.from_options(
+                    {**flat, "registration": value}, seed=data.get("random_seed", 0)
+                )
             elif key == "registration":
                 kwargs[key] = RegistrationSettings.from_dict(value)
             elif kind.startswith("Path"):

@@ -152,13 +152,20 @@ class RegistrationSettings:
 
     @classmethod
     def from_options(
-        cls, options: Mapping[str, Any], *, seed: int = 0, base: RegistrationSettings | None = None
+        cls,
+        options: Mapping[str, Any],
+        *,
+        seed: int | None = None,
+        base: RegistrationSettings | None = None,
     ) -> RegistrationSettings:
         """Settings from option values by name (:data:`OPTION_FIELDS`; a missing or None
-        value keeps ``base``'s, by default the defaults); ``seed`` is the run's seed."""
+        value keeps ``base``'s, by default the defaults); ``seed`` is the run's seed (the
+        refinement samples with it; None keeps ``base``'s)."""
         base = base or DEFAULT_SETTINGS
         top: dict[str, Any] = {}
-        parts: dict[str, dict[str, Any]] = {"refine": {"seed": seed}, "fine": {}}
+        parts: dict[str, dict[str, Any]] = {"refine": {}, "fine": {}}
+        if seed is not None:
+            parts["refine"]["seed"] = seed
         for name, path in OPTION_FIELDS.items():
             value = options.get(name)
             if value is None:

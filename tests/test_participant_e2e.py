@@ -91,9 +91,12 @@ def label_img(subject: dict, affine) -> nib.Nifti1Image:
 
 def files_under(root: Path) -> set[str]:
     """Derivatives under ``root``; the QC reports (``figures/``, ``*.html``) are checked in
-    tests/reports/test_reports.py."""
+    tests/reports/test_reports.py, the run logs (``sub-X/log/<run>/``: errors, crash files,
+    the methods text of the workflow built) where they are made."""
     return {str(p.relative_to(root)) for p in root.rglob("*")
-            if p.is_file() and "figures" not in p.parts and p.suffix != ".html"}  # fmt: skip
+            if p.is_file() and "figures" not in p.parts and p.suffix != ".html"
+            and not (len(p.relative_to(root).parts) > 2
+                     and p.relative_to(root).parts[1] == "log")}  # fmt: skip
 
 
 def expected_outputs(sub: str, space: str, *, other=True, labels=True, tsv=True) -> set[str]:
@@ -232,7 +235,8 @@ def test_exit_code_and_exact_output_names(e2e):
     expected = {"dataset_description.json", ".bidsignore"}
     expected |= expected_outputs("01", TPL) | expected_outputs("02", TPL)
     assert found - logs == expected
-    assert not (e2e.out / "sub-01" / "log").exists()  # no crash, no error file
+    logs = list((e2e.out / "sub-01" / "log").glob("*/*"))  # no crash, no error file
+    assert [p.name for p in logs] == ["sub-01_desc-methods.txt"]
 
 
 def test_derivatives_pass_the_bids_validator(e2e):

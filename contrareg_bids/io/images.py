@@ -66,6 +66,7 @@ __all__ = [
     "standardize_image",
     "validate_image",
     "write_atomic",
+    "write_nifti",
 ]
 
 #: Largest voxel edge (mm) accepted: anything coarser is a broken header, not an MRI.

@@ -63,9 +63,8 @@ TRAIN_OPTION_SPECS: tuple[TrainOption, ...] = (
         metavar="NAME",
         help="the settings the options below start from: paper (the paper's: a GPU and "
         "1e5 steps) or cpu (for a CPU: a small network, 500 steps with deformation "
-        "augmentation; at the train level on a 2.5 mm model grid unless --model-spacing is "
-        "given: 19 min for 13 neonates on 2 cores). Default: paper, or the test-sized "
-        "preset with --sloppy",
+        "augmentation; the BIDS-App's train level then uses a 2.5 mm model grid: 19 min for "
+        "13 neonates on 2 cores). Default: paper, or the test-sized preset with --sloppy",
     ),
     _opt(
         "--model-name",

@@ -397,7 +397,7 @@ def _fake_app_run(root: Path, icbm_small) -> tuple[Path, Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(arr.astype(np.int16), aff), path)
     work = root / "work"
-    sub = work / "sub_03_wf" / "anat_preproc_wf"
+    sub = work / "sub_03_wf" / "pair_wf" / "anat_preproc_wf"
     (sub / "affine_moving").mkdir(parents=True)
     mat = sub / "affine_moving" / "affine_0GenericAffine.mat"
     sitk.WriteTransform(sitk.AffineTransform(3), str(mat))

@@ -608,6 +608,20 @@ def test_config_file_fills_in_what_the_command_line_does_not_give(tmp_path, bids
         apply_config_file(cfg, tmp_path / "edited.json", set())
 
 
+def test_config_written_before_the_settings_object_still_reads(tmp_path, bids):
+    """A configuration of an earlier version (flat ``lam``, ``refine_steps``, ...,
+    ``registration`` the method's name) is read into the settings object, not refused."""
+    old = config(tmp_path, bids).to_dict()
+    old.pop("registration")
+    old.update(registration="contrareg", lam=0.3, max_folding=0.5, refine_steps=7,
+               refine_draws=2, fine_steps=0, device="cpu", model=None, random_seed=4)  # fmt: skip
+    reg = RunConfig.from_dict(old).registration
+    assert (reg.method, reg.lam, reg.refine.steps, reg.refine.draws, reg.fine.steps) == (
+        "contrareg", 0.3, 7, 2, 0,
+    )  # fmt: skip
+    assert (reg.device, reg.refine.seed) == ("cpu", 4)
+
+
 def _same(a, b) -> bool:
     """Equal and of the same types all the way down (``1 == 1.0``, ``[1] != (1,)`` aside)."""
     if type(a) is not type(b):
