@@ -42,7 +42,7 @@ OUTPUTS = {
 }
 
 
-def model_grid(model: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+def bundle_grid(model: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """Shape and spacing of the grid the network was trained on (header only, no weights)."""
     grid = describe_bundle(model)["metadata"]["grid"]
     return tuple(grid["shape"]), tuple(grid["spacing"])
@@ -62,7 +62,7 @@ def init_embedded_contrareg_wf(
     ``outputnode``: the package's pair factory registering MOVING to ``fixed`` as
     ``settings`` say (their ``model`` is the bundle); ``fixed_mask`` is needed when FIXED
     is not skull-stripped."""
-    shape, spacing = model_grid(settings.model)
+    shape, spacing = bundle_grid(settings.model)
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["moving"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=list(OUTPUTS)), name="outputnode")

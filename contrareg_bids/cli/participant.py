@@ -114,7 +114,9 @@ def write_bidsignore(output_dir: Path) -> Path:
     return write_text_atomic(Path(output_dir) / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
 
 
-def model_grid(cfg: RunConfig, model: Path | None, ref: ReferenceInputs):
+def registration_grid(cfg: RunConfig, model: Path | None, ref: ReferenceInputs):
+    """Shape and spacing of the grid the pair is registered on: the bundle's (ContraReg,
+    whose modalities must be the ones asked for), or the reference's own (ANTs SyN)."""
     if cfg.registration.method == "contrareg":
         from ..io.bundle import describe_bundle
 
@@ -169,7 +171,7 @@ def build_subject_workflow(
 
     sid = subject_session_id(subject, session)
     ref, subj = subject_inputs(cfg, layout, subject, session)
-    shape, spacing = model_grid(cfg, model, ref)
+    shape, spacing = registration_grid(cfg, model, ref)
     wf = init_subject_registration_wf(
         subj=subj,
         ref=ref,
