@@ -91,49 +91,24 @@ class RunConfig:
 
     @classmethod
     def from_args(cls, args) -> RunConfig:
-        bids_dir = Path(args.bids_dir).absolute()
-        output_dir = Path(args.output_dir).absolute()
-        work_dir = Path(args.work_dir).absolute() if args.work_dir else Path.cwd() / "work"
-        cfg = cls(
-            bids_dir=bids_dir,
-            output_dir=output_dir,
-            analysis_level=args.analysis_level,
-            work_dir=work_dir,
-            participant_label=args.participant_label,
-            session_label=args.session_label,
-            bids_filters=args.bids_filter_file,
-            derivatives=derivative_folders(args.derivatives),
-            labels_desc=getattr(args, "labels_desc", None),
-            pma=getattr(args, "pma", None),
-            age_months=getattr(args, "age_months", None),
-            skip_bids_validation=args.skip_bids_validation,
-            bids_database_dir=(
-                Path(args.bids_database_dir).absolute()
-                if getattr(args, "bids_database_dir", None)
-                else None
-            ),
-            registration=registration_settings(args),
-            reference=args.reference,
-            moving_modality=args.moving_modality,
-            fixed_modality=args.fixed_modality,
-            random_seed=args.random_seed,
-            nprocs=args.nprocs,
-            omp_nthreads=(
-                args.omp_nthreads
-                if args.omp_nthreads is not None
-                else default_threads(args.nprocs)
-            ),
-            mem_gb=args.mem,
-            # absolute, as every path saved with the run: --config-file may run elsewhere
-            use_plugin=Path(args.use_plugin).absolute() if args.use_plugin else None,
-            n_gpus=args.n_gpus,
-            stop_on_first_crash=args.stop_on_first_crash,
-            reports_only=args.reports_only,
-            write_graph=getattr(args, "write_graph", False),
-            sloppy=args.sloppy,
-            skull_strip=getattr(args, "skull_strip", "auto"),
-            train=train_options(args),
-        )
+        """The configuration of parsed options, field by field under the option's name
+        (:data:`_FIELD_DESTS` where the two differ); paths made absolute (a configuration
+        may be reused from another folder with ``--config-file``); fields a level's parser
+        lacks keep their defaults; the ones built from several options by their own rule
+        (:data:`_BUILT_FIELDS`)."""
+        given = {}
+        for f in fields(cls):
+            if f.name in _BUILT_FIELDS or f.name in ("version", "run_uuid", "command_line"):
+                continue
+            dest = _FIELD_DESTS.get(f.name, f.name)
+            if dest is None or not hasattr(args, dest):
+                continue
+            value = getattr(args, dest)
+            if value is not None and str(f.type).startswith("Path"):
+                value = Path(value).absolute()
+            given[f.name] = value
+        built = {name: rule(args) for name, rule in _BUILT_FIELDS.items()}
+        cfg = cls(**given, **built)
         cfg.check()
         return cfg
 
@@ -235,7 +210,19 @@ class RunConfig:
 
 
 #: RunConfig fields whose command-line option has another ``dest``
-_FIELD_DESTS = {"mem_gb": "mem", "train": None}
+_FIELD_DESTS = {"mem_gb": "mem", "bids_filters": "bids_filter_file", "train": None}
+#: RunConfig fields made from the options by a rule of their own
+_BUILT_FIELDS = {
+    "work_dir": lambda args: (
+        Path(args.work_dir).absolute() if args.work_dir else Path.cwd() / "work"
+    ),
+    "derivatives": lambda args: derivative_folders(args.derivatives),
+    "omp_nthreads": lambda args: (
+        args.omp_nthreads if args.omp_nthreads is not None else default_threads(args.nprocs)
+    ),
+    "registration": lambda args: registration_settings(args),
+    "train": lambda args: train_options(args),
+}
 #: fields that always come from this command line, never from a configuration file
 _OWN_FIELDS = ("bids_dir", "output_dir", "analysis_level", "version", "run_uuid", "command_line")
 

@@ -608,6 +608,23 @@ def test_config_file_fills_in_what_the_command_line_does_not_give(tmp_path, bids
         apply_config_file(cfg, tmp_path / "edited.json", set())
 
 
+def test_config_file_yields_to_a_filter_file_given_again(tmp_path, bids):
+    """Regression: ``--bids-filter-file`` given with ``--config-file`` was taken from the
+    saved configuration (its field and its option have different names)."""
+    from contrareg_bids.cli.parser import explicit_options
+    from contrareg_bids.config import apply_config_file
+
+    for name, suffix in (("a.json", "T2w"), ("b.json", "T1w")):
+        (tmp_path / name).write_text(json.dumps({"t2w": {"suffix": suffix}}))
+    saved = config(tmp_path, bids, "--bids-filter-file", str(tmp_path / "a.json")).write(
+        tmp_path / "saved.json"
+    )
+    argv = [str(bids), str(tmp_path / "out"), "participant", "--config-file", str(saved),
+            "--bids-filter-file", str(tmp_path / "b.json")]  # fmt: skip
+    cfg = apply_config_file(RunConfig.from_args(parse_args(argv)), saved, explicit_options(argv))
+    assert cfg.bids_filters == {"t2w": {"suffix": "T1w"}}
+
+
 def test_config_written_before_the_settings_object_still_reads(tmp_path, bids):
     """A configuration of an earlier version (flat ``lam``, ``refine_steps``, ...,
     ``registration`` the method's name) is read into the settings object, not refused."""
